@@ -1,1 +1,17 @@
-"""(populated by later modules)"""
+"""Rendering: cameras, differentiable analytic sphere rendering, and video / frame I/O."""
+
+from hybridsim.render.camera import Camera
+from hybridsim.render.spheres import render_frames, render_spheres, to_uint8
+from hybridsim.render.video import read_frame_folder, read_frames, read_video, write_layers, write_video
+
+__all__ = [
+    "Camera",
+    "render_spheres",
+    "render_frames",
+    "to_uint8",
+    "write_video",
+    "read_video",
+    "read_frames",
+    "read_frame_folder",
+    "write_layers",
+]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.checkpoint import checkpoint
+from torch.autograd.function import once_differentiable
 
 from hybridsim.errors import AssetError
 from hybridsim.render.camera import Camera
@@ -20,6 +20,8 @@ __all__ = ["render_spheres", "render_frames", "to_uint8"]
 
 _CHUNK_BYTES = 64 * 2**20  # budget for the pixels x spheres intermediates of one chunk
 _VALUES_PER_PAIR = 48  # tensors of size (pixels, spheres) alive in one chunk, forward and backward
+_TILE = 16  # pixels per side of the culling tiles
+_CULL_SIGMAS = 20.0  # skip a sphere where its coverage sigmoid((r - d) / s) < sigmoid(-20) ~ 2e-9
 
 
 def render_spheres(
@@ -61,53 +63,36 @@ def render_spheres(
         origins, dirs, float(ground_height), float(checker_size), par(checker_colors), par(sky_color),
         light, intensity, amb,
     )
-
-    focal = camera.focal()
+    rot = camera.rotation(device, dtype)
     soft_px = par(edge_softness)
     if camera.orthographic:
-        softness = (soft_px / focal).expand(len(radii))
+        softness = (soft_px / camera.focal()).expand(len(radii))
     else:  # metres per pixel grow with the sphere's camera depth
-        rot = camera.rotation(device, dtype)
         depth_c = (centers - par(camera.position)) @ rot[2]
-        softness = soft_px * depth_c.clamp(min=1e-6) / focal
+        softness = soft_px * depth_c.clamp(min=1e-6) / camera.focal()
     hard_edges = not torch.is_tensor(edge_softness) and float(edge_softness) <= 0.0
 
-    num_pix, num_sph = origins.shape[0], len(radii)
-    chunk = max(1, _CHUNK_BYTES // (_VALUES_PER_PAIR * centers.element_size() * max(num_sph, 1)))
-    needs_grad = torch.is_grad_enabled() and any(
-        torch.is_tensor(x) and x.requires_grad
-        for x in (centers, radii, colors, light, intensity, amb, softness, background)
+    budget = _CHUNK_BYTES // (_VALUES_PER_PAIR * centers.element_size())
+    plan = _plan_chunks(camera, centers.detach(), radii.detach() + _CULL_SIGMAS * softness.detach(), budget)
+    rgb, alpha = _SoftSpheres.apply(
+        plan, hard_edges, origins, dirs, background, centers, radii, colors, softness, light, intensity, amb
     )
-    rgb, alpha, t_first, seg, normal = [], [], [], [], []
-    for start in range(0, num_pix, chunk):
-        sl = slice(start, start + chunk)
-        o, d, bg = origins[sl], dirs[sl], background[sl]
-        if num_sph == 0:
-            rgb.append(bg)
-            alpha.append(bg.new_zeros(bg.shape[0]))
-        else:
-            args = (o, d, bg, centers, radii, colors, softness, light, intensity, amb, hard_edges)
-            out = checkpoint(_composite, *args, use_reentrant=False) if needs_grad else _composite(*args)
-            rgb.append(out[0])
-            alpha.append(out[1])
-        with torch.no_grad():
-            hard = _hard_hits(o, d, centers.detach(), radii.detach(), t_ground[sl], n_ground)
-        t_first.append(hard[0])
-        seg.append(hard[1])
-        normal.append(hard[2])
-
-    height, width = camera.height, camera.width
     with torch.no_grad():
-        rot = camera.rotation(device, dtype)
-        t_first = torch.cat(t_first)
+        t_first, seg, normal = t_ground.clone(), torch.zeros_like(t_ground, dtype=torch.int32), torch.zeros_like(dirs)
+        normal[torch.isfinite(t_ground)] = n_ground
+        for pix, idx in plan:
+            hits = _hard_hits(origins[pix], dirs[pix], centers[idx].detach(), radii[idx].detach(), idx,
+                              t_first[pix], seg[pix], normal[pix])
+            t_first[pix], seg[pix], normal[pix] = hits
         depth = t_first * (dirs @ rot[2])  # ray origins lie on the camera plane z = 0
-        normal_cam = torch.cat(normal) @ rot.T
+        normal = normal @ rot.T
+    height, width = camera.height, camera.width
     return {
-        "rgb": torch.cat(rgb).clamp(0.0, 1.0).reshape(height, width, 3),
-        "alpha": torch.cat(alpha).clamp(0.0, 1.0).reshape(height, width),
+        "rgb": rgb.clamp(0.0, 1.0).reshape(height, width, 3),
+        "alpha": alpha.clamp(0.0, 1.0).reshape(height, width),
         "depth": depth.reshape(height, width),
-        "segmentation": torch.cat(seg).to(torch.int32).reshape(height, width),
-        "normal": normal_cam.reshape(height, width, 3),
+        "segmentation": seg.reshape(height, width),
+        "normal": normal.reshape(height, width, 3),
     }
 
 
@@ -166,6 +151,106 @@ def _ground(origins, dirs, height, cell, checker, sky, light, intensity, ambient
     return torch.where(hit[:, None], colour, sky.expand_as(colour)), t, normal
 
 
+class _SoftSpheres(torch.autograd.Function):
+    """Chunked soft compositing; backward recomputes each chunk so memory stays per chunk."""
+
+    @staticmethod
+    def forward(ctx, plan, hard_edges, o, d, bg, centers, radii, colors, softness, light, intensity, ambient):
+        rgb, alpha = bg.clone(), bg.new_zeros(bg.shape[0])
+        for pix, idx in plan:
+            sph = (x[idx] for x in (centers, radii, colors, softness))
+            rgb[pix], alpha[pix] = _composite(o[pix], d[pix], bg[pix], *sph, light, intensity, ambient, hard_edges)
+        ctx.plan, ctx.hard_edges = plan, hard_edges
+        ctx.save_for_backward(o, d, bg, centers, radii, colors, softness, light, intensity, ambient)
+        return rgb, alpha
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_rgb, g_alpha):
+        inputs, need = ctx.saved_tensors, ctx.needs_input_grad[2:]
+        grads = [torch.zeros_like(x) if n else None for x, n in zip(inputs, need)]
+        if need[2]:
+            grads[2] = g_rgb.clone()  # pixels without spheres show the background unchanged
+        shared = [x.detach().requires_grad_(n) for x, n in zip(inputs[3:], need[3:])]
+        for pix, idx in ctx.plan:
+            with torch.enable_grad():
+                pixel = [x[pix].detach().requires_grad_(n) for x, n in zip(inputs[:3], need[:3])]
+                sph = [x[idx] for x in shared[:4]]
+                out = _composite(*pixel, *sph, *shared[4:], ctx.hard_edges)
+            leaves = pixel + shared
+            wanted = [i for i, n in enumerate(need) if n]
+            got = torch.autograd.grad(out, [leaves[i] for i in wanted], (g_rgb[pix], g_alpha[pix]), allow_unused=True)
+            for i, g in zip(wanted, got):
+                if i < 3:
+                    grads[i][pix] = 0.0 if g is None else g
+                elif g is not None:
+                    grads[i] += g
+        return (None, None, *grads)
+
+
+def _plan_chunks(camera: Camera, centers, reach, budget_pairs: int):
+    """Group pixels into chunks, each with the spheres whose soft reach can touch it.
+
+    ``reach`` (N,) is the radius (m) beyond which a sphere's coverage is negligible. Works on
+    square tiles of the image, merging neighbours along a tile row while pixels x spheres stays
+    within ``budget_pairs``; a tile over budget is split. Returns [(pixel indices, sphere indices)].
+    """
+    height, width = camera.height, camera.width
+    if len(reach) == 0:
+        return []
+    left, right, top, bottom = _screen_boxes(camera, centers.double(), reach.double())
+    pixels = torch.arange(height * width, device=centers.device).reshape(height, width)
+    plan = []
+
+    def flush(group, mask):
+        if group and mask.any():
+            plan.append((torch.cat(group), mask.nonzero()[:, 0]))
+
+    for r0 in range(0, height, _TILE):
+        in_rows = (top <= r0 + _TILE + 0.5) & (bottom >= r0 - 0.5)  # pixel centres at i + 0.5, 1 px slack
+        group, union = [], torch.zeros_like(in_rows)
+        for c0 in range(0, width, _TILE):
+            mask = in_rows & (left <= c0 + _TILE + 0.5) & (right >= c0 - 0.5)
+            tile = pixels[r0:r0 + _TILE, c0:c0 + _TILE].reshape(-1)
+            grown = union | mask
+            if (sum(len(g) for g in group) + len(tile)) * int(grown.sum()) <= budget_pairs:
+                group.append(tile)
+                union = grown
+                continue
+            flush(group, union)
+            count = int(mask.sum())
+            if len(tile) * count <= budget_pairs:
+                group, union = [tile], mask
+            else:  # one tile is already over budget: split its pixels
+                step = max(1, budget_pairs // count)
+                plan += [(tile[i:i + step], mask.nonzero()[:, 0]) for i in range(0, len(tile), step)]
+                group, union = [], torch.zeros_like(mask)
+        flush(group, union)
+    return plan
+
+
+def _screen_boxes(camera: Camera, centers, reach):
+    """Conservative pixel bounding boxes (left, right, top, bottom), each (N,), of spheres of radius ``reach``."""
+    cam = camera.to_camera(centers)
+    f = camera.focal()
+    x, y, z = cam.unbind(-1)
+    if camera.orthographic:
+        x, y = x * f + camera.width / 2.0, y * f + camera.height / 2.0
+        return x - reach * f, x + reach * f, y - reach * f, y + reach * f
+    denom = z * z - reach * reach
+    ok = (z > reach) & (denom > 1e-12)  # wholly in front of the camera plane
+    safe = torch.where(ok, denom, torch.ones_like(denom))
+    inf = torch.full_like(z, float("inf"))
+    out = []
+    for u, c in ((x, camera.width / 2.0), (y, camera.height / 2.0)):
+        # tangent planes through the eye: u/z extent of the sphere's silhouette
+        root = reach * torch.sqrt((u * u + denom).clamp(min=0.0))
+        out += [torch.where(ok, (u * z - root) / safe * f + c, -inf), torch.where(ok, (u * z + root) / safe * f + c, inf)]
+    behind = z + reach <= 0  # wholly behind the camera: never visible
+    out[0] = torch.where(behind, inf, out[0])
+    return tuple(out)
+
+
 def _composite(o, d, bg, centers, radii, colors, softness, light, intensity, ambient, hard_edges):
     """Soft front-to-back compositing of all spheres for a chunk of P rays -> rgb (P, 3), alpha (P,)."""
     oc = centers[None] - o[:, None]  # (P, N, 3)
@@ -194,25 +279,23 @@ def _composite(o, d, bg, centers, radii, colors, softness, light, intensity, amb
     return rgb, 1.0 - trans[:, -1]
 
 
-def _hard_hits(o, d, centers, radii, t_ground, n_ground):
-    """Exact first hit per ray: distance (P,) (inf = sky), segmentation (P,), world normal (P, 3)."""
-    t_sph = torch.full_like(t_ground, float("inf"))
-    idx = torch.zeros(len(t_ground), dtype=torch.long, device=o.device)
-    if len(radii):
-        oc = centers[None] - o[:, None]
-        t = (oc * d[:, None]).sum(-1)
-        perp = oc - t[..., None] * d[:, None]
-        gap = radii[None] ** 2 - (perp * perp).sum(-1)
-        t_hit = t - torch.sqrt(gap.clamp(min=0.0))
-        t_hit = torch.where((gap > 0) & (t_hit > 0), t_hit, torch.full_like(t_hit, float("inf")))
-        t_sph, idx = t_hit.min(dim=1)
-    on_sphere = t_sph < t_ground
-    t_first = torch.minimum(t_sph, t_ground)
-    seg = torch.where(on_sphere, idx + 1, torch.zeros_like(idx))
-    normal = torch.zeros_like(o)
-    normal[torch.isfinite(t_ground) & ~on_sphere] = n_ground
-    if on_sphere.any():
-        k = idx[on_sphere]
-        point = o[on_sphere] + t_sph[on_sphere, None] * d[on_sphere]
-        normal[on_sphere] = torch.nn.functional.normalize(point - centers[k], dim=-1)
-    return t_first, seg, normal
+def _hard_hits(o, d, centers, radii, idx, t_first, seg, normal):
+    """Exact first sphere hit per ray where it beats the ground distance in ``t_first``.
+
+    o, d (P, 3); centers (M, 3), radii (M,) with global sphere indices ``idx`` (M,); t_first (P,)
+    is the ground distance (inf = sky), seg (P,) int32, normal (P, 3) world. Returns updated copies.
+    """
+    oc = centers[None] - o[:, None]
+    t = (oc * d[:, None]).sum(-1)
+    perp = oc - t[..., None] * d[:, None]
+    gap = radii[None] ** 2 - (perp * perp).sum(-1)
+    t_hit = t - torch.sqrt(gap.clamp(min=0.0))
+    t_hit = torch.where((gap > 0) & (t_hit > 0), t_hit, torch.full_like(t_hit, float("inf")))
+    t_sph, k = t_hit.min(dim=1)
+    won = t_sph < t_first
+    sphere_normal = torch.nn.functional.normalize(o + t_sph.nan_to_num(posinf=0.0)[:, None] * d - centers[k], dim=-1)
+    return (
+        torch.where(won, t_sph, t_first),
+        torch.where(won, (idx[k] + 1).to(seg.dtype), seg),
+        torch.where(won[:, None], sphere_normal, normal),
+    )

@@ -1,0 +1,197 @@
+"""The ``hybridsim`` command line. Heavy modules load inside the commands, so ``--help`` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+DEFAULT_SCENE = "bounce.toml"
+
+
+def _default_scene_path() -> Path:
+    from importlib.resources import files
+
+    return Path(str(files("hybridsim.scenes") / DEFAULT_SCENE))
+
+
+def _build_world(args, precision=None):
+    from .scene import load_scene
+    from .sim.world import World
+
+    scene = Path(args.scene) if args.scene else _default_scene_path()
+    spec = load_scene(scene)
+    return World(spec, backend=args.backend, device=args.device, precision=precision)
+
+
+def cmd_render(args) -> int:
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .fileio import atomic_path
+    from .render import to_uint8, write_layers, write_video
+    from .render.scene import render_trajectory
+    from .sim.rollout import rollout
+
+    world = _build_world(args)
+    spec = world.spec
+    frames = args.frames if args.frames is not None else spec.frame_count
+    out = Path(args.output)
+    quiet = args.quiet
+    with torch.no_grad():
+        with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
+            trajectory = rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
+        layers = {"rgb": [], "depth": [], "segmentation": [], "normal": [], "alpha": []}
+        for index in tqdm(range(trajectory.frame_count), desc="render", unit="frame", disable=quiet, leave=False):
+            frame = render_trajectory(world, trajectory, frames=slice(index, index + 1))
+            for key in layers:
+                layers[key].append(frame[key][0])
+    stacked = {key: torch.stack(value).cpu().numpy() for key, value in layers.items()}
+    rgb = to_uint8(stacked.pop("rgb"))
+    write_video(out, rgb, fps=spec.time.fps)
+    layers_path = out.with_suffix(".layers.npz")
+    stacked["depth"] = stacked["depth"].astype(np.float32)
+    stacked["normal"] = stacked["normal"].astype(np.float32)
+    stacked["alpha"] = stacked["alpha"].astype(np.float32)
+    write_layers(layers_path, stacked)
+    states_path = out.with_suffix(".states.npz")
+    with atomic_path(states_path) as tmp:
+        np.savez_compressed(tmp, positions=trajectory.positions.cpu().numpy(),
+                            velocities=trajectory.velocities.cpu().numpy(), times=trajectory.times.numpy())
+    print(f"wrote {out} ({rgb.shape[0]} frames, {rgb.shape[2]}x{rgb.shape[1]}, {spec.time.fps:g} fps, "
+          f"backend {world.backend}, device {world.device})")
+    print(f"wrote {layers_path} (depth, segmentation, normal, alpha)")
+    print(f"wrote {states_path} (positions, velocities, times)")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import platform
+
+    from . import __version__, backends
+
+    lines = [f"hybridsim {__version__}", f"python {platform.python_version()} ({sys.executable})"]
+    for module in ("torch", "warp", "taichi", "numpy", "trimesh", "imageio", "pydantic"):
+        try:
+            from importlib.metadata import version
+
+            dist = {"warp": "warp-lang"}.get(module, module)
+            lines.append(f"{module} {version(dist)}")
+        except Exception:
+            lines.append(f"{module} not installed")
+    lines.append(f"backends: {', '.join(backends.BACKENDS)}")
+    cuda = backends.cuda_available()
+    lines.append("devices: cpu" + (", cuda" if cuda else " (no CUDA device)"))
+    cache = backends.cache_dir()
+    lines.append(f"warp kernel cache: {cache / 'warp'}")
+    lines.append(f"taichi offline cache: {cache / 'taichi'}")
+    lines.append(f"default scene: {_default_scene_path()}")
+    print("\n".join(lines))
+    return 0
+
+
+def cmd_gradcheck(args) -> int:
+    import torch
+
+    from .testing import finite_difference_gradcheck
+
+    world = _build_world(args, precision="float64")
+    if not world.learnable:
+        print(f"{world.spec.source}: no learnable fields (mark some with learn = true)")
+        return 1
+    evaluate = None
+    if args.pixel:
+        from .render.scene import render_trajectory
+        from .sim.rollout import rollout
+
+        generator = torch.Generator().manual_seed(0)
+        spec = world.spec
+        weights = torch.rand((1, spec.camera.height, spec.camera.width, 3), generator=generator, dtype=torch.float64)
+
+        def evaluate(values):
+            trajectory = rollout(world, values, frames=args.frames)
+            rgb = render_trajectory(world, trajectory, values)["rgb"]
+            return (rgb * weights).sum(), trajectory
+
+    rows = finite_difference_gradcheck(world, frames=args.frames, evaluate=evaluate)
+    width = max(len(row.name) for row in rows)
+    print(f"{'parameter':<{width}}  {'autodiff':>14}  {'finite diff':>14}  {'rel. error':>10}")
+    worst = 0.0
+    for row in rows:
+        flag = "  (contacts changed)" if row.contacts_changed else ""
+        print(f"{row.name:<{width}}  {row.autodiff:>14.6e}  {row.finite_difference:>14.6e}  {row.error:>10.2e}{flag}")
+        worst = max(worst, row.error)
+    verdict = "PASS" if worst <= args.tolerance else "FAIL"
+    print(f"{verdict}: worst relative error {worst:.2e} (tolerance {args.tolerance:g}, backend {world.backend}, float64)")
+    return 0 if verdict == "PASS" else 1
+
+
+def cmd_bench(args) -> int:
+    from .bench import run_benchmarks
+
+    return run_benchmarks(args.case, as_json=args.json, quick=args.quick, output=args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybridsim", description="Differentiable physics and neural video generation.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def scene_args(p, scene_required=False):
+        p.add_argument("scene", nargs=None if scene_required else "?", help="scene file (.toml); default: the shipped bounce scene")
+        p.add_argument("--backend", choices=["warp", "taichi"], help="override the scene's backend")
+        p.add_argument("--device", help="cpu, cuda or auto (overrides the scene)")
+        p.add_argument("--frames", type=int, help="number of frames to simulate (overrides the scene)")
+
+    p = sub.add_parser("render", help="simulate a scene and write video plus ground-truth layers")
+    scene_args(p)
+    p.add_argument("-o", "--output", default="out.mp4", help="output mp4 (layers and states go beside it)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_render)
+
+    p = sub.add_parser("info", help="versions, backends, devices and cache paths")
+    p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("gradcheck", help="check autodiff gradients of a scene against finite differences (float64)")
+    scene_args(p)
+    p.add_argument("--pixel", action="store_true", help="differentiate a pixel loss through the renderer too")
+    p.add_argument("--tolerance", type=float, default=1e-3, help="largest relative error that passes")
+    p.set_defaults(run=cmd_gradcheck)
+
+    p = sub.add_parser("bench", help="run benchmarks side by side with their references")
+    p.add_argument("case", nargs="?", help="one case name (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON record per case")
+    p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    p.add_argument("-o", "--output", help="also write the records to this JSON file")
+    p.set_defaults(run=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from . import __version__
+
+        print(__version__)
+        return 0
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0
+    from .errors import HybridsimError
+
+    try:
+        return int(args.run(args) or 0)
+    except HybridsimError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Render a rollout of a scene: camera, ground and light from the spec, spheres from the
+trajectory (and learnable appearance from ``params``)."""
+
+from __future__ import annotations
+
+import torch
+
+from .camera import Camera
+from .spheres import render_frames
+
+__all__ = ["render_trajectory", "scene_render_options"]
+
+
+def scene_render_options(world, params=None) -> dict:
+    """Keyword arguments of ``render_spheres`` taken from the scene (light values may be learned)."""
+    spec = world.spec
+    options = dict(
+        ground_height=spec.ground.height,
+        checker_size=spec.ground.checker_size,
+        checker_colors=tuple(tuple(c) for c in spec.ground.colors),
+        sky_color=tuple(spec.light.sky_color),
+        light_direction=tuple(spec.light.direction),
+        light_intensity=spec.light.intensity,
+        ambient=spec.light.ambient,
+    )
+    for key, path in (("light_intensity", "light.intensity"), ("ambient", "light.ambient"),
+                      ("light_direction", "light.direction")):
+        if params is not None and path in params:
+            options[key] = world.value(path, params)
+    return options
+
+
+def render_trajectory(world, trajectory, params=None, *, world_index: int = 0,
+                      frames: slice | None = None, camera: Camera | None = None) -> dict[str, torch.Tensor]:
+    """Layers for every frame of one world of ``trajectory``: rgb (F,H,W,3) in [0,1], alpha,
+    depth [m], segmentation (int32; 0 ground/sky, k+1 sphere k) and camera-space normals.
+
+    Differentiable with respect to sphere positions, radii, colours and light (soft edges).
+    """
+    camera = camera or Camera.from_spec(world.spec.camera)
+    centers = trajectory.positions[:, world_index]
+    if frames is not None:
+        centers = centers[frames]
+    radii = trajectory.model.radius.reshape(world.world_count, -1)[world_index]
+    return render_frames(camera, centers, radii, world.colors(params), **scene_render_options(world, params))

@@ -1,0 +1,848 @@
+"""Scene description: pydantic models for everything a TOML scene file can say.
+
+A scene is a frozen :class:`SceneSpec`. Vectors are tuples of three floats (SI units, z-up).
+Numeric fields may be *learnable*: in TOML they are written ``{ value = ..., learn = true,
+range = [lo, hi] }``; the loader strips those markers, puts the plain value in the field and
+records a :class:`Learnable` under the field's path (``"objects[0].restitution"``) in
+``SceneSpec.learnable``.
+
+Every validator here reports problems as a ``PydanticCustomError`` of type ``"scene"`` whose
+context holds the finished human message (``msg``) and, where the problem sits below the
+validated value, the rest of the field path (``subpath``). The loader turns those into one-line
+:class:`~hybridsim.errors.SceneError` messages naming the file, field path and line.
+
+Nothing here imports torch, Warp or Taichi.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import re
+import reprlib
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
+
+from ..errors import SceneError
+
+__all__ = [
+    "TimeSpec",
+    "CameraSpec",
+    "GroundSpec",
+    "LightSpec",
+    "SphereSpec",
+    "ObjectSpec",
+    "OBJECT_TYPES",
+    "Learnable",
+    "SceneSpec",
+    "parse_path",
+    "format_path",
+    "dumps_toml",
+    "LEARN_KEYS",
+    "MAX_FRAMES",
+    "MAX_SUBSTEPS",
+    "MAX_SEED",
+]
+
+MAX_FRAMES = 1_000_000
+MAX_SUBSTEPS = 10_000
+MAX_SEED = 2**31 - 1  # fits every backend's seed type (Taichi's is a C int)
+MAX_NAME = 200
+LEARN_KEYS = frozenset({"value", "learn", "range"})
+
+
+# --------------------------------------------------------------------------------------------
+# Small helpers shared with the loader
+# --------------------------------------------------------------------------------------------
+
+_repr = reprlib.Repr()
+_repr.maxstring = 40
+_repr.maxother = 40
+_repr.maxlist = 4
+_repr.maxtuple = 4
+_repr.maxdict = 3
+_repr.maxlevel = 2
+
+
+def show(value: Any) -> str:
+    """Short one-line rendering of a user value for error messages, in TOML-ish terms."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, Mapping):
+        return "a table"
+    if value is None:
+        return "nothing"
+    try:
+        return _repr.repr(value)
+    except (ValueError, RecursionError):  # ints past Python's str-digits limit, absurd nesting
+        return f"a {type(value).__name__}"
+
+
+def fmt_num(x: float) -> str:
+    """Render a bound or value compactly: ``0``, ``0.5``, ``1e-06``."""
+    if isinstance(x, float) and x.is_integer() and abs(x) < 1e16:
+        return str(int(x))
+    return repr(x)
+
+
+def is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def fail(msg: str, subpath: str = "") -> None:
+    """Raise the error type the loader understands (message plus optional sub-path)."""
+    raise PydanticCustomError("scene", "{msg}", {"msg": msg, "subpath": subpath})
+
+
+def join_path(path: str, sub: str | int) -> str:
+    if isinstance(sub, int):
+        return f"{path}[{sub}]"
+    if not sub:
+        return path
+    if sub.startswith("["):
+        return path + sub
+    return f"{path}.{sub}" if path else sub
+
+
+_TOKEN = re.compile(r"(?:^|\.)([A-Za-z_][A-Za-z0-9_]*)|\[(\d+)\]")
+
+
+def parse_path(path: str) -> tuple[str | int, ...]:
+    """``"objects[1].velocity"`` -> ``("objects", 1, "velocity")``; ValueError if malformed."""
+    if not isinstance(path, str) or not path:
+        raise ValueError(f"invalid field path {path!r}")
+    tokens: list[str | int] = []
+    pos = 0
+    while pos < len(path):
+        m = _TOKEN.match(path, pos)
+        if m is None or (pos == 0 and path.startswith(".")):
+            raise ValueError(f"invalid field path {path!r}")
+        tokens.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
+        pos = m.end()
+    if not isinstance(tokens[0], str):
+        raise ValueError(f"invalid field path {path!r}")
+    return tuple(tokens)
+
+
+def format_path(tokens) -> str:
+    out = ""
+    for t in tokens:
+        out = join_path(out, t if isinstance(t, int) else str(t))
+    return out
+
+
+def range_violation(value: Any, rng: tuple[float, float] | None) -> str | None:
+    """Message if ``value`` (number or 3-vector) lies outside ``rng`` (per component), else None."""
+    if rng is None:
+        return None
+    lo, hi = rng
+    comps = value if isinstance(value, (list, tuple)) else (value,)
+    for c in comps:
+        if not (lo <= c <= hi):
+            shown = "[" + ", ".join(fmt_num(float(x)) for x in comps) + "]" if isinstance(value, (list, tuple)) else fmt_num(float(value))
+            return f"value {shown} is outside its learnable range [{fmt_num(lo)}, {fmt_num(hi)}]"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Field types with human messages
+# --------------------------------------------------------------------------------------------
+
+
+def _maybe_list(v: Any) -> Any:
+    """numpy arrays / torch tensors from Python callers become plain lists."""
+    if not isinstance(v, (list, tuple, str, bytes, Mapping)) and hasattr(v, "tolist"):
+        try:
+            return v.tolist()
+        except Exception:  # noqa: BLE001 - an odd object: leave it for the type check to reject
+            return v
+    return v
+
+
+def _to_float(v: Any, subpath: str = "") -> float:
+    v = _maybe_list(v)
+    if not is_number(v):
+        fail(f"must be a number (got {show(v)})", subpath)
+    try:
+        f = float(v)
+    except (OverflowError, ValueError, TypeError):
+        fail(f"must be a finite number (got {show(v)})", subpath)
+    if not math.isfinite(f):
+        fail(f"must be finite (got {show(v)})", subpath)
+    return f
+
+
+def _check_bounds(x: float, gt=None, ge=None, lt=None, le=None, subpath: str = "") -> None:
+    lo = gt if gt is not None else ge
+    hi = lt if lt is not None else le
+    ok = (gt is None or x > gt) and (ge is None or x >= ge) and (lt is None or x < lt) and (le is None or x <= le)
+    if ok:
+        return
+    got = fmt_num(x)
+    if lo is not None and hi is not None:
+        left = "(" if gt is not None else "["
+        right = ")" if lt is not None else "]"
+        fail(f"must be in {left}{fmt_num(lo)}, {fmt_num(hi)}{right} (got {got})", subpath)
+    if gt is not None:
+        fail(f"must be > {fmt_num(gt)} (got {got})", subpath)
+    if ge is not None:
+        fail(f"must be >= {fmt_num(ge)} (got {got})", subpath)
+    if lt is not None:
+        fail(f"must be < {fmt_num(lt)} (got {got})", subpath)
+    fail(f"must be <= {fmt_num(le)} (got {got})", subpath)
+
+
+def _num_type(*, gt=None, ge=None, lt=None, le=None, optional: bool = False):
+    def check(v: Any):
+        if v is None and optional:
+            return None
+        f = _to_float(v)
+        _check_bounds(f, gt, ge, lt, le)
+        return f
+
+    return Annotated[float | None if optional else float, BeforeValidator(check)]
+
+
+def _int_type(*, ge=None, le=None, optional: bool = False):
+    def check(v: Any):
+        if v is None and optional:
+            return None
+        v = _maybe_list(v)
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+            fail(f"must be an integer (got {show(v)})")
+        i = int(v)
+        if (ge is not None and i < ge) or (le is not None and i > le):
+            if ge is not None and le is not None:
+                fail(f"must be in [{ge}, {le}] (got {show(i)})")
+            fail(f"must be >= {ge} (got {show(i)})" if ge is not None else f"must be <= {le} (got {show(i)})")
+        return i
+
+    return Annotated[int | None if optional else int, BeforeValidator(check)]
+
+
+def _to_vec3(v: Any, subpath: str = "") -> tuple[float, float, float]:
+    v = _maybe_list(v)
+    if not isinstance(v, (list, tuple)) or len(v) != 3:
+        fail(f"must be a list of 3 numbers (got {show(v)})", subpath)
+    return tuple(_to_float(c, f"{subpath}[{i}]") for i, c in enumerate(v))  # type: ignore[return-value]
+
+
+def _to_color(v: Any, subpath: str = "") -> tuple[float, float, float]:
+    c = _to_vec3(v, subpath)
+    for i, x in enumerate(c):
+        if not 0.0 <= x <= 1.0:
+            fail(f"colour components must be in [0, 1] (got {fmt_num(x)})", f"{subpath}[{i}]")
+    return c
+
+
+def _to_color_pair(v: Any):
+    v = _maybe_list(v)
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        fail(f"must be a list of 2 RGB colours (got {show(v)})")
+    return (_to_color(v[0], "[0]"), _to_color(v[1], "[1]"))
+
+
+def _nonzero_vec3(v: Any):
+    t = _to_vec3(v)
+    if not any(t):
+        fail("must be a non-zero vector (got [0, 0, 0])")
+    return t
+
+
+def _to_bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        fail(f"must be true or false (got {show(v)})")
+    return v
+
+
+def _to_name(v: Any, optional: bool = False):
+    if v is None and optional:
+        return None
+    if not isinstance(v, str):
+        fail(f"must be a string (got {show(v)})")
+    if not v.strip():
+        fail("must not be empty")
+    if len(v) > MAX_NAME:
+        fail(f"must be at most {MAX_NAME} characters (got {len(v)})")
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in v):
+        fail("must not contain control characters")
+    return v
+
+
+def _choice_type(*options: str):
+    def check(v: Any):
+        if isinstance(v, str) and v in options:
+            return v
+        allowed = ", ".join(repr(o) for o in options)
+        hint = ""
+        if isinstance(v, str):
+            close = difflib.get_close_matches(v.lower(), options, n=1, cutoff=0.5)
+            if close:
+                hint = f"; did you mean {close[0]!r}?"
+        fail(f"must be one of {allowed} (got {show(v)}{hint})")
+
+    return Annotated[Literal[options], BeforeValidator(check)]  # type: ignore[valid-type]
+
+
+Float = _num_type()
+PosFloat = _num_type(gt=0.0)
+NonNegFloat = _num_type(ge=0.0)
+Vec3 = Annotated[tuple[float, float, float], BeforeValidator(_to_vec3)]
+NonZeroVec3 = Annotated[tuple[float, float, float], BeforeValidator(_nonzero_vec3)]
+Color = Annotated[tuple[float, float, float], BeforeValidator(_to_color)]
+Bool = Annotated[bool, BeforeValidator(_to_bool)]
+Name = Annotated[str, BeforeValidator(_to_name)]
+OptName = Annotated[str | None, BeforeValidator(lambda v: _to_name(v, optional=True))]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Tables
+# --------------------------------------------------------------------------------------------
+
+
+class TimeSpec(_Spec):
+    """``[time]``: frame rate, clip length (``frames`` or ``duration``) and substeps per frame."""
+
+    fps: PosFloat = 30.0
+    frames: _int_type(ge=1, le=MAX_FRAMES, optional=True) = None  # type: ignore[valid-type]
+    duration: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    substeps: _int_type(ge=1, le=MAX_SUBSTEPS) = 8  # type: ignore[valid-type]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _frames_or_duration(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            has_frames = data.get("frames") is not None
+            has_duration = data.get("duration") is not None
+            if has_frames and has_duration:
+                fail("give frames or duration, not both")
+            if not has_frames and not has_duration:
+                data = {**data, "frames": 60}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "TimeSpec":
+        if self.duration is not None:
+            exact = self.duration * self.fps
+            n = round(exact) if math.isfinite(exact) else MAX_FRAMES + 1
+            if not 1 <= n <= MAX_FRAMES:
+                fail(
+                    f"{fmt_num(self.duration)} s at {fmt_num(self.fps)} fps gives {n} frames; "
+                    f"need 1 to {MAX_FRAMES}",
+                    "duration",
+                )
+        rate = self.fps * self.substeps
+        if not (math.isfinite(rate) and 1.0 / rate > 0.0):
+            fail(f"fps * substeps is too large (got {fmt_num(rate)})", "fps")
+        return self
+
+    @property
+    def frame_count(self) -> int:
+        if self.frames is not None:
+            return self.frames
+        return int(round(self.duration * self.fps))  # type: ignore[operator]
+
+    @property
+    def dt(self) -> float:
+        """Simulation step in seconds: ``1 / (fps * substeps)``."""
+        return 1.0 / (self.fps * self.substeps)
+
+
+def _unit(v) -> tuple[float, float, float] | None:
+    """``v / |v|`` computed without overflow or underflow; None for the zero vector."""
+    m = max(abs(c) for c in v)
+    if m == 0.0 or not math.isfinite(m):
+        return None
+    w = [c / m for c in v]
+    n = math.sqrt(sum(c * c for c in w))
+    return (w[0] / n, w[1] / n, w[2] / n)
+
+
+class CameraSpec(_Spec):
+    """``[camera]``: pinhole (perspective) or orthographic camera looking at ``look_at``."""
+
+    position: Vec3
+    look_at: Vec3
+    up: Vec3 = (0.0, 0.0, 1.0)
+    fovy_deg: _num_type(gt=0.0, lt=180.0) = 40.0  # type: ignore[valid-type]
+    width: _int_type(ge=1, le=8192) = 320  # type: ignore[valid-type]
+    height: _int_type(ge=1, le=8192) = 240  # type: ignore[valid-type]
+    projection: _choice_type("perspective", "orthographic") = "perspective"  # type: ignore[valid-type]
+    ortho_height: PosFloat = 2.0
+
+    @model_validator(mode="after")
+    def _check(self) -> "CameraSpec":
+        # Scale before subtracting so huge coordinates cannot overflow to inf.
+        scale = max(abs(c) for c in (*self.position, *self.look_at))
+        view = _unit([(b / scale - a / scale) if scale else 0.0 for a, b in zip(self.position, self.look_at)])
+        if view is None:
+            fail("must differ from the camera position", "look_at")
+        up = _unit(self.up)
+        if up is None:
+            fail("must be a non-zero vector (got [0, 0, 0])", "up")
+        d, u = view, up
+        cross = (d[1] * u[2] - d[2] * u[1], d[2] * u[0] - d[0] * u[2], d[0] * u[1] - d[1] * u[0])
+        if math.sqrt(sum(c * c for c in cross)) < 1e-6:
+            fail("must not be parallel to the viewing direction (look_at - position)", "up")
+        return self
+
+    @property
+    def aspect(self) -> float:
+        return self.width / self.height
+
+
+class GroundSpec(_Spec):
+    """``[ground]``: an infinite checkered plane ``z = height``."""
+
+    height: Float = 0.0
+    checker_size: PosFloat = 0.5
+    colors: Annotated[
+        tuple[tuple[float, float, float], tuple[float, float, float]], BeforeValidator(_to_color_pair)
+    ] = ((0.85, 0.85, 0.85), (0.35, 0.35, 0.35))
+    enabled: Bool = True
+
+
+class LightSpec(_Spec):
+    """``[light]``: one directional light plus ambient term and sky colour."""
+
+    direction: NonZeroVec3 = (-0.4, 0.3, -1.0)
+    intensity: NonNegFloat = 0.8
+    ambient: NonNegFloat = 0.35
+    sky_color: Color = (0.55, 0.7, 0.9)
+
+
+class SphereSpec(_Spec):
+    """``[[objects]]`` with ``type = "sphere"``: a rigid ball."""
+
+    type: Literal["sphere"] = "sphere"
+    name: OptName = None
+    position: Vec3
+    velocity: Vec3 = (0.0, 0.0, 0.0)
+    radius: PosFloat
+    mass: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    density: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    restitution: _num_type(ge=0.0, le=1.0) = 0.5  # type: ignore[valid-type]
+    color: Color = (0.8, 0.3, 0.2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mass_or_density(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            has_mass = data.get("mass") is not None
+            has_density = data.get("density") is not None
+            if has_mass and has_density:
+                fail("give mass or density, not both")
+            if not has_mass and not has_density:
+                data = {**data, "mass": 1.0}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "SphereSpec":
+        if not math.isfinite(self.mass_kg) or self.mass_kg <= 0.0:
+            fail(f"density {fmt_num(self.density)} with radius {fmt_num(self.radius)} gives an unusable mass", "density")
+        return self
+
+    @property
+    def volume(self) -> float:
+        r = self.radius
+        return 4.0 / 3.0 * math.pi * r * r * r  # products overflow to inf, ** would raise
+
+    @property
+    def mass_kg(self) -> float:
+        """The mass in kg, from ``mass`` or from ``density * volume``."""
+        if self.mass is not None:
+            return self.mass
+        return self.density * self.volume  # type: ignore[operator]
+
+
+#: Object types by their ``type`` tag. Add new object models here and to ``ObjectSpec``.
+OBJECT_TYPES: dict[str, type[BaseModel]] = {"sphere": SphereSpec}
+
+ObjectSpec = Annotated[Union[tuple(OBJECT_TYPES.values())], Field(discriminator="type")]  # type: ignore[misc]
+
+
+def _objects_list(v: Any) -> Any:
+    if not isinstance(v, (list, tuple)):
+        fail(f"must be an array of tables ([[objects]]) (got {show(v)})")
+    for i, item in enumerate(v):
+        if not isinstance(item, (Mapping, BaseModel)):
+            fail(f"must be a table (got {show(item)})", f"[{i}]")
+    return v
+
+
+# --------------------------------------------------------------------------------------------
+# Learnable values
+# --------------------------------------------------------------------------------------------
+
+
+def _scalar_or_vec3(v: Any):
+    v = _maybe_list(v)
+    if isinstance(v, (list, tuple)):
+        return _to_vec3(v)
+    return _to_float(v)
+
+
+def _opt_range(v: Any):
+    if v is None:
+        return None
+    v = _maybe_list(v)
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        fail(f"range must be [lo, hi] (got {show(v)})")
+    lo, hi = _to_float(v[0], "[0]"), _to_float(v[1], "[1]")
+    if not lo < hi:
+        fail(f"range needs lo < hi (got [{fmt_num(lo)}, {fmt_num(hi)}])")
+    return (lo, hi)
+
+
+class Learnable(_Spec):
+    """A field marked learnable: its path in the scene, initial value and optional range."""
+
+    path: str
+    value: Annotated[float | tuple[float, float, float], BeforeValidator(_scalar_or_vec3)]
+    range: Annotated[tuple[float, float] | None, BeforeValidator(_opt_range)] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "Learnable":
+        msg = range_violation(self.value, self.range)
+        if msg:
+            fail(msg, "value")
+        return self
+
+    @property
+    def is_vector(self) -> bool:
+        return isinstance(self.value, tuple)
+
+    @property
+    def size(self) -> int:
+        return 3 if self.is_vector else 1
+
+    def to_marker(self) -> dict:
+        """The TOML inline table ``{ value = ..., learn = true, range = [lo, hi] }`` as a dict."""
+        marker: dict[str, Any] = {"value": list(self.value) if self.is_vector else self.value, "learn": True}
+        if self.range is not None:
+            marker["range"] = list(self.range)
+        return marker
+
+
+# --------------------------------------------------------------------------------------------
+# The scene
+# --------------------------------------------------------------------------------------------
+
+_NOT_COMPARED = ("source",)
+
+
+class SceneSpec(_Spec):
+    """A validated scene. Build it with ``load_scene``, ``parse_scene``, ``scene_from_dict`` or
+    ``SceneBuilder``; compare with ``==`` (``source`` is ignored)."""
+
+    name: Name = "scene"
+    backend: _choice_type("warp", "taichi") = "warp"  # type: ignore[valid-type]
+    device: _choice_type("cpu", "cuda", "auto") = "auto"  # type: ignore[valid-type]
+    precision: _choice_type("float32", "float64") = "float32"  # type: ignore[valid-type]
+    deterministic: Bool = False
+    seed: _int_type(ge=0, le=MAX_SEED) = 0  # type: ignore[valid-type]
+    gravity: Vec3 = (0.0, 0.0, -9.81)
+    time: TimeSpec = Field(default_factory=TimeSpec)
+    camera: CameraSpec
+    ground: GroundSpec = Field(default_factory=GroundSpec)
+    light: LightSpec = Field(default_factory=LightSpec)
+    objects: Annotated[tuple[ObjectSpec, ...], BeforeValidator(_objects_list)] = ()  # type: ignore[valid-type]
+    learnable: dict[str, Learnable] = Field(default_factory=dict)
+    source: str | None = None
+
+    # ---- validation ----------------------------------------------------------------------
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_object_names(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        objects = data.get("objects")
+        if not isinstance(objects, (list, tuple)):
+            return data
+        named = []
+        for i, obj in enumerate(objects):
+            kind = obj.get("type") if isinstance(obj, Mapping) else getattr(obj, "type", None)
+            default = f"{kind}_{i}" if isinstance(kind, str) and kind in OBJECT_TYPES else f"object_{i}"
+            if isinstance(obj, Mapping) and obj.get("name") is None:
+                obj = {**obj, "name": default}
+            elif isinstance(obj, BaseModel) and getattr(obj, "name", "") is None:
+                obj = obj.model_copy(update={"name": default})
+            named.append(obj)
+        return {**data, "objects": named}
+
+    @model_validator(mode="after")
+    def _check(self) -> "SceneSpec":
+        seen: dict[str, int] = {}
+        for i, obj in enumerate(self.objects):
+            if obj.name in seen:
+                fail(f"duplicate object name {obj.name!r} (also objects[{seen[obj.name]}])", f"objects[{i}].name")
+            seen[obj.name] = i
+        for key, item in self.learnable.items():
+            self._check_learnable(key, item)
+        return self
+
+    def _check_learnable(self, key: str, item: Learnable) -> None:
+        if key != item.path:
+            fail(f"learnable entry {key!r} has path {item.path!r}", key)
+        try:
+            tokens = parse_path(key)
+            value = self._resolve(tokens)
+        except (ValueError, LookupError):
+            fail("learnable path does not name a field of the scene", key)
+        if isinstance(value, bool) or isinstance(value, int):
+            fail("cannot be learnable: it is an integer field (only real numbers and 3-vectors can)", key)
+        if not (isinstance(value, float) or _is_vec3(value)):
+            fail("cannot be learnable: only real numbers and 3-vectors can", key)
+        if isinstance(tokens[-1], int) and _is_vec3(self._resolve(tokens[:-1])):
+            fail("mark the whole vector learnable, not one component", key)
+        if item.value != value:
+            fail(f"learnable value {show(item.value)} differs from the field value {show(value)}", key)
+        msg = range_violation(value, item.range)
+        if msg:
+            fail(msg, key)
+
+    # ---- paths ---------------------------------------------------------------------------
+
+    def _resolve(self, tokens) -> Any:
+        cur: Any = self
+        for t in tokens:
+            if isinstance(t, str):
+                if not isinstance(cur, BaseModel) or t not in type(cur).model_fields:
+                    raise LookupError(t)
+                if cur is self and t in ("learnable", "source"):
+                    raise LookupError(t)
+                cur = getattr(cur, t)
+            else:
+                if not isinstance(cur, tuple) or not 0 <= t < len(cur):
+                    raise LookupError(t)
+                cur = cur[t]
+        return cur
+
+    def get(self, path: str) -> Any:
+        """Value at a field path such as ``"objects[0].restitution"`` or ``"light.intensity"``."""
+        try:
+            return self._resolve(parse_path(path))
+        except (ValueError, LookupError):
+            raise SceneError("no such field in the scene", file=self.source, field=str(path)) from None
+
+    def with_values(self, values: Mapping[str, Any]) -> "SceneSpec":
+        """A new validated spec with the fields at the given paths replaced (e.g. fitted values).
+
+        Learnable entries at those paths take the new value (and keep their range, so a value
+        outside it raises :class:`SceneError`). Values may be numbers, sequences, numpy arrays or
+        tensors (anything with ``tolist``).
+        """
+        from .loader import _validate  # the loader owns error conversion; imported late (cycle)
+
+        data = self.to_data(markers=False)
+        for path, value in values.items():
+            self.get(path)  # SceneError for unknown paths
+            _set_in(data, parse_path(path), _plain(value))
+        learn = {}
+        for path, item in self.learnable.items():
+            learn[path] = {"path": path, "value": _get_in(data, parse_path(path)), "range": item.range}
+        label = self.source or "<with_values>"
+        return _validate(data, learn, label=label, source=self.source)
+
+    # ---- conveniences --------------------------------------------------------------------
+
+    @property
+    def frame_count(self) -> int:
+        """Frames to produce: ``time.frames``, or ``round(time.duration * time.fps)``."""
+        return self.time.frame_count
+
+    @property
+    def dt(self) -> float:
+        """Simulation step in seconds: ``1 / (fps * substeps)``."""
+        return self.time.dt
+
+    @property
+    def fps(self) -> float:
+        return self.time.fps
+
+    @property
+    def substeps(self) -> int:
+        return self.time.substeps
+
+    @property
+    def total_steps(self) -> int:
+        return self.frame_count * self.time.substeps
+
+    @property
+    def duration_s(self) -> float:
+        return self.frame_count / self.time.fps
+
+    @property
+    def object_names(self) -> tuple[str, ...]:
+        return tuple(obj.name for obj in self.objects)
+
+    def object(self, name: str):
+        """The object spec called ``name`` (KeyError if none)."""
+        for obj in self.objects:
+            if obj.name == name:
+                return obj
+        close = difflib.get_close_matches(name, self.object_names, n=1)
+        raise KeyError(f"no object named {name!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
+
+    # ---- serialisation -------------------------------------------------------------------
+
+    def to_data(self, markers: bool = True) -> dict:
+        """Plain nested dict/list data in TOML shape; learnable fields as marker tables if
+        ``markers``. ``scene_from_dict(spec.to_data()) == spec``."""
+        data = _plain(self.model_dump(exclude={"learnable", "source"}, exclude_none=True))
+        if markers:
+            for path, item in self.learnable.items():
+                _set_in(data, parse_path(path), item.to_marker())
+        return data
+
+    def to_toml(self) -> str:
+        """TOML text that loads back to an equal spec (learnable markers included)."""
+        head = f"# hybridsim scene {self.name!r}" if _printable(self.name) else "# hybridsim scene"
+        return head + "\n\n" + dumps_toml(self.to_data(markers=True))
+
+    def write_toml(self, path) -> None:
+        """Write :meth:`to_toml` to ``path`` atomically."""
+        from ..fileio import atomic_write_text
+
+        atomic_write_text(path, self.to_toml())
+
+    # ---- comparison ----------------------------------------------------------------------
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, f) for f in type(self).model_fields if f not in _NOT_COMPARED and f != "learnable")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SceneSpec):
+            return NotImplemented
+        return self._key() == other._key() and self.learnable == other.learnable
+
+    def __hash__(self) -> int:
+        return hash((self._key(), tuple(sorted(self.learnable.items()))))
+
+
+def _printable(s: str) -> bool:
+    return s.isprintable() and "\n" not in s
+
+
+def _is_vec3(v: Any) -> bool:
+    return isinstance(v, tuple) and len(v) == 3 and all(type(c) is float for c in v)
+
+
+def _plain(v: Any) -> Any:
+    """Tuples to lists, arrays/tensors to lists, recursively; mappings to dicts."""
+    v = _maybe_list(v)
+    if isinstance(v, Mapping):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _get_in(data: Any, tokens) -> Any:
+    for t in tokens:
+        data = data[t]
+    return data
+
+
+def _set_in(data: Any, tokens, value: Any) -> None:
+    for t in tokens[:-1]:
+        data = data[t]
+    data[tokens[-1]] = value
+
+
+# --------------------------------------------------------------------------------------------
+# A small TOML writer (tomllib only reads)
+# --------------------------------------------------------------------------------------------
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_ESCAPES = {'"': '\\"', "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r", "\b": "\\b", "\f": "\\f"}
+
+
+def _toml_str(s: str) -> str:
+    out = ['"']
+    for ch in s:
+        o = ord(ch)
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif o < 0x20 or o == 0x7F:
+            out.append(f"\\u{o:04x}")
+        elif 0xD800 <= o <= 0xDFFF:
+            raise ValueError("TOML strings cannot hold lone surrogate characters")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _toml_key(k: Any) -> str:
+    if not isinstance(k, str):
+        raise TypeError(f"TOML keys must be strings (got {k!r})")
+    return k if _BARE_KEY.fullmatch(k) else _toml_str(k)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, numbers.Integral):
+        return str(int(v))
+    if isinstance(v, numbers.Real):
+        f = float(v)
+        if math.isnan(f):
+            return "nan"
+        if math.isinf(f):
+            return "inf" if f > 0 else "-inf"
+        return repr(f)
+    if isinstance(v, str):
+        return _toml_str(v)
+    if isinstance(v, Mapping):
+        if not v:
+            return "{}"
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(x)}" for k, x in v.items()) + " }"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} as TOML")
+
+
+def _is_marker(v: Any) -> bool:
+    return isinstance(v, Mapping) and "value" in v and set(v) <= LEARN_KEYS
+
+
+def _is_table(v: Any) -> bool:
+    return isinstance(v, Mapping) and not _is_marker(v)
+
+
+def _is_table_array(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(_is_table(x) for x in v)
+
+
+def dumps_toml(data: Mapping) -> str:
+    """Write nested dicts/lists/scalars as TOML: plain keys first, then ``[tables]`` and
+    ``[[arrays of tables]]``; learnable markers and other small tables inside arrays inline."""
+    lines: list[str] = []
+    _emit_table(lines, (), data)
+    return "\n".join(lines).strip("\n") + "\n"
+
+
+def _emit_table(lines: list[str], prefix: tuple[str, ...], table: Mapping) -> None:
+    for k, v in table.items():
+        if not _is_table(v) and not _is_table_array(v):
+            lines.append(f"{_toml_key(k)} = {_toml_value(v)}")
+    for k, v in table.items():
+        path = prefix + (k,)
+        header = ".".join(_toml_key(p) for p in path)
+        if _is_table(v):
+            lines.extend(["", f"[{header}]"])
+            _emit_table(lines, path, v)
+        elif _is_table_array(v):
+            for item in v:
+                lines.extend(["", f"[[{header}]]"])
+                _emit_table(lines, path, item)
