@@ -1,9 +1,9 @@
 """Build scenes in Python; the result equals the same scene written as TOML.
 
->>> b = SceneBuilder(name="bounce", fps=30, frames=60, substeps=8)
->>> b.camera(position=(3, -5, 2), look_at=(0, 0, 0.5), width=160, height=120)
->>> b.add_sphere(position=(0, 0, 1), radius=0.2, restitution=learn(0.8, range=(0.1, 1.0)), name="red")
->>> spec = b.build()
+    b = SceneBuilder(name="bounce", fps=30, frames=60, substeps=8)
+    b.camera(position=(3, -5, 2), look_at=(0, 0, 0.5), width=160, height=120)
+    b.add_sphere(position=(0, 0, 1), radius=0.2, restitution=learn(0.8, range=(0.1, 1.0)), name="red")
+    spec = b.build()
 
 Every argument left as ``None`` is simply not written, so the schema's defaults apply exactly as
 they do for a TOML file that omits the field. ``build`` goes through ``scene_from_dict``, so
