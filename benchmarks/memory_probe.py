@@ -11,8 +11,13 @@ from hybridsim.sim.rollout import rollout
 from hybridsim.sim.world import World
 
 
-def rss_mb() -> float:
+def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def main():
@@ -33,11 +38,11 @@ def main():
     # warm up kernels so compilation is not part of the measured growth
     with torch.no_grad():
         rollout(world, params, frames=1)
-    baseline = rss_mb()
+    baseline = current_rss_mb()
     trajectory = rollout(world, params, checkpoint=args.checkpoint)
     trajectory.positions[..., 2].sum().backward()
     print(json.dumps({"checkpoint": args.checkpoint, "spheres": args.spheres, "steps": args.frames * args.substeps,
-                      "baseline_rss_mb": baseline, "peak_rss_mb": rss_mb(),
+                      "baseline_rss_mb": baseline, "peak_rss_mb": peak_rss_mb(),
                       "grad": float(params["objects[0].restitution"].grad)}))
 
 

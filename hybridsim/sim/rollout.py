@@ -5,7 +5,8 @@ backward = the kernel's adjoint on the step's saved inputs). A rollout is a Pyth
 such steps, so torch modules called inside the loop (motion priors, controllers) join the same
 graph with no special plumbing. Memory is bounded by ``torch.utils.checkpoint`` over segments
 of whole frames: only segment boundaries are stored, and a segment's steps are re-run in
-backward. With ``segment_frames = sqrt(frames)`` the stored states grow as O(sqrt(steps)).
+backward. With ``segment_frames = sqrt(frames / substeps)`` the stored states grow as
+O(sqrt(steps)).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: 
 
     Differentiable with respect to ``params`` (from ``world.parameters()``), ``control`` forces
     and the parameters of ``motion_prior``. ``checkpoint="auto"`` checkpoints segments of about
-    sqrt(frames) frames whenever gradients are being recorded. ``progress(frames_done)`` is
+    sqrt(frames / substeps) frames whenever gradients are being recorded. ``progress(frames_done)`` is
     called after each frame. Non-finite states raise SimulationError naming step and object.
     """
     spec = world.spec
@@ -75,7 +76,8 @@ def rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: 
     if checkpoint == "auto":
         checkpoint = recording and frames * substeps >= 64
     if checkpoint and segment_frames is None:
-        segment_frames = max(1, round(math.sqrt(frames)))
+        # stored states ~ frames / k (segment boundaries) + k * substeps (one segment re-run)
+        segment_frames = max(1, round(math.sqrt(frames / substeps)))
     segment_frames = frames if not checkpoint else max(1, int(segment_frames))
 
     def run_segment(first_frame: int, count: int, position: torch.Tensor, velocity: torch.Tensor):

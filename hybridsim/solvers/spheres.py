@@ -127,12 +127,15 @@ class SolverSpheres:
             raise HybridsimError(f"unknown backend {backend!r}; expected one of {sorted(_LAUNCHERS)}", field="backend")
         self.model, self.backend, self.device, self.dtype = model, backend, device, dtype
         self._launcher = _launcher(backend, device, dtype)
+        self._zero_force = None
 
     def _inputs(self, state: State, control: Control | None):
         model = self.model
         force = None if control is None else control.sphere_force
-        if force is None:
-            force = torch.zeros_like(state.sphere_position)
+        if force is None:  # one shared zero tensor, not a new one per step
+            if self._zero_force is None or self._zero_force.shape != state.sphere_position.shape:
+                self._zero_force = torch.zeros_like(state.sphere_position)
+            force = self._zero_force
         return (state.sphere_position, state.sphere_velocity, force,
                 model.mass, model.radius, model.restitution, model.gravity)
 
