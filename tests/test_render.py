@@ -136,6 +136,33 @@ def test_checker_pattern_alternates_on_the_ground():
     assert out["alpha"].eq(0).all() and out["segmentation"].eq(0).all()
 
 
+def test_sphere_shading_is_lambert_plus_ambient():
+    cam, out = _one_sphere(edge_softness=0.02, light_direction=(0.3, 0.8, -0.6), light_intensity=0.7, ambient=0.25)
+    inside = out["alpha"] > 1.0 - 1e-12
+    assert inside.sum() > 20
+    world_n = out["normal"][inside] @ cam.rotation(dtype=D64)  # camera -> world
+    light = torch.tensor([0.3, 0.8, -0.6], dtype=D64)
+    lambert = torch.relu(-(world_n @ (light / light.norm())))
+    assert lambert.max() > 0.5 and lambert.min() < lambert.max() - 0.1
+    expected = torch.tensor([0.8, 0.2, 0.1], dtype=D64) * (0.25 + 0.7 * lambert)[:, None]
+    assert torch.allclose(out["rgb"][inside], expected, atol=1e-6)
+
+
+def test_sphere_sunk_into_ground_is_cut_by_it_in_hard_layers():
+    cam = _cam(position=(0.0, -4.0, 1.5), look_at=(0.0, 0.0, 0.0))
+    out = render_spheres(cam, torch.tensor([[0.0, 0.0, 0.0]], dtype=D64), torch.tensor([0.8], dtype=D64), torch.tensor([[0.5, 0.5, 0.5]], dtype=D64))
+    origins, dirs = cam.rays(dtype=D64)
+    point = origins + (out["depth"] / (dirs @ cam.rotation(dtype=D64)[2]))[..., None] * dirs
+    sphere = out["segmentation"] == 1
+    assert sphere.sum() > 20 and (point[sphere][:, 2] > -1e-9).all()
+    oc = -origins  # ray-sphere intersection by hand: which rays would meet the sphere below the ground
+    t = (oc * dirs).sum(-1)
+    gap = 0.64 - ((oc - t[..., None] * dirs) ** 2).sum(-1)
+    under = (gap > 0) & ((origins + (t - gap.clamp(min=0).sqrt())[..., None] * dirs)[..., 2] < -0.01)
+    assert under.any() and (out["segmentation"][under] == 0).all()
+    assert torch.allclose(point[under][:, 2], torch.zeros(int(under.sum()), dtype=D64), atol=1e-9)
+
+
 @pytest.mark.parametrize("swap", [False, True])
 def test_nearer_sphere_wins_regardless_of_input_order(swap):
     cam = _cam()

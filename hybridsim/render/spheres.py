@@ -184,7 +184,7 @@ class _SoftSpheres(torch.autograd.Function):
                 if i < 3:
                     grads[i][pix] = 0.0 if g is None else g
                 elif g is not None:
-                    grads[i] = g
+                    grads[i] += g
         return (None, None, *grads)
 
 

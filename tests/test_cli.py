@@ -1,0 +1,121 @@
+"""The command line end to end: render writes a readable mp4 of the right size and length,
+bad scenes give one-line errors and a non-zero exit, info and gradcheck work."""
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridsim.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SMALL_SCENE = """
+name = "small"
+backend = "{backend}"
+[time]
+fps = 24
+frames = 6
+substeps = 4
+[camera]
+position = [0.0, -4.0, 1.0]
+look_at = [0.0, 0.0, 0.5]
+width = 63
+height = 47
+[[objects]]
+type = "sphere"
+position = [0.0, 0.0, 0.8]
+radius = 0.3
+restitution = {{ value = 0.7, learn = true, range = [0.1, 1.0] }}
+velocity = {{ value = [0.3, 0.0, 0.0], learn = true }}
+"""
+
+
+@pytest.mark.parametrize("backend", ["warp", "taichi"])
+def test_render_writes_video_layers_and_states(tmp_path, capsys, backend):
+    from hybridsim.render import read_video
+
+    scene = tmp_path / "small.toml"
+    scene.write_text(SMALL_SCENE.format(backend=backend))
+    out = tmp_path / "out" / "small.mp4"
+    assert main(["render", str(scene), "-o", str(out), "--quiet"]) == 0
+    frames, fps = read_video(out)
+    assert frames.shape == (7, 47, 63, 3)  # frame 0 (initial state) + 6 frames; odd size kept exactly
+    assert fps == 24
+    layers = np.load(out.with_suffix(".layers.npz"))
+    assert layers["depth"].shape == (7, 47, 63)
+    assert layers["segmentation"].shape == (7, 47, 63) and layers["segmentation"].max() == 1
+    states = np.load(out.with_suffix(".states.npz"))
+    assert states["positions"].shape == (7, 1, 1, 3)
+    assert str(out) in capsys.readouterr().out
+
+
+def test_render_frames_override(tmp_path):
+    scene = tmp_path / "small.toml"
+    scene.write_text(SMALL_SCENE.format(backend="warp"))
+    out = tmp_path / "short.mp4"
+    assert main(["render", str(scene), "-o", str(out), "--quiet", "--frames", "2"]) == 0
+    from hybridsim.render import read_video
+
+    assert read_video(out)[0].shape == (3, 47, 63, 3)
+
+
+@pytest.mark.parametrize("mutation,field", [
+    (("radius = 0.3", "radius = -0.3"), "objects[0].radius"),
+    (("radius = 0.3", "raduis = 0.3"), "objects[0].raduis"),
+    (("radius = 0.3", 'radius = "big"'), "objects[0].radius"),
+    (("width = 63", "width = 63\nwidth = 64"), None),  # malformed TOML (duplicate key)
+    (('backend = "warp"', 'backend = "bullet"'), "backend"),
+])
+def test_bad_scene_gives_one_line_error_and_nonzero_exit(tmp_path, mutation, field):
+    scene = tmp_path / "bad.toml"
+    scene.write_text(SMALL_SCENE.format(backend="warp").replace(*mutation))
+    result = subprocess.run([sys.executable, "-m", "hybridsim.cli", "render", str(scene), "-o", str(tmp_path / "x.mp4")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "bad.toml" in lines[0] and "Traceback" not in result.stderr
+    if field:
+        assert field in lines[0]
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_missing_camera_is_named(tmp_path):
+    text = SMALL_SCENE.format(backend="warp")
+    start = text.index("[camera]")
+    end = text.index("[[objects]]")
+    scene = tmp_path / "nocam.toml"
+    scene.write_text(text[:start] + text[end:])
+    result = subprocess.run([sys.executable, "-m", "hybridsim.cli", "render", str(scene)], capture_output=True, text=True)
+    assert result.returncode == 2 and "camera" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_is_fast_and_imports_nothing_heavy():
+    code = ("import sys, time; t = time.perf_counter(); import hybridsim, hybridsim.cli; "
+            "p = hybridsim.cli.build_parser(); "
+            "print(time.perf_counter() - t, [m for m in ('torch', 'warp', 'taichi', 'numpy') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split(" ", 1)
+    assert float(out[0]) < 0.5
+    assert out[1].strip() == "[]"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hybridsim.cli", "--help"], capture_output=True, check=True)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_info_lists_versions_and_caches(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for word in ("hybridsim", "torch", "warp", "taichi", "kernel cache", "offline cache", "devices: cpu"):
+        assert word in out
+
+
+def test_gradcheck_command_passes_on_a_shipped_scene(tmp_path, capsys):
+    scene = tmp_path / "small.toml"
+    scene.write_text(SMALL_SCENE.format(backend="warp"))
+    assert main(["gradcheck", str(scene), "--frames", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "objects[0].restitution" in out and "PASS" in out
