@@ -27,7 +27,7 @@ _LAZY = {
     "Control": ("hybridsim.sim.state", "Control"),
     "SphereModel": ("hybridsim.sim.state", "SphereModel"),
     "SolverSpheres": ("hybridsim.solvers.spheres", "SolverSpheres"),
-    "render": ("hybridsim.sim.world", "render"),
+    "render_trajectory": ("hybridsim.render.scene", "render_trajectory"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -119,3 +119,12 @@ def test_gradcheck_command_passes_on_a_shipped_scene(tmp_path, capsys):
     assert main(["gradcheck", str(scene), "--frames", "6"]) == 0
     out = capsys.readouterr().out
     assert "objects[0].restitution" in out and "PASS" in out
+
+
+def test_quickstart_example_runs_and_reaches_restitution(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "quickstart.py"), "--small", "-o", str(tmp_path / "q.mp4")],
+                            capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    line = next(l for l in result.stdout.splitlines() if "restitution" in l)
+    assert abs(float(line.split("=")[-1])) > 0  # the bounce happens inside the clip
+    assert (tmp_path / "q.mp4").stat().st_size > 0

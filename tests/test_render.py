@@ -239,6 +239,17 @@ def test_culling_and_chunking_match_brute_force(monkeypatch):
     assert (brute[0]["segmentation"] > 2).any() and brute[1].abs().sum() > 0
 
 
+def test_hard_edges_and_hidden_spheres():
+    cam = _cam(width=24, height=18)
+    centers = torch.tensor([[0.0, 0.0, 1.0], [0.0, -5.0, 1.0], [0.0, -8.0, 1.0]], requires_grad=True)  # visible, around the eye, behind
+    colors = torch.rand(3, 3, requires_grad=True)
+    out = render_spheres(cam, centers, torch.tensor([0.6, 0.3, 0.5]), colors, edge_softness=0.0)
+    assert set(out["alpha"].unique().tolist()) == {0.0, 1.0}
+    assert torch.equal(out["alpha"] > 0, out["segmentation"] == 1)
+    out["rgb"].sum().backward()
+    assert colors.grad[0].abs().sum() > 0 and colors.grad[1:].eq(0).all() and centers.grad[1:].eq(0).all()
+
+
 def test_float32_frames_and_uint8():
     cam = _cam(width=20, height=16)
     centers = torch.tensor([[[0.0, 0.0, 1.0]], [[0.3, 0.0, 1.0]]])

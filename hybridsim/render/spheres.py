@@ -73,7 +73,7 @@ def render_spheres(
     hard_edges = not torch.is_tensor(edge_softness) and float(edge_softness) <= 0.0
 
     budget = _CHUNK_BYTES // (_VALUES_PER_PAIR * centers.element_size())
-    plan = _plan_chunks(camera, centers.detach(), radii.detach() + _CULL_SIGMAS * softness.detach(), budget)
+    plan = _plan_chunks(camera, centers.detach(), radii.detach(), budget)
     rgb, alpha = _SoftSpheres.apply(
         plan, hard_edges, origins, dirs, background, centers, radii, colors, softness, light, intensity, amb
     )
@@ -179,7 +179,11 @@ class _SoftSpheres(torch.autograd.Function):
                 out = _composite(*pixel, *sph, *shared[4:], ctx.hard_edges)
             leaves = pixel + shared
             wanted = [i for i, n in enumerate(need) if n]
-            got = torch.autograd.grad(out, [leaves[i] for i in wanted], (g_rgb[pix], g_alpha[pix]), allow_unused=True)
+            live = [(y, g) for y, g in zip(out, (g_rgb[pix], g_alpha[pix])) if y.requires_grad]
+            if not live:  # e.g. hard edges: alpha has no gradient, rgb none w.r.t. the wanted inputs
+                continue
+            ys, gs = zip(*live)
+            got = torch.autograd.grad(ys, [leaves[i] for i in wanted], gs, allow_unused=True)
             for i, g in zip(wanted, got):
                 if i < 3:
                     grads[i][pix] = 0.0 if g is None else g

@@ -151,9 +151,3 @@ def build_world(spec, **kwargs) -> World:
         spec = load_scene(spec)
     return World(spec, **kwargs)
 
-
-def render(world: World, trajectory, params=None, **kwargs):
-    """Render a trajectory's frames to layers (see ``hybridsim.render.scene.render_trajectory``)."""
-    from ..render.scene import render_trajectory
-
-    return render_trajectory(world, trajectory, params, **kwargs)
