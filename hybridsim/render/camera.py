@@ -68,6 +68,7 @@ class Camera:
 
     @property
     def orthographic(self) -> bool:
+        """True for ``projection == "orthographic"``."""
         return self.projection == "orthographic"
 
     def focal(self) -> float:

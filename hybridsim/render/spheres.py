@@ -73,7 +73,7 @@ def render_spheres(
     hard_edges = not torch.is_tensor(edge_softness) and float(edge_softness) <= 0.0
 
     budget = _CHUNK_BYTES // (_VALUES_PER_PAIR * centers.element_size())
-    plan = _plan_chunks(camera, centers.detach(), radii.detach(), budget)
+    plan = _plan_chunks(camera, centers.detach(), radii.detach() + _CULL_SIGMAS * softness.detach(), budget)
     rgb, alpha = _SoftSpheres.apply(
         plan, hard_edges, origins, dirs, background, centers, radii, colors, softness, light, intensity, amb
     )
