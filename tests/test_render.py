@@ -126,7 +126,11 @@ def test_checker_pattern_alternates_on_the_ground():
     assert torch.allclose(hit[..., 2], torch.zeros(40, 60, dtype=D64), atol=1e-9)
     cells = torch.floor(hit[..., :2] / 0.5)
     frac = hit[..., :2] / 0.5 - cells
-    clear = ((frac > 1e-6) & (frac < 1 - 1e-6)).all(-1)
+    # the checker is box-filtered over the pixel footprint: pixels whose footprint stays inside
+    # one square get that square's exact colour
+    t = (origins - hit).norm(dim=-1)
+    footprint = t / cam.focal() / dirs[..., 2].abs() / 0.5
+    clear = ((frac > footprint[..., None]) & (frac < 1 - footprint[..., None])).all(-1)
     parity = (cells.sum(-1).remainder(2) > 0.5)[clear]
     light = torch.tensor([-0.4, 0.3, -1.0], dtype=D64)
     shade = 0.3 + 0.5 * (-light[2] / light.norm())
@@ -134,6 +138,17 @@ def test_checker_pattern_alternates_on_the_ground():
     assert parity.any() and (~parity).any()
     assert torch.allclose(out["rgb"][clear], expected, atol=1e-12)
     assert out["alpha"].eq(0).all() and out["segmentation"].eq(0).all()
+    assert clear.sum() > 0.15 * clear.numel()
+
+
+def test_far_checker_fades_to_its_mean_instead_of_aliasing():
+    cam = _cam(position=(0.0, -3.0, 0.3), look_at=(0.0, 100.0, 0.0), width=64, height=48)
+    kw = dict(checker_size=0.5, checker_colors=((1.0, 1.0, 1.0), (0.0, 0.0, 0.0)), light_intensity=0.0, ambient=1.0)
+    out = render_spheres(cam, torch.zeros(0, 3, dtype=D64), torch.zeros(0, dtype=D64), torch.zeros(0, 3, dtype=D64), **kw)
+    horizon_rows = out["rgb"][25:27, :, 0]  # just below the horizon: many squares per pixel
+    assert (horizon_rows - 0.5).abs().max() < 0.1
+    near_rows = out["rgb"][-3:, :, 0]  # close to the camera: crisp squares
+    assert near_rows.max() > 0.95 and near_rows.min() < 0.05
 
 
 def test_sphere_shading_is_lambert_plus_ambient():

@@ -61,7 +61,7 @@ def render_spheres(
     origins, dirs = (x.reshape(-1, 3) for x in camera.rays(device, dtype))
     background, t_ground, n_ground = _ground(
         origins, dirs, float(ground_height), float(checker_size), par(checker_colors), par(sky_color),
-        light, intensity, amb,
+        light, intensity, amb, 1.0 / camera.focal(), camera.orthographic,
     )
     rot = camera.rotation(device, dtype)
     soft_px = par(edge_softness)
@@ -137,17 +137,29 @@ def _check_spheres(centers, radii, colors):
     return centers, radii, colors
 
 
-def _ground(origins, dirs, height, cell, checker, sky, light, intensity, ambient):
-    """Background per ray: shaded checker colour (P, 3), ground hit distance (P,) (inf on a miss), normal (3,)."""
+def _ground(origins, dirs, height, cell, checker, sky, light, intensity, ambient, pixel_scale, orthographic):
+    """Background per ray: shaded checker colour (P, 3), ground hit distance (P,) (inf on a miss), normal (3,).
+
+    The checker is box-filtered over each pixel's footprint on the ground (``pixel_scale`` is
+    metres per pixel at unit depth, or per pixel for orthographic), so far-away squares fade to
+    their mean colour instead of aliasing into noise.
+    """
     t = (height - origins[:, 2]) / dirs[:, 2]
     hit = (dirs[:, 2] != 0) & (t > 0)
     t = torch.where(hit, t, torch.full_like(t, float("inf")))
-    point = origins + torch.where(hit, t, torch.zeros_like(t))[:, None] * dirs
-    parity = (torch.floor(point[:, 0] / cell) + torch.floor(point[:, 1] / cell)).remainder(2) > 0.5
+    t_safe = torch.where(hit, t, torch.zeros_like(t))
+    point = origins + t_safe[:, None] * dirs
+    # footprint in checker units: grows with distance and with grazing incidence
+    reach = pixel_scale if orthographic else pixel_scale * t_safe
+    width = (reach / dirs[:, 2].abs().clamp(min=1e-3) / cell).clamp(min=1e-4)[:, None]
+    p = point[:, :2] / cell
+    tri = lambda x: (torch.remainder(x * 0.5, 1.0) - 0.5).abs()  # noqa: E731  integral of the square wave
+    mean_wave = 2.0 * (tri(p - 0.5 * width) - tri(p + 0.5 * width)) / width  # box-filtered +-1 wave
+    odd = 0.5 - 0.5 * mean_wave[:, 0] * mean_wave[:, 1]  # fraction of the footprint on odd squares
     side = 1.0 if float(origins[0, 2]) >= height else -1.0  # the face the camera looks at
     normal = torch.tensor([0.0, 0.0, side], device=origins.device, dtype=origins.dtype)
     shade = ambient + intensity * torch.relu(-(normal @ light))
-    colour = torch.where(parity[:, None], checker[1], checker[0]) * shade
+    colour = (checker[0] + (checker[1] - checker[0]) * odd[:, None]) * shade
     return torch.where(hit[:, None], colour, sky.expand_as(colour)), t, normal
 
 
