@@ -49,21 +49,33 @@ def cmd_render(args) -> int:
             frame = render_trajectory(world, trajectory, frames=slice(index, index + 1))
             for key in layers:
                 layers[key].append(frame[key][0])
-    stacked = {key: torch.stack(value).cpu().numpy() for key, value in layers.items()}
+    from .render import Camera
+    from .render.flow import flow_to_color, optical_flow
+
+    tensors = {key: torch.stack(value).cpu() for key, value in layers.items()}
+    camera = Camera.from_spec(spec.camera)
+    flow = optical_flow(camera, tensors["depth"], tensors["segmentation"], trajectory.positions[:, 0])
+    stacked = {key: value.numpy() for key, value in tensors.items()}
     rgb = to_uint8(stacked.pop("rgb"))
     write_video(out, rgb, fps=spec.time.fps)
     layers_path = out.with_suffix(".layers.npz")
-    stacked["depth"] = stacked["depth"].astype(np.float32)
-    stacked["normal"] = stacked["normal"].astype(np.float32)
-    stacked["alpha"] = stacked["alpha"].astype(np.float32)
+    for key in ("depth", "normal", "alpha"):
+        stacked[key] = stacked[key].astype(np.float32)
+    for key, value in flow.items():
+        stacked[key] = value.numpy().astype(np.float32) if value.is_floating_point() else value.numpy()
+    stacked["intrinsics"] = camera.intrinsics(dtype=torch.float64).numpy()
+    stacked["extrinsics"] = camera.extrinsics(dtype=torch.float64).numpy()
     write_layers(layers_path, stacked)
+    flow_path = out.with_suffix(".flow.mp4")
+    write_video(flow_path, flow_to_color(flow["flow_forward"].numpy()), fps=spec.time.fps)
     states_path = out.with_suffix(".states.npz")
     with atomic_path(states_path) as tmp:
         np.savez_compressed(tmp, positions=trajectory.positions.cpu().numpy(),
                             velocities=trajectory.velocities.cpu().numpy(), times=trajectory.times.numpy())
     print(f"wrote {out} ({rgb.shape[0]} frames, {rgb.shape[2]}x{rgb.shape[1]}, {spec.time.fps:g} fps, "
           f"backend {world.backend}, device {world.device})")
-    print(f"wrote {layers_path} (depth, segmentation, normal, alpha)")
+    print(f"wrote {layers_path} (depth, segmentation, normal, alpha, flow_forward/backward + occlusion, camera)")
+    print(f"wrote {flow_path} (forward flow, colour wheel)")
     print(f"wrote {states_path} (positions, velocities, times)")
     return 0
 
@@ -129,6 +141,46 @@ def cmd_gradcheck(args) -> int:
     return 0 if verdict == "PASS" else 1
 
 
+def cmd_metrics(args) -> int:
+    import json
+
+    import numpy as np
+    import torch
+
+    from .errors import AssetError
+    from .metrics import flicker, flow_consistency, sphere_physics_metrics, warping_error
+    from .render import read_frames
+
+    frames, _ = read_frames(args.video)
+    result = {"video": str(args.video), "frames": int(frames.shape[0]), "flicker": flicker(torch.from_numpy(frames))}
+    layers_path = Path(args.layers) if args.layers else Path(str(args.video)).with_suffix(".layers.npz")
+    if layers_path.exists():
+        try:
+            layers = np.load(layers_path)
+            forward, occlusion = torch.from_numpy(layers["flow_forward"]), torch.from_numpy(layers["occlusion_forward"])
+            backward = torch.from_numpy(layers["flow_backward"])
+        except (KeyError, ValueError, OSError) as error:
+            raise AssetError(f"cannot read flow layers ({error})", file=str(layers_path)) from None
+        if forward.shape[:3] != frames.shape[:3]:
+            raise AssetError(f"layers have {tuple(forward.shape[:3])} frames x pixels, video has {frames.shape[:3]}",
+                             file=str(layers_path))
+        result["warping_error"] = warping_error(torch.from_numpy(frames), forward.double(), occlusion)
+        result["flow_consistency_px"] = flow_consistency(forward.double(), backward.double(), occlusion)
+    states_path = Path(args.states) if args.states else Path(str(args.video)).with_suffix(".states.npz")
+    if states_path.exists() and args.scene:
+        from .sim.world import World
+        from .scene import load_scene
+
+        world = World(load_scene(args.scene), precision="float64")
+        model = world.model()
+        states = np.load(states_path)
+        result.update(sphere_physics_metrics(torch.from_numpy(states["positions"]).double(),
+                                             torch.from_numpy(states["velocities"]).double(), model.mass, model.radius,
+                                             gravity=world.spec.gravity, ground_height=world.spec.ground.height))
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_benchmarks
 
@@ -160,6 +212,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel", action="store_true", help="differentiate a pixel loss through the renderer too")
     p.add_argument("--tolerance", type=float, default=1e-3, help="largest relative error that passes")
     p.set_defaults(run=cmd_gradcheck)
+
+    p = sub.add_parser("metrics", help="warping error, flow consistency, flicker; physics checks from states")
+    p.add_argument("video", help="video file or frame folder")
+    p.add_argument("--layers", help="layers npz with flow (default: VIDEO.layers.npz beside it)")
+    p.add_argument("--states", help="states npz (default: VIDEO.states.npz beside it)")
+    p.add_argument("--scene", help="scene file, for physical checks of the states (masses, radii)")
+    p.set_defaults(run=cmd_metrics)
 
     p = sub.add_parser("bench", help="run benchmarks side by side with their references")
     p.add_argument("case", nargs="?", help="one case name (default: all)")

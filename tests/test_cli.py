@@ -48,9 +48,19 @@ def test_render_writes_video_layers_and_states(tmp_path, capsys, backend):
     layers = np.load(out.with_suffix(".layers.npz"))
     assert layers["depth"].shape == (7, 47, 63)
     assert layers["segmentation"].shape == (7, 47, 63) and layers["segmentation"].max() == 1
+    assert layers["flow_forward"].shape == (7, 47, 63, 2) and layers["occlusion_backward"].shape == (7, 47, 63)
+    assert np.isfinite(layers["flow_forward"]).all() and layers["intrinsics"].shape == (3, 3)
+    assert read_video(out.with_suffix(".flow.mp4"))[0].shape == (7, 47, 63, 3)
     states = np.load(out.with_suffix(".states.npz"))
     assert states["positions"].shape == (7, 1, 1, 3)
     assert str(out) in capsys.readouterr().out
+
+    assert main(["metrics", str(out), "--scene", str(scene)]) == 0
+    import json
+
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["frames"] == 7 and metrics["warping_error"] < 0.02 and metrics["penetration"] < 1e-6
+    assert metrics["energy_gain"] < 1e-4  # float32 states: rounding only
 
 
 def test_render_frames_override(tmp_path):

@@ -1,0 +1,229 @@
+"""Target video -> what the fit compares against: frames resampled to the render size and
+aligned to the scene's frame times, a foreground mask by background subtraction, and the mask's
+per-frame centroid and area.
+
+Nothing here is differentiable; it runs once per fit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import AssetError
+
+__all__ = ["Target", "prepare_target", "load_target_frames", "load_camera_json", "foreground_mask",
+           "resample_frames", "mask_moments"]
+
+MIN_THRESHOLD = 0.08
+"""Smallest colour distance (RGB in [0, 1], Euclidean) that counts as foreground."""
+NOISE_SIGMAS = 5.0
+"""The threshold is also at least this many robust noise sigmas of the colour distance."""
+MIN_AREA_PX = 4.0
+"""A frame whose mask covers fewer pixels than this counts as 'nothing visible'."""
+CAMERA_KEYS = ("position", "look_at", "up", "fovy_deg", "width", "height", "fps")
+
+
+@dataclass
+class Target:
+    """A target clip prepared for fitting at the render size (H, W) and the scene's frame times."""
+
+    rgb: torch.Tensor
+    """(T, H, W, 3) float32 in [0, 1]; frame k is the target at scene time k / scene_fps."""
+    mask: torch.Tensor
+    """(T, H, W) float32 in {0, 1}: foreground by background subtraction."""
+    background: torch.Tensor
+    """(H, W, 3) float32: per-pixel temporal median of all target frames."""
+    centroid: torch.Tensor
+    """(T, 2) float64 mask centroid in pixels (x, y); pixel (i, j) has its centre at (j + .5, i + .5)."""
+    area: torch.Tensor
+    """(T,) float64 mask area in pixels."""
+    visible: torch.Tensor
+    """(T,) bool: area >= MIN_AREA_PX."""
+    threshold: float
+    """The colour-distance threshold used for the mask."""
+    noise: float
+    """Robust (MAD) estimate of the per-pixel colour-distance noise."""
+    source_size: tuple[int, int]
+    """(height, width) of the frames as read."""
+    source_frames: int
+    source_fps: float | None
+    frame_index: list[int]
+    """Source frame used for each scene frame."""
+    digest: str
+    """sha256 of the source frames (uint8 bytes, shape) and the frame-time mapping."""
+
+    @property
+    def frame_count(self) -> int:
+        return int(self.rgb.shape[0])
+
+
+def load_target_frames(path) -> tuple[np.ndarray, float | None]:
+    """Read an mp4 (or other video), a folder of png/jpg frames or one image -> (uint8 frames, fps)."""
+    from ..render.video import read_frames
+
+    path = Path(path)
+    if not path.exists():
+        raise AssetError("target not found", file=path)
+    frames, fps = read_frames(path)
+    if frames.ndim != 4 or frames.shape[0] < 2:
+        raise AssetError(f"target needs at least 2 frames, got {frames.shape[0] if frames.ndim == 4 else 0}", file=path)
+    return frames, (fps if fps else None)
+
+
+def load_camera_json(path) -> dict:
+    """Read camera.json (keys position, look_at, up, fovy_deg, width, height, fps; all optional)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AssetError("camera file not found", file=path) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AssetError(f"not a readable camera JSON file: {exc}", file=path) from None
+    if not isinstance(data, dict):
+        raise AssetError("camera JSON must be an object", file=path)
+    unknown = sorted(set(data) - set(CAMERA_KEYS))
+    if unknown:
+        raise AssetError(f"unknown camera key(s) {unknown}; expected some of {list(CAMERA_KEYS)}", file=path)
+    for key in ("position", "look_at", "up"):
+        if key in data:
+            value = data[key]
+            if not (isinstance(value, list) and len(value) == 3 and all(_is_number(v) for v in value)):
+                raise AssetError(f"{key} must be a list of 3 numbers, got {value!r}", file=path, field=key)
+    for key in ("fovy_deg", "fps"):
+        if key in data and not (_is_number(data[key]) and data[key] > 0):
+            raise AssetError(f"{key} must be a positive number, got {data[key]!r}", file=path, field=key)
+    for key in ("width", "height"):
+        if key in data and not (isinstance(data[key], int) and not isinstance(data[key], bool) and data[key] >= 1):
+            raise AssetError(f"{key} must be a positive integer, got {data[key]!r}", file=path, field=key)
+    return data
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def resample_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(T, h, w, 3) -> (T, height, width, 3): area averaging when shrinking, bilinear when enlarging."""
+    t, h, w, _ = frames.shape
+    if (h, w) == (height, width):
+        return frames
+    x = frames.permute(0, 3, 1, 2)
+    if height <= h and width <= w:
+        x = F.interpolate(x, size=(height, width), mode="area")
+    else:
+        x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
+    return x.permute(0, 2, 3, 1).clamp(0.0, 1.0).contiguous()
+
+
+def foreground_mask(frames: torch.Tensor, background: torch.Tensor | None = None, *,
+                    min_threshold: float = MIN_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """Background subtraction: (T, H, W, 3) in [0, 1] -> (mask (T, H, W), background, threshold, noise).
+
+    The background is the per-pixel temporal median. A pixel is foreground where its Euclidean RGB
+    distance to the background exceeds max(min_threshold, NOISE_SIGMAS * noise), noise being the
+    MAD-based sigma of that distance over the clip (most pixels are background). The mask is
+    cleaned with a 3x3 morphological opening (drops specks of noise) then closing (fills pinholes).
+    """
+    if background is None:
+        background = frames.median(dim=0).values
+    distance = (frames - background).norm(dim=-1)  # (T, H, W)
+    noise = float(1.4826 * distance.flatten().median())
+    threshold = max(float(min_threshold), NOISE_SIGMAS * noise)
+    mask = (distance > threshold).to(torch.float32)
+    mask = _close(_open(mask))
+    return mask, background, threshold, noise
+
+
+def _dilate(mask: torch.Tensor) -> torch.Tensor:
+    return F.max_pool2d(mask[:, None], kernel_size=3, stride=1, padding=1)[:, 0]
+
+
+def _erode(mask: torch.Tensor) -> torch.Tensor:
+    # pad with ones so the image border does not eat into objects that touch it
+    padded = F.pad(mask[:, None], (1, 1, 1, 1), value=1.0)
+    return -F.max_pool2d(-padded, kernel_size=3, stride=1)[:, 0]
+
+
+def _open(mask):
+    return _dilate(_erode(mask))
+
+
+def _close(mask):
+    return _erode(_dilate(mask))
+
+
+def mask_moments(mask: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Area (T,) and centroid (T, 2) as (x, y) in pixels of (soft) masks (T, H, W); differentiable."""
+    t, h, w = mask.shape
+    ys = torch.arange(h, dtype=mask.dtype, device=mask.device) + 0.5
+    xs = torch.arange(w, dtype=mask.dtype, device=mask.device) + 0.5
+    area = mask.sum(dim=(1, 2))
+    cx = (mask.sum(dim=1) * xs).sum(dim=1) / (area + eps)
+    cy = (mask.sum(dim=2) * ys).sum(dim=1) / (area + eps)
+    return area, torch.stack([cx, cy], dim=-1)
+
+
+def prepare_target(frames, *, height: int, width: int, scene_fps: float, target_fps: float | None = None,
+                   max_frames: int | None = None, source: str | None = None,
+                   min_threshold: float = MIN_THRESHOLD) -> Target:
+    """Prepare target frames (F, h, w, 3), uint8 or float in [0, 1], for a render of height x width.
+
+    Frame k of the result is the target frame nearest in time to scene time k / scene_fps (when
+    ``target_fps`` is None the target is taken to run at the scene's rate). At most ``max_frames``
+    frames are kept, and never past the end of the target.
+    """
+    array = frames.detach().cpu().numpy() if torch.is_tensor(frames) else np.asarray(frames)
+    if array.ndim != 4 or array.shape[-1] != 3 or array.shape[0] < 2 or min(array.shape[1:3]) < 1:
+        raise AssetError(f"target frames must have shape (F>=2, H, W, 3), got {array.shape}", file=source)
+    if array.dtype == np.uint8:
+        raw = np.ascontiguousarray(array)
+    elif np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise AssetError("target frames contain non-finite values", file=source)
+        raw = np.clip(np.rint(array * 255.0), 0, 255).astype(np.uint8)
+    else:
+        raise AssetError(f"target frames must be uint8 or float in [0, 1], got {array.dtype}", file=source)
+    count, h0, w0, _ = raw.shape
+    aspect_target, aspect_render = w0 / h0, width / height
+    if abs(math.log(aspect_target / aspect_render)) > 0.02:
+        raise AssetError(f"target is {w0}x{h0} (aspect {aspect_target:.3f}) but the camera renders {width}x{height} "
+                         f"(aspect {aspect_render:.3f}); pass --camera with the target camera's width and height",
+                         file=source)
+    if target_fps is None or not target_fps > 0:
+        target_fps_used = float(scene_fps)
+    else:
+        target_fps_used = float(target_fps)
+    # scene frame k sits at time k / scene_fps; take the nearest target frame
+    index = []
+    k = 0
+    while True:
+        j = int(math.floor(k * target_fps_used / scene_fps + 0.5 + 1e-9))
+        if j >= count or (max_frames is not None and k >= max_frames):
+            break
+        index.append(j)
+        k += 1
+    if len(index) < 2:
+        raise AssetError(f"target covers {len(index)} scene frame(s); at least 2 are needed", file=source)
+
+    digest = hashlib.sha256()
+    digest.update(repr((raw.shape, round(target_fps_used, 9), round(float(scene_fps), 9), index)).encode())
+    digest.update(raw.tobytes())
+
+    all_frames = torch.from_numpy(raw).to(torch.float32) / 255.0
+    all_frames = resample_frames(all_frames, height, width)
+    mask_all, background, threshold, noise = foreground_mask(all_frames, min_threshold=min_threshold)
+    pick = torch.tensor(index)
+    rgb, mask = all_frames[pick].contiguous(), mask_all[pick].contiguous()
+    area, centroid = mask_moments(mask.double())
+    return Target(rgb=rgb, mask=mask, background=background, centroid=centroid, area=area,
+                  visible=area >= MIN_AREA_PX, threshold=threshold, noise=noise, source_size=(h0, w0),
+                  source_frames=count, source_fps=None if target_fps is None else float(target_fps),
+                  frame_index=index, digest=digest.hexdigest())
