@@ -138,3 +138,14 @@ def test_quickstart_example_runs_and_reaches_restitution(tmp_path):
     line = next(l for l in result.stdout.splitlines() if "restitution" in l)
     assert abs(float(line.split("=")[-1])) > 0  # the bounce happens inside the clip
     assert (tmp_path / "q.mp4").stat().st_size > 0
+
+
+def test_bench_reports_json_records_with_ratios(capsys, tmp_path):
+    import json
+
+    assert main(["bench", "bounce_warp_vs_numpy", "--quick", "--json", "-o", str(tmp_path / "b.json")]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("case", "ours", "reference", "ratio", "threads", "unit"):
+        assert key in record
+    assert record["case"] == "bounce_warp_vs_numpy" and record["ratio"] == pytest.approx(record["ours"] / record["reference"])
+    assert json.loads((tmp_path / "b.json").read_text())[0]["case"] == "bounce_warp_vs_numpy"
