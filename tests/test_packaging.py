@@ -17,6 +17,11 @@ def test_wheel_ships_kernels_and_scenes_and_runs_without_the_checkout(tmp_path):
     for required in ("hybridsim/kernels/warp/spheres.py", "hybridsim/kernels/taichi/spheres.py",
                      "hybridsim/scenes/bounce.toml", "hybridsim/cli.py"):
         assert required in names
+    # every module of the source tree ships (the package list in pyproject.toml is explicit)
+    sources = [p.relative_to(ROOT).as_posix() for p in (ROOT / "hybridsim").rglob("*.py")]
+    sources += ["hybridsim/kernels/" + p.relative_to(ROOT / "kernels").as_posix() for p in (ROOT / "kernels").rglob("*.py")]
+    missing = [name for name in sources if name not in names]
+    assert not missing, f"not in the wheel (add the package to pyproject.toml): {missing}"
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
                    check=True, capture_output=True)
