@@ -28,46 +28,28 @@ def _build_world(args, precision=None):
 
 def cmd_render(args) -> int:
     import numpy as np
-    import torch
     from tqdm import tqdm
 
+    from .data.sample import render_layers, simulate
     from .fileio import atomic_path
-    from .render import to_uint8, write_layers, write_video
-    from .render.scene import render_trajectory
-    from .sim.rollout import rollout
+    from .render import write_layers, write_video
+    from .render.flow import flow_to_color
 
     world = _build_world(args)
     spec = world.spec
     frames = args.frames if args.frames is not None else spec.frame_count
     out = Path(args.output)
     quiet = args.quiet
-    with torch.no_grad():
-        with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
-            trajectory = rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
-        layers = {"rgb": [], "depth": [], "segmentation": [], "normal": [], "alpha": []}
-        for index in tqdm(range(trajectory.frame_count), desc="render", unit="frame", disable=quiet, leave=False):
-            frame = render_trajectory(world, trajectory, frames=slice(index, index + 1))
-            for key in layers:
-                layers[key].append(frame[key][0])
-    from .render import Camera
-    from .render.flow import flow_to_color, optical_flow
-
-    tensors = {key: torch.stack(value).cpu() for key, value in layers.items()}
-    camera = Camera.from_spec(spec.camera)
-    flow = optical_flow(camera, tensors["depth"], tensors["segmentation"], trajectory.positions[:, 0])
-    stacked = {key: value.numpy() for key, value in tensors.items()}
-    rgb = to_uint8(stacked.pop("rgb"))
+    with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
+        trajectory = simulate(world, frames, progress=lambda done: bar.update(done - bar.n))
+    with tqdm(total=trajectory.frame_count, desc="render", unit="frame", disable=quiet, leave=False) as bar:
+        rendering = render_layers(world, trajectory, progress=lambda done: bar.update(done - bar.n))
+    rgb, stacked = rendering.rgb, rendering.layers
     write_video(out, rgb, fps=spec.time.fps)
     layers_path = out.with_suffix(".layers.npz")
-    for key in ("depth", "normal", "alpha"):
-        stacked[key] = stacked[key].astype(np.float32)
-    for key, value in flow.items():
-        stacked[key] = value.numpy().astype(np.float32) if value.is_floating_point() else value.numpy()
-    stacked["intrinsics"] = camera.intrinsics(dtype=torch.float64).numpy()
-    stacked["extrinsics"] = camera.extrinsics(dtype=torch.float64).numpy()
     write_layers(layers_path, stacked)
     flow_path = out.with_suffix(".flow.mp4")
-    write_video(flow_path, flow_to_color(flow["flow_forward"].numpy()), fps=spec.time.fps)
+    write_video(flow_path, flow_to_color(rendering.flow["flow_forward"].numpy()), fps=spec.time.fps)
     states_path = out.with_suffix(".states.npz")
     with atomic_path(states_path) as tmp:
         np.savez_compressed(tmp, positions=trajectory.positions.cpu().numpy(),
@@ -181,6 +163,29 @@ def cmd_metrics(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from .data.gates import QualityGates
+    from .data.generation import generate
+
+    distribution = Path(args.distribution)
+    if not distribution.exists() and distribution.name == args.distribution:  # a shipped example by name
+        from importlib.resources import files
+
+        shipped = Path(str(files("hybridsim.scenes") / args.distribution))
+        distribution = shipped if shipped.is_file() else distribution
+    gates = QualityGates(penetration_m=args.penetration_tol, energy_gain_j_per_kg=args.energy_tol,
+                         require_in_frame=args.require_in_frame)
+    summary = generate(distribution, args.count, args.output, workers=args.workers, ray=args.ray,
+                       shard_size=args.shard_size, seed=args.seed, frames=args.frames, gates=gates,
+                       max_attempts=args.max_attempts, progress=not args.quiet)
+    rejected = ", ".join(f"{gate} {n}" for gate, n in summary["rejected_by_gate"].items()) or "none"
+    print(f"wrote {summary['count']} samples in {summary['shards']} shard(s) to {args.output} "
+          f"({summary['generated']} generated now, {summary['resumed']} resumed; "
+          f"{summary['samples_per_s'] or 0:.2f} samples/s over {summary['wall_s']:.1f} s, {summary['executor']})")
+    print(f"rejected draws: {summary['rejected_count']} ({rejected}); manifest.json and summary.json beside the shards")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_benchmarks
 
@@ -219,6 +224,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--states", help="states npz (default: VIDEO.states.npz beside it)")
     p.add_argument("--scene", help="scene file, for physical checks of the states (masses, radii)")
     p.set_defaults(run=cmd_metrics)
+
+    p = sub.add_parser(
+        "generate", help="draw scenes from a distribution file and write WebDataset shards of samples",
+        description="Draw COUNT scenes from a distribution file (a scene file whose values may be "
+                    "{ uniform = [lo, hi] }, { normal = [mean, std] }, { loguniform = [lo, hi] }, { choice = [...] }, "
+                    "{ randint = [lo, hi] }; see scenes/bounce_random.toml), simulate, render and write "
+                    "OUT/shard-NNNNNN.tar with {key}.mp4, .layers.npz, .states.npz and .json per sample, plus "
+                    "manifest.json and summary.json. Rerun the same command to resume after an interruption.")
+    p.add_argument("distribution", help="distribution file (.toml), or the name of a shipped one (bounce_random.toml)")
+    p.add_argument("--count", type=int, required=True, help="number of accepted samples to write")
+    p.add_argument("-o", "--output", required=True, help="output folder for shards, manifest and summary")
+    p.add_argument("--workers", type=int, help="local worker processes (default: CPU count); with --ray, "
+                                               "the CPUs of a private local head")
+    p.add_argument("--ray", metavar="ADDRESS", help="run as Ray tasks: 'auto' (this machine's cluster, else a private "
+                                                     "local head), 'local', or an address such as ray://head:10001")
+    p.add_argument("--shard-size", type=int, default=100, help="samples per shard (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="base seed: sample i is drawn with default_rng([seed, i])")
+    p.add_argument("--frames", type=int, help="frames to simulate per sample (overrides the distribution)")
+    p.add_argument("--require-in-frame", action="store_true", help="reject draws whose objects leave the image")
+    p.add_argument("--penetration-tol", type=float, default=1e-3, metavar="M",
+                   help="reject draws with a sphere overlapping the ground or another sphere by more (default 1e-3 m)")
+    p.add_argument("--energy-tol", type=float, default=1e-2, metavar="J_PER_KG",
+                   help="reject draws whose mechanical energy rises by more (default 1e-2 J/kg)")
+    p.add_argument("--max-attempts", type=int, default=16, help="draws per sample before giving up (default 16)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("bench", help="run benchmarks side by side with their references")
     p.add_argument("case", nargs="?", help="one case name (default: all)")

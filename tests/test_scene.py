@@ -62,7 +62,7 @@ def test_bounce_scene_loads_with_its_values():
     assert spec.dt == pytest.approx(1.0 / 240.0)
     assert spec.total_steps == 480
     assert (spec.camera.width, spec.camera.height) == (320, 240)
-    assert spec.camera.position == (3.0, -5.0, 2.0)
+    assert spec.camera.position == (2.2, -3.6, 1.4)
     assert spec.object_names == ("red", "green", "blue")
     red, green, blue = spec.objects
     assert len({o.radius for o in spec.objects}) == 3
@@ -155,7 +155,7 @@ def test_scene_package_imports_nothing_heavy():
 def build_bounce() -> SceneSpec:
     b = SceneBuilder(name="bounce", backend="warp", device="auto", precision="float32", deterministic=False,
                      seed=0, gravity=(0, 0, -9.81), fps=30, frames=60, substeps=8)
-    b.camera(position=(3, -5, 2), look_at=(0, 0, 0.6), up=(0, 0, 1), fovy_deg=40, width=320, height=240,
+    b.camera(position=(2.2, -3.6, 1.4), look_at=(0, 0, 0.5), up=(0, 0, 1), fovy_deg=40, width=320, height=240,
              projection="perspective")
     b.ground(height=0.0, checker_size=0.5, colors=[(0.85, 0.85, 0.85), (0.35, 0.35, 0.35)], enabled=True)
     b.light(direction=(-0.4, 0.3, -1.0), intensity=0.8, ambient=0.35, sky_color=(0.55, 0.7, 0.9))
@@ -347,7 +347,7 @@ BAD = [
      "time.substeps", "integer field", "substeps ="),
     ("mass_and_density", _edit("density = 400.0", "density = 400.0\nmass = 3.0"),
      "objects[2]", "give mass or density, not both", '[[objects]]\ntype = "sphere"\nname = "blue"'),
-    ("camera_looks_at_itself", _edit("look_at = [0.0, 0.0, 0.6]", "look_at = [3.0, -5.0, 2.0]"),
+    ("camera_looks_at_itself", _edit("look_at = [0.0, 0.0, 0.5]", "look_at = [2.2, -3.6, 1.4]"),
      "camera.look_at", "must differ from the camera position", "look_at ="),
     ("zero_frames", _edit("frames = 60", "frames = 0"),
      "time.frames", "must be in [1, 1000000] (got 0)", "frames = 0"),

@@ -1,0 +1,75 @@
+"""Simulate a world and render every layer: the shared core of ``hybridsim render`` and ``generate``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+__all__ = ["Rendering", "simulate", "render_layers", "simulate_and_render"]
+
+
+@dataclass
+class Rendering:
+    """A rendered rollout of one world. T = frames + 1 (frame 0 is the initial state)."""
+
+    rgb: Any
+    """Colour frames, numpy uint8 (T, H, W, 3)."""
+    layers: dict
+    """Lossless numpy layers: depth (T, H, W) [m, inf for sky] float32, normal (T, H, W, 3) float32
+    (camera space), alpha (T, H, W) float32, segmentation (T, H, W) int32 (0 ground/sky, k+1 sphere k),
+    flow_forward / flow_backward (T, H, W, 2) [px] float32, occlusion_forward / occlusion_backward
+    (T, H, W) bool, intrinsics (3, 3) and extrinsics (4, 4) float64 (world to camera)."""
+    trajectory: Any
+    """The :class:`~hybridsim.sim.rollout.Trajectory` (positions, velocities (T, 1, N, 3), times, model)."""
+    camera: Any
+    """The :class:`~hybridsim.render.camera.Camera` of the scene."""
+    flow: dict
+    """The flow layers as torch tensors in the world's precision (before the float32 cast)."""
+
+
+def simulate(world, frames: int | None = None, *, progress: Callable[[int], None] | None = None):
+    """Roll out ``frames`` frames (default: the scene's) without autograd -> Trajectory."""
+    import torch
+
+    from ..sim.rollout import rollout
+
+    with torch.no_grad():
+        return rollout(world, frames=frames, progress=progress)
+
+
+def render_layers(world, trajectory, *, progress: Callable[[int], None] | None = None) -> Rendering:
+    """Render every frame of ``trajectory`` (one frame at a time, bounding memory) plus exact flow."""
+    import numpy as np
+    import torch
+
+    from ..render import Camera, to_uint8
+    from ..render.flow import optical_flow
+    from ..render.scene import render_trajectory
+
+    layers: dict[str, list] = {"rgb": [], "depth": [], "segmentation": [], "normal": [], "alpha": []}
+    with torch.no_grad():
+        for index in range(trajectory.frame_count):
+            frame = render_trajectory(world, trajectory, frames=slice(index, index + 1))
+            for key in layers:
+                layers[key].append(frame[key][0])
+            if progress is not None:
+                progress(index + 1)
+    tensors = {key: torch.stack(value).cpu() for key, value in layers.items()}
+    camera = Camera.from_spec(world.spec.camera)
+    flow = optical_flow(camera, tensors["depth"], tensors["segmentation"], trajectory.positions[:, 0])
+    stacked = {key: value.numpy() for key, value in tensors.items()}
+    rgb = to_uint8(stacked.pop("rgb"))
+    for key in ("depth", "normal", "alpha"):
+        stacked[key] = stacked[key].astype(np.float32)
+    for key, value in flow.items():
+        stacked[key] = value.numpy().astype(np.float32) if value.is_floating_point() else value.numpy()
+    stacked["intrinsics"] = camera.intrinsics(dtype=torch.float64).numpy()
+    stacked["extrinsics"] = camera.extrinsics(dtype=torch.float64).numpy()
+    return Rendering(rgb=rgb, layers=stacked, trajectory=trajectory, camera=camera, flow=flow)
+
+
+def simulate_and_render(world, frames: int | None = None, *, sim_progress: Callable[[int], None] | None = None,
+                        render_progress: Callable[[int], None] | None = None) -> Rendering:
+    """Simulate ``world`` for ``frames`` frames and render rgb plus every ground-truth layer."""
+    trajectory = simulate(world, frames, progress=sim_progress)
+    return render_layers(world, trajectory, progress=render_progress)
