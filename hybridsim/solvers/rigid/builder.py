@@ -1,0 +1,357 @@
+"""RigidBuilder: collect bodies, shapes, static boxes and springs in Python lists, then
+``finalize(device, dtype)`` into a RigidModel of tensors.
+
+Contact candidates are enumerated once here as fixed slots (every shape point against the
+ground and against every shape of another body), so the solver never allocates per step and a
+slot's impulse can warm-start the next step. There is no broad phase: slots grow with the
+number of shape pairs (``body_collisions=False`` keeps only ground and static contacts).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ...errors import SceneError
+from .model import RigidModel
+from .shapes import SHAPE_BOX, SHAPE_CAPSULE, SHAPE_MESH, SHAPE_SPHERE, ShapeSpec, load_convex_mesh
+
+__all__ = ["RigidBuilder"]
+
+KIND_GROUND, KIND_SPHERE, KIND_BOX, KIND_CAPSULE, KIND_BOX_BOX = 0, 1, 2, 3, 4
+_TARGET_KIND = {SHAPE_SPHERE: KIND_SPHERE, SHAPE_BOX: KIND_BOX, SHAPE_CAPSULE: KIND_CAPSULE}
+IDENTITY = (0.0, 0.0, 0.0, 1.0)
+
+
+def _quat_matrix(q) -> np.ndarray:
+    x, y, z, w = q
+    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+
+
+def _matrix_quat(m: np.ndarray) -> np.ndarray:
+    trace = np.trace(m)
+    if trace > 0:
+        s = 2.0 * math.sqrt(trace + 1.0)
+        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
+    else:
+        i = int(np.argmax(np.diag(m)))
+        j, k = (i + 1) % 3, (i + 2) % 3
+        s = 2.0 * math.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
+        q = [0.0] * 4
+        q[i] = 0.25 * s
+        q[j] = (m[j, i] + m[i, j]) / s
+        q[k] = (m[k, i] + m[i, k]) / s
+        q[3] = (m[k, j] - m[j, k]) / s
+    q = np.asarray(q)
+    return q / np.linalg.norm(q)
+
+
+def _unit_quat(q, what: str) -> np.ndarray:
+    q = np.asarray(q, dtype=float).reshape(-1)
+    if q.shape != (4,) or not np.isfinite(q).all() or np.linalg.norm(q) < 1e-9:
+        raise SceneError(f"{what} must be a finite quaternion (x, y, z, w), got {q.tolist()}", field=what)
+    return q / np.linalg.norm(q)
+
+
+def _vec3(v, what: str) -> np.ndarray:
+    v = np.asarray(v, dtype=float).reshape(-1)
+    if v.shape != (3,) or not np.isfinite(v).all():
+        raise SceneError(f"{what} must be 3 finite numbers, got {v.tolist()}", field=what)
+    return v
+
+
+def _positive(value, what: str) -> float:
+    value = float(value)
+    if not (value > 0.0 and math.isfinite(value)):
+        raise SceneError(f"{what} must be > 0, got {value}", field=what)
+    return value
+
+
+class RigidBuilder:
+    """Collects a rigid-body scene; ``finalize()`` returns a RigidModel.
+
+    Args:
+        gravity: gravitational acceleration [m/s^2].
+        ground: add the static ground plane z = ground_height.
+        ground_friction / ground_restitution: the plane's material (contacts use the mean of the
+            two shapes' values).
+        body_collisions: generate body-body contact slots (off: ground and static boxes only).
+    """
+
+    def __init__(self, *, gravity=(0.0, 0.0, -9.81), ground: bool = True, ground_height: float = 0.0,
+                 ground_friction: float = 0.5, ground_restitution: float = 0.0, body_collisions: bool = True):
+        self.gravity = _vec3(gravity, "gravity")
+        self.ground, self.ground_height = bool(ground), float(ground_height)
+        self.ground_friction, self.ground_restitution = float(ground_friction), float(ground_restitution)
+        self.body_collisions = bool(body_collisions)
+        self.bodies: list[dict] = []
+        self.shapes: list[ShapeSpec] = []
+        self.springs: list[dict] = []
+
+    @property
+    def body_count(self) -> int:
+        return len(self.bodies)
+
+    def add_body(self, *, position=(0.0, 0.0, 0.0), orientation=IDENTITY, velocity=(0.0, 0.0, 0.0),
+                 angular_velocity=(0.0, 0.0, 0.0), mass: float | None = None, inertia=None, name: str | None = None) -> int:
+        """Add a dynamic body with its frame at ``position``/``orientation``; returns its index.
+
+        Mass and inertia come from the shapes' densities unless ``mass`` is given (the shapes'
+        inertia is then scaled to it) or ``inertia`` (3 principal moments [kg m^2], for a body
+        with no shapes)."""
+        body = dict(position=_vec3(position, "position"), orientation=_unit_quat(orientation, "orientation"),
+                    velocity=_vec3(velocity, "velocity"), angular_velocity=_vec3(angular_velocity, "angular_velocity"),
+                    mass=None if mass is None else _positive(mass, "mass"),
+                    inertia=None if inertia is None else _vec3(inertia, "inertia"),
+                    name=name or f"body{len(self.bodies)}")
+        self.bodies.append(body)
+        return len(self.bodies) - 1
+
+    def _add_shape(self, body: int, kind: str, size, position, rotation, density, friction, restitution, **mesh) -> int:
+        if not (-1 <= body < len(self.bodies)):
+            raise SceneError(f"shape attached to unknown body {body} (have {len(self.bodies)} bodies)", field="body")
+        if friction < 0.0 or not (0.0 <= restitution <= 1.0):
+            raise SceneError(f"friction must be >= 0 and restitution in [0, 1], got {friction}, {restitution}", field="material")
+        shape = ShapeSpec(body=body, kind=kind, size=tuple(float(s) for s in size), position=_vec3(position, "position"),
+                          rotation=_unit_quat(rotation, "rotation"), density=_positive(density, "density"),
+                          friction=float(friction), restitution=float(restitution), **mesh)
+        self.shapes.append(shape)
+        return len(self.shapes) - 1
+
+    def add_shape_sphere(self, body: int, radius: float, *, position=(0.0, 0.0, 0.0), density: float = 1000.0,
+                         friction: float = 0.5, restitution: float = 0.0) -> int:
+        """Sphere of ``radius`` [m] centred at ``position`` in the body frame."""
+        return self._add_shape(body, SHAPE_SPHERE, (_positive(radius, "radius"), 0.0, 0.0), position, IDENTITY,
+                               density, friction, restitution)
+
+    def add_shape_box(self, body: int, half_extents, *, position=(0.0, 0.0, 0.0), rotation=IDENTITY,
+                      density: float = 1000.0, friction: float = 0.5, restitution: float = 0.0) -> int:
+        """Box with ``half_extents`` (hx, hy, hz) [m]; body -1 makes a static box (world frame)."""
+        he = _vec3(half_extents, "half_extents")
+        for h in he:
+            _positive(h, "half_extents")
+        return self._add_shape(body, SHAPE_BOX, he, position, rotation, density, friction, restitution)
+
+    def add_static_box(self, half_extents, *, position=(0.0, 0.0, 0.0), rotation=IDENTITY,
+                       friction: float = 0.5, restitution: float = 0.0) -> int:
+        """Static (immovable) box in the world frame."""
+        return self.add_shape_box(-1, half_extents, position=position, rotation=rotation, friction=friction, restitution=restitution)
+
+    def add_shape_capsule(self, body: int, radius: float, half_height: float, *, position=(0.0, 0.0, 0.0),
+                          rotation=IDENTITY, density: float = 1000.0, friction: float = 0.5, restitution: float = 0.0) -> int:
+        """Capsule: segment from -half_height to +half_height along local z, swept by ``radius`` [m]."""
+        return self._add_shape(body, SHAPE_CAPSULE, (_positive(radius, "radius"), _positive(half_height, "half_height"), 0.0),
+                               position, rotation, density, friction, restitution)
+
+    def add_shape_mesh(self, body: int, source, *, scale: float = 1.0, position=(0.0, 0.0, 0.0), rotation=IDENTITY,
+                       density: float = 1000.0, friction: float = 0.5, restitution: float = 0.0) -> int:
+        """Convex mesh from a file (obj/stl/ply/glb, read with trimesh) or a trimesh.Trimesh.
+
+        Mass and inertia come from the closed surface (AssetError naming the file if it is not
+        watertight); contacts use the vertices of its convex hull."""
+        if body < 0:
+            raise SceneError("meshes must belong to a dynamic body", field="body")
+        data = load_convex_mesh(source, scale)
+        return self._add_shape(body, SHAPE_MESH, (0.0, 0.0, 0.0), position, rotation, density, friction, restitution,
+                               mesh_vertices=data["vertices"], mesh_planes=data["planes"], mesh_mass=data["mass"],
+                               mesh_center=data["center"], mesh_inertia=data["inertia"], source=data["source"])
+
+    def add_spring(self, body_a: int, body_b: int = -1, *, anchor_a=(0.0, 0.0, 0.0), anchor_b=(0.0, 0.0, 0.0),
+                   stiffness: float, damping: float = 0.0, rest_length: float | None = None) -> int:
+        """Spring-damper between a point of body_a and a point of body_b (-1: ``anchor_b`` is a
+        world point). Anchors are in the bodies' frames as given to add_body [m]; rest_length
+        defaults to the initial distance."""
+        for b in (body_a, body_b):
+            if not (-1 <= b < len(self.bodies)) or body_a < 0:
+                raise SceneError(f"spring between unknown bodies {body_a}, {body_b}", field="spring")
+        if stiffness < 0.0 or damping < 0.0:
+            raise SceneError("spring stiffness and damping must be >= 0", field="spring")
+        self.springs.append(dict(body=(body_a, body_b), anchor_a=_vec3(anchor_a, "anchor_a"), anchor_b=_vec3(anchor_b, "anchor_b"),
+                                 stiffness=float(stiffness), damping=float(damping), rest_length=rest_length))
+        return len(self.springs) - 1
+
+    # -- finalize --------------------------------------------------------------------------
+    def _body_mass_properties(self):
+        """Per body: (mass, centre of mass in its frame, principal moments, principal rotation)."""
+        result = []
+        for b, body in enumerate(self.bodies):
+            mass, first, second = 0.0, np.zeros(3), np.zeros((3, 3))
+            parts = []
+            for shape in self.shapes:
+                if shape.body != b:
+                    continue
+                m, c, inertia = shape.mass_properties()
+                rot = _quat_matrix(shape.rotation)
+                parts.append((m, shape.position + rot @ c, rot @ inertia @ rot.T))
+            mass = sum(p[0] for p in parts)
+            if parts:
+                com = sum(p[0] * p[1] for p in parts) / mass
+                for m, c, inertia in parts:
+                    d = c - com
+                    second = second + inertia + m * (d @ d * np.eye(3) - np.outer(d, d))
+            else:
+                com = np.zeros(3)
+                if body["mass"] is None or body["inertia"] is None:
+                    raise SceneError("a body without shapes needs both mass and inertia", object=body["name"])
+            if body["mass"] is not None and parts:
+                second = second * (body["mass"] / mass)
+            if body["mass"] is not None:
+                mass = body["mass"]
+            if body["inertia"] is not None:
+                moments, rotation = np.asarray(body["inertia"]), np.eye(3)
+            else:
+                off = np.abs(second - np.diag(np.diag(second))).max()
+                if off <= 1e-12 * np.trace(second):
+                    moments, rotation = np.diag(second).copy(), np.eye(3)
+                else:
+                    moments, rotation = np.linalg.eigh(second)
+                    if np.linalg.det(rotation) < 0:
+                        rotation[:, 2] *= -1.0
+            if mass <= 0 or (moments <= 0).any():
+                raise SceneError("body mass and principal inertia must be > 0", object=body["name"])
+            result.append((mass, com, moments, _matrix_quat(rotation)))
+        return result
+
+    def _contact_slots(self, shapes: list[ShapeSpec]) -> dict:
+        rows = []
+
+        def add(kind, shape_a, point, radius, body_b, shape_b_index, b_position, b_rotation, b_size, order=0):
+            sa = shapes[shape_a]
+            rows.append(dict(body=(sa.body, body_b), kind=kind, order=order, point=point, radius=radius,
+                             a_position=sa.position, a_rotation=sa.rotation, a_size=sa.size,
+                             b_position=b_position, b_rotation=b_rotation, b_size=b_size, shape=(shape_a, shape_b_index)))
+
+        def points_of(index):
+            s = shapes[index]
+            pts, radii = s.contact_points()
+            rot = _quat_matrix(s.rotation)
+            return [(s.position + rot @ p, r) for p, r in zip(pts, radii)]
+
+        dynamic = [i for i, s in enumerate(shapes) if s.body >= 0]
+        if self.ground:
+            for i in dynamic:
+                for p, r in points_of(i):
+                    add(KIND_GROUND, i, p, r, -1, -1, np.array([0.0, 0.0, self.ground_height]), np.array(IDENTITY), (0.0, 0.0, 0.0))
+
+        def against(i, j):
+            """Points of shape i (dynamic) against the solid shape j."""
+            sj = shapes[j]
+            if sj.kind == SHAPE_MESH:
+                return
+            if shapes[i].kind == SHAPE_BOX and sj.kind == SHAPE_BOX:
+                order = 2 if sj.body < 0 else (1 if i < j else 0)
+                for p, r in points_of(i):
+                    add(KIND_BOX_BOX, i, p, r, sj.body, j, sj.position, sj.rotation, sj.size, order)
+                return
+            for p, r in points_of(i):
+                add(_TARGET_KIND[sj.kind], i, p, r, sj.body, j, sj.position, sj.rotation, sj.size)
+
+        for i in range(len(shapes)):
+            for j in range(i + 1, len(shapes)):
+                si, sj = shapes[i], shapes[j]
+                if si.body == sj.body or (si.body < 0 and sj.body < 0):
+                    continue
+                if si.body >= 0 and sj.body >= 0 and not self.body_collisions:
+                    continue
+                kinds = {si.kind, sj.kind}
+                if kinds == {SHAPE_SPHERE}:
+                    against(i, j)
+                elif SHAPE_SPHERE in kinds and kinds != {SHAPE_SPHERE, SHAPE_MESH}:
+                    # the sphere's centre against the other solid (box / capsule)
+                    s_idx, o_idx = (i, j) if si.kind == SHAPE_SPHERE else (j, i)
+                    if shapes[s_idx].body >= 0:
+                        against(s_idx, o_idx)
+                else:
+                    if si.body >= 0:
+                        against(i, j)
+                    if sj.body >= 0:
+                        against(j, i)
+
+        count = len(rows)
+        contact = dict(count=count)
+
+        def stack(key, width=None, dtype=float):
+            if width is None:
+                return np.array([row[key] for row in rows], dtype=dtype).reshape(count)
+            return np.array([row[key] for row in rows], dtype=dtype).reshape(count, width)
+
+        for key, width, dtype in [("body", 2, np.int32), ("kind", None, np.int32), ("order", None, np.int32),
+                                  ("point", 3, float), ("radius", None, float), ("a_position", 3, float),
+                                  ("a_rotation", 4, float), ("a_size", 3, float), ("b_position", 3, float),
+                                  ("b_rotation", 4, float), ("b_size", 3, float), ("shape", 2, np.int32)]:
+            contact[key] = stack(key, width, dtype)
+        # Gauss-Seidel chain: where each slot finds the latest velocity of each of its bodies
+        prev = -np.ones((count, 2), np.int32)
+        prev_side = np.zeros((count, 2), np.int32)
+        last = -np.ones(len(self.bodies), np.int32)
+        last_side = np.zeros(len(self.bodies), np.int32)
+        for c in range(count):
+            for side in range(2):
+                body = contact["body"][c, side]
+                if body >= 0:
+                    prev[c, side], prev_side[c, side] = last[body], last_side[body]
+                    last[body], last_side[body] = c, side
+        contact.update(prev=prev, prev_side=prev_side, body_last=last, body_last_side=last_side)
+        return contact
+
+    def finalize(self, device: str = "cpu", dtype: torch.dtype = torch.float32, *, iterations: int = 12,
+                 position_iterations: int = 4, restitution_threshold: float = 0.05) -> RigidModel:
+        """Build the RigidModel (tensors on ``device`` in ``dtype``)."""
+        if not self.bodies:
+            raise SceneError("a rigid scene needs at least one body", field="bodies")
+        props = self._body_mass_properties()
+        # re-express shapes relative to each body's centre of mass
+        shapes = []
+        for s in self.shapes:
+            s2 = ShapeSpec(**{k: getattr(s, k) for k in s.__dataclass_fields__})
+            if s.body >= 0:
+                s2.position = s.position - props[s.body][1]
+            shapes.append(s2)
+        positions, orientations = [], []
+        for body, (_, com, _, _) in zip(self.bodies, props):
+            positions.append(body["position"] + _quat_matrix(body["orientation"]) @ com)
+            orientations.append(body["orientation"])
+        contact = self._contact_slots(shapes)
+
+        def real(x):
+            return torch.as_tensor(np.asarray(x, dtype=float), dtype=dtype, device=device)
+
+        def integer(x):
+            return torch.as_tensor(np.asarray(x), dtype=torch.int32, device=device)
+
+        contact_t = {k: (integer(v) if np.asarray(v).dtype.kind == "i" else real(v)) for k, v in contact.items() if k != "count"}
+        springs = self.springs
+        spring = dict(body=torch.as_tensor([s["body"] for s in springs], dtype=torch.int64, device=device).reshape(-1, 2))
+        anchors_a, anchors_b, rest = [], [], []
+        for s in springs:
+            a, b = s["body"]
+            pa_local = s["anchor_a"] - props[a][1]
+            pa_world = positions[a] + _quat_matrix(orientations[a]) @ pa_local
+            if b >= 0:
+                pb_local = s["anchor_b"] - props[b][1]
+                pb_world = positions[b] + _quat_matrix(orientations[b]) @ pb_local
+            else:
+                pb_local = pb_world = s["anchor_b"]
+            anchors_a.append(pa_local)
+            anchors_b.append(pb_local)
+            rest.append(np.linalg.norm(pa_world - pb_world) if s["rest_length"] is None else s["rest_length"])
+        spring.update(anchor_a=real(np.reshape(anchors_a, (-1, 3))), anchor_b=real(np.reshape(anchors_b, (-1, 3))),
+                      stiffness=real([s["stiffness"] for s in springs]), damping=real([s["damping"] for s in springs]),
+                      rest_length=real(rest))
+        return RigidModel(
+            body_count=len(self.bodies), shape_count=len(shapes), contact_count=contact["count"], spring_count=len(springs),
+            body_mass=real([p[0] for p in props]), body_inertia=real(np.reshape([p[2] for p in props], (-1, 3))),
+            body_inertia_rotation=real(np.reshape([p[3] for p in props], (-1, 4))),
+            body_position=real(np.reshape(positions, (-1, 3))), body_orientation=real(np.reshape(orientations, (-1, 4))),
+            body_velocity=real(np.reshape([b["velocity"] for b in self.bodies], (-1, 3))),
+            body_angular_velocity=real(np.reshape([b["angular_velocity"] for b in self.bodies], (-1, 3))),
+            shape_body=integer([s.body for s in shapes]), shape_friction=real([s.friction for s in shapes]),
+            shape_restitution=real([s.restitution for s in shapes]),
+            ground_friction=real(self.ground_friction), ground_restitution=real(self.ground_restitution),
+            gravity=real(self.gravity), contact=contact_t, spring=spring, shapes=shapes,
+            has_ground=self.ground, ground_height=self.ground_height, restitution_threshold=float(restitution_threshold),
+            iterations=int(iterations), position_iterations=int(position_iterations), device=device, dtype=dtype)
