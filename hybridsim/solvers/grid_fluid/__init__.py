@@ -1,0 +1,17 @@
+"""2D Eulerian grid fluid (smoke) on a staggered MAC grid, with Warp and Taichi kernels.
+
+Build a domain with ``GridFluidBuilder``, step it with ``SolverGridFluid`` (``step`` raw,
+``step_differentiable`` through torch autograd), or run ``rollout_grid_fluid``. See
+docs/grid_fluid.md for the numerics.
+"""
+
+from .model import GridFluidBuilder, GridFluidControl, GridFluidModel, GridFluidState
+from .pressure import PressureProjection, SolveResult, ViscousDiffusion, conjugate_gradient
+from .rollout import GridFluidTrajectory, rollout_grid_fluid
+from .solver import ADVECTION_SCHEMES, DENSITY_ADVECTION_SCHEMES, SolverGridFluid
+
+__all__ = [
+    "ADVECTION_SCHEMES", "DENSITY_ADVECTION_SCHEMES", "GridFluidBuilder", "GridFluidControl", "GridFluidModel",
+    "GridFluidState", "GridFluidTrajectory", "PressureProjection", "SolveResult", "SolverGridFluid",
+    "ViscousDiffusion", "conjugate_gradient", "rollout_grid_fluid",
+]

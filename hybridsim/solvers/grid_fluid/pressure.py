@@ -1,0 +1,244 @@
+"""Linear solves of the grid fluid: pressure projection and implicit viscosity, with adjoints.
+
+Both systems are symmetric and solved by a preconditioned conjugate gradient that stops at a
+relative residual ``tolerance``: matrix-free operator kernels (Warp or Taichi) and torch vector
+operations for the dot products and updates. The pressure solve is preconditioned by Jacobi or
+by a modified incomplete Cholesky factorisation MIC(0) (serial triangular sweeps: several times
+fewer iterations on CPUs); the viscosity solve, well conditioned, by Jacobi.
+
+Projection. With G the face gradient, A the face open fractions and m = [A > 0], the projected
+velocity is u' = m (u - G p) where M p = G^T A u, M = G^T A G (an area-weighted, negated
+Laplacian; p = 0 beyond open sides). Then the area-weighted divergence of u' equals minus the
+solver's residual, so it is below ``tolerance`` relative to the input's. The map u -> u' is
+linear, P = m (I - G M^+ G^T A), so its adjoint is P^T = (I - A G M^+ G^T) m: backward solves
+the same system once with the incoming gradient (no unrolled iterations are stored). Without
+an open side M is singular (constants); both solves then remove the mean over fluid cells.
+
+Viscosity. (I + nu dt K) u' = m u per face, K the negated face Laplacian (solid faces fixed
+at zero, no-slip walls through ghost values); symmetric, so the adjoint is another solve with the
+same matrix and d/dnu = -dt <S^-1 g, K u'>.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+__all__ = ["conjugate_gradient", "SolveResult", "PressureProjection", "ViscousDiffusion"]
+
+
+@dataclass
+class SolveResult:
+    """Outcome of one conjugate gradient solve."""
+
+    solution: torch.Tensor
+    """The solution, flat."""
+    iterations: int
+    """Iterations taken."""
+    relative_residual: float
+    """|r| / |b| at exit (0 when b = 0)."""
+    converged: bool
+    """Whether the tolerance was reached within max_iterations."""
+
+
+Binder = Callable[[torch.Tensor, torch.Tensor], Callable[[], None]]
+
+
+def conjugate_gradient(apply_operator: Binder, rhs: torch.Tensor, preconditioner: torch.Tensor | Binder, *,
+                       tolerance: float, max_iterations: int, fluid: torch.Tensor | None = None) -> SolveResult:
+    """Solve A x = rhs (A symmetric positive (semi)definite) by preconditioned CG.
+
+    ``apply_operator(p, out)`` returns a callable writing A p into ``out`` (both flat, fixed
+    buffers). ``preconditioner`` is the inverse diagonal (Jacobi) or, like ``apply_operator``, a
+    binder of z = M^-1 r for a symmetric positive definite M. ``fluid`` (0/1, flat) marks the cells
+    of a singular system whose null space is the constant: the mean over them is removed from
+    the right-hand side, every residual and the solution. Stops when |r| <= tolerance |rhs|.
+    """
+    count = None if fluid is None else max(float(fluid.sum()), 1.0)
+
+    def remove_mean(x: torch.Tensor) -> None:
+        if fluid is not None:
+            x.sub_(fluid * (torch.dot(x, fluid) / count))
+
+    x = torch.zeros_like(rhs)
+    r = rhs.clone()
+    remove_mean(r)
+    b_norm = float(torch.dot(r, r)) ** 0.5
+    if not math.isfinite(b_norm):  # propagate: the caller's finiteness check names the quantity
+        return SolveResult(x.fill_(math.nan), 0, math.nan, False)
+    if b_norm == 0.0:
+        return SolveResult(x, 0, 0.0, True)
+    threshold = tolerance * b_norm
+    z = torch.empty_like(r)
+    if isinstance(preconditioner, torch.Tensor):
+        precondition = functools.partial(torch.mul, preconditioner, r, out=z)
+    else:
+        precondition = preconditioner(r, z)
+    precondition()
+    p = z.clone()
+    ap = torch.empty_like(r)
+    apply = apply_operator(p, ap)
+    rz = float(torch.dot(r, z))
+    r_norm, iterations = b_norm, 0
+    while iterations < max_iterations:
+        apply()
+        p_ap = float(torch.dot(p, ap))
+        if p_ap <= 0.0:  # exhausted the (numerical) range of the operator
+            break
+        alpha = rz / p_ap
+        x.add_(p, alpha=alpha)
+        r.add_(ap, alpha=-alpha)
+        remove_mean(r)
+        iterations += 1
+        r_norm = float(torch.dot(r, r)) ** 0.5
+        if r_norm <= threshold or not math.isfinite(r_norm):
+            break
+        precondition()
+        rz_next = float(torch.dot(r, z))
+        p.mul_(rz_next / rz).add_(z)
+        rz = rz_next
+    remove_mean(x)
+    return SolveResult(x, iterations, r_norm / b_norm, r_norm <= threshold)
+
+
+def _warn_unconverged(name: str, result: SolveResult, tolerance: float, max_iterations: int) -> None:
+    if not result.converged and math.isfinite(result.relative_residual):  # non-finite: the step raises
+        warnings.warn(
+            f"{name} solve stopped after {result.iterations} iterations at relative residual "
+            f"{result.relative_residual:.3g} > tolerance {tolerance:.3g}; raise max_iterations "
+            f"(now {max_iterations}), loosen the tolerance, or lower dt",
+            RuntimeWarning, stacklevel=4)
+
+
+class PressureProjection:
+    """Makes face velocities discretely divergence-free; ``project_adjoint`` is its transpose.
+
+    Args:
+        launcher: the backend launcher (see launch.py).
+        area_x, area_y: face open fractions, shapes (Fx, ny) and (nx, Fy).
+        cell_size: dx [m].
+        flags: boundary bits.
+        singular: True when no side is open (remove the mean).
+        tolerance: relative residual at which CG stops.
+        max_iterations: CG iteration cap (warns when reached).
+        preconditioner: "jacobi" (parallel) or "incomplete_cholesky" (MIC(0): far fewer
+            iterations, but its triangular sweeps run serially: meant for CPUs).
+    """
+
+    def __init__(self, launcher, area_x: torch.Tensor, area_y: torch.Tensor, *, cell_size: float, flags: int,
+                 singular: bool, tolerance: float, max_iterations: int, preconditioner: str = "jacobi"):
+        self.launcher = launcher
+        self.area_x, self.area_y = area_x.contiguous(), area_y.contiguous()
+        self.mask_x = (area_x > 0).to(area_x.dtype)
+        self.mask_y = (area_y > 0).to(area_y.dtype)
+        self.cell_size, self.flags = float(cell_size), int(flags)
+        self.tolerance, self.max_iterations = float(tolerance), int(max_iterations)
+        self.cell_shape = (area_y.shape[0], area_x.shape[1])
+        self.face_dim = (self.cell_shape[0] + 1, self.cell_shape[1] + 1)
+        diagonal = area_x.new_empty(self.cell_shape)
+        launcher.launch("pressure_diagonal", self.cell_shape, [self.area_x, self.area_y], [self.cell_size, self.flags],
+                        [diagonal])
+        fluid = diagonal > 0
+        self.inverse_diagonal = torch.where(fluid, 1.0 / torch.where(fluid, diagonal, torch.ones_like(diagonal)),
+                                            torch.zeros_like(diagonal)).reshape(-1)
+        self.fluid = fluid.to(area_x.dtype).reshape(-1) if singular else None
+        self.preconditioner = preconditioner
+        if preconditioner == "incomplete_cholesky":
+            self.precon = area_x.new_empty(self.cell_shape)
+            launcher.launch("factor_incomplete_cholesky", 1, [self.area_x, self.area_y], [self.cell_size, self.flags],
+                            [self.precon])
+        self.last_result: SolveResult | None = None
+
+    def divergence(self, u: torch.Tensor, v: torch.Tensor, weighted: bool = True) -> torch.Tensor:
+        """Per-cell divergence [1/s] of the area-weighted (or mask-weighted) face velocities."""
+        out = u.new_empty(self.cell_shape)
+        weights = [self.area_x, self.area_y] if weighted else [self.mask_x, self.mask_y]
+        self.launcher.launch("divergence", self.cell_shape, [u.contiguous(), v.contiguous(), *weights],
+                             [self.cell_size, self.flags], [out])
+        return out
+
+    def solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """Solve M p = rhs (cells) to the tolerance; returns p with the shape of rhs."""
+
+        def apply_operator(p: torch.Tensor, out: torch.Tensor):
+            return self.launcher.bind("apply_pressure_operator", self.cell_shape,
+                                      [p.view(self.cell_shape), self.area_x, self.area_y],
+                                      [self.cell_size, self.flags], [out.view(self.cell_shape)])
+
+        def apply_preconditioner(r: torch.Tensor, z: torch.Tensor):
+            return self.launcher.bind("apply_incomplete_cholesky", 1,
+                                      [r.view(self.cell_shape), self.area_x, self.area_y, self.precon],
+                                      [self.cell_size], [z.new_empty(self.cell_shape), z.view(self.cell_shape)])
+
+        preconditioner = apply_preconditioner if self.preconditioner == "incomplete_cholesky" else self.inverse_diagonal
+        result = conjugate_gradient(apply_operator, rhs.reshape(-1).contiguous(), preconditioner,
+                                    tolerance=self.tolerance, max_iterations=self.max_iterations, fluid=self.fluid)
+        self.last_result = result
+        _warn_unconverged("pressure", result, self.tolerance, self.max_iterations)
+        return result.solution.view(self.cell_shape)
+
+    def _subtract_gradient(self, u, v, p, weights) -> tuple[torch.Tensor, torch.Tensor]:
+        u_out, v_out = torch.empty_like(u), torch.empty_like(v)
+        self.launcher.launch("subtract_pressure_gradient", self.face_dim,
+                             [u, v, p, self.mask_x, self.mask_y, *weights], [self.cell_size, self.flags],
+                             [u_out, v_out])
+        return u_out, v_out
+
+    def project(self, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """u' = m (u - G p) with M p = G^T A u = -div_A(u)."""
+        u, v = u.contiguous(), v.contiguous()
+        pressure = self.solve(-self.divergence(u, v))
+        return self._subtract_gradient(u, v, pressure, (self.mask_x, self.mask_y))
+
+    def project_adjoint(self, grad_u: torch.Tensor, grad_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """P^T g = m g - A G psi with M psi = G^T (m g): one solve with the same matrix."""
+        grad_u, grad_v = grad_u.contiguous(), grad_v.contiguous()
+        psi = self.solve(-self.divergence(grad_u, grad_v, weighted=False))
+        return self._subtract_gradient(grad_u, grad_v, psi, (self.area_x, self.area_y))
+
+
+class ViscousDiffusion:
+    """Implicit viscosity: solves (I + nu dt K) u' = m u for both face fields at once."""
+
+    def __init__(self, launcher, mask_x: torch.Tensor, mask_y: torch.Tensor, *, cell_size: float, flags: int,
+                 tolerance: float, max_iterations: int):
+        self.launcher = launcher
+        self.mask_x, self.mask_y = mask_x.contiguous(), mask_y.contiguous()
+        self.cell_size, self.flags = float(cell_size), int(flags)
+        self.tolerance, self.max_iterations = float(tolerance), int(max_iterations)
+        self.shape_x, self.shape_y = tuple(mask_x.shape), tuple(mask_y.shape)
+        self.split = mask_x.numel()
+        self.face_dim = (self.shape_y[0] + 1, self.shape_x[1] + 1)
+        self.mask = torch.cat([mask_x.reshape(-1), mask_y.reshape(-1)])
+        self.last_result: SolveResult | None = None
+
+    def _views(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return flat[: self.split].view(self.shape_x), flat[self.split:].view(self.shape_y)
+
+    def _launch(self, name: str, x: torch.Tensor, alpha: float, beta: float, out: torch.Tensor, bind: bool = False):
+        launch = self.launcher.bind if bind else self.launcher.launch
+        return launch(name, self.face_dim, [*self._views(x), self.mask_x, self.mask_y],
+                      [float(alpha), float(beta), self.cell_size, self.flags], list(self._views(out)))
+
+    def solve(self, coefficient: float, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Solve (I + coefficient K) x = m (u, v); coefficient = nu dt [m^2]."""
+        rhs = torch.cat([u.reshape(-1), v.reshape(-1)]) * self.mask
+        diagonal = torch.empty_like(rhs)
+        self._launch("diffusion_diagonal", rhs, 1.0, coefficient, diagonal)
+        result = conjugate_gradient(lambda p, out: self._launch("apply_diffusion_operator", p, 1.0, coefficient, out, bind=True),
+                                    rhs, 1.0 / diagonal, tolerance=self.tolerance, max_iterations=self.max_iterations)
+        self.last_result = result
+        _warn_unconverged("viscosity", result, self.tolerance, self.max_iterations)
+        return self._views(result.solution)
+
+    def apply_laplacian(self, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K (u, v): the negated face Laplacian [1/m^2 times velocity], zero on solid faces."""
+        x = torch.cat([u.reshape(-1), v.reshape(-1)])
+        out = torch.empty_like(x)
+        self._launch("apply_diffusion_operator", x, 0.0, 1.0, out)
+        return self._views(out)

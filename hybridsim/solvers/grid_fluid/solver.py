@@ -1,0 +1,244 @@
+"""SolverGridFluid: one 2D smoke step as a list of kernel phases, on Warp or Taichi.
+
+A step, in order (each phase one kernel or one solve, each an autograd op):
+1. ``add_inflow``: sources add density at rate x soft coverage x dt;
+2. ``advect``: density and velocity by the start-of-step velocity (semi-Lagrangian with an RK2
+   backtrace, or MacCormack with a clamping limiter; density also in conservative flux form);
+3. ``add_buoyancy`` (+ control accelerations), ``curl`` + ``confine_vorticity``;
+4. implicit viscosity (a CG solve);
+5. pressure projection (a CG solve to a tolerance; adjoint solve in backward).
+
+``step(state_in, state_out, control, dt)`` runs it without autograd and writes ``state_out``;
+``step_differentiable(state, control, dt)`` returns a new state that torch can differentiate
+with respect to the state, the control and the model's learnable tensors. Neither mutates its
+input state.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from ... import backends
+from ...errors import HybridsimError, SimulationError
+from .autograd import KernelPhase, diffuse, kernel_phase, project
+from .launch import launcher_for
+from .model import GridFluidControl, GridFluidModel, GridFluidState
+from .pressure import PressureProjection, ViscousDiffusion
+
+__all__ = ["SolverGridFluid", "ADVECTION_SCHEMES", "DENSITY_ADVECTION_SCHEMES", "PRECONDITIONERS"]
+
+ADVECTION_SCHEMES = ("semi_lagrangian", "maccormack")
+DENSITY_ADVECTION_SCHEMES = ADVECTION_SCHEMES + ("conservative",)
+PRECONDITIONERS = ("auto", "jacobi", "incomplete_cholesky")
+
+
+class SolverGridFluid:
+    """Eulerian smoke on a staggered grid with a tolerance-driven PCG pressure projection.
+
+    Args:
+        model: the domain and its coefficients (learnable tensors may require grad; the
+            geometry, boundaries and face fractions are read once, here).
+        backend: ``"warp"`` or ``"taichi"``; both run the same numerics.
+        device: ``"cpu"`` or ``"cuda"``; default: the model's.
+        dtype: ``torch.float32`` or ``torch.float64``; default: the model's.
+        advection: velocity (and default density) scheme, one of ADVECTION_SCHEMES.
+        density_advection: density scheme, one of DENSITY_ADVECTION_SCHEMES ("conservative"
+            keeps total density to round-off in a closed box); default: ``advection``.
+        pressure_tolerance: relative residual of the pressure solve (default 1e-5 in float32,
+            1e-10 in float64); also the residual of the viscosity solve.
+        max_iterations: cap on CG iterations per solve (default 20 * max(nx, ny) + 200).
+        preconditioner: of the pressure CG: "jacobi", "incomplete_cholesky" (MIC(0), serial
+            sweeps) or "auto" (incomplete Cholesky on CPU, Jacobi on CUDA).
+        cfl_limit: warn when max|u| dt / dx exceeds it.
+        check_finite: raise SimulationError when a step produces non-finite values.
+    """
+
+    def __init__(self, model: GridFluidModel, *, backend: str = "warp", device: str | None = None,
+                 dtype: torch.dtype | None = None, advection: str = "semi_lagrangian",
+                 density_advection: str | None = None, pressure_tolerance: float | None = None,
+                 max_iterations: int | None = None, preconditioner: str = "auto", cfl_limit: float = 1.0,
+                 check_finite: bool = True):
+        if backend not in ("warp", "taichi"):
+            raise HybridsimError(f"unknown backend {backend!r}; expected 'warp' or 'taichi'", field="backend")
+        if advection not in ADVECTION_SCHEMES:
+            raise HybridsimError(f"unknown advection {advection!r}; expected one of {ADVECTION_SCHEMES}", field="advection")
+        density_advection = density_advection or advection
+        if density_advection not in DENSITY_ADVECTION_SCHEMES:
+            raise HybridsimError(f"unknown density_advection {density_advection!r}; expected one of "
+                                 f"{DENSITY_ADVECTION_SCHEMES}", field="density_advection")
+        if preconditioner not in PRECONDITIONERS:
+            raise HybridsimError(f"unknown preconditioner {preconditioner!r}; expected one of {PRECONDITIONERS}",
+                                 field="preconditioner")
+        dtype = dtype or model.dtype
+        if dtype not in (torch.float32, torch.float64):
+            raise HybridsimError(f"dtype must be torch.float32 or torch.float64, got {dtype}", field="dtype")
+        device = backends.resolve_device(device) if device is not None else str(model.device)
+        self.model, self.backend, self.device, self.dtype = model, backend, device, dtype
+        self.advection, self.density_advection = advection, density_advection
+        self.cfl_limit, self.check_finite = float(cfl_limit), check_finite
+        self._launcher = launcher_for(backend, "cuda" if device.startswith("cuda") else device, dtype)
+        nx, ny = model.cell_count
+        self.cell_dim, self.face_dim = (nx, ny), (nx + 1, ny + 1)
+        self._flags = model.boundary_flags
+        self._grid = (self._flags, nx, ny)  # the trailing scalars of every differentiable kernel
+        self._dx = float(model.cell_size)
+        tolerance = pressure_tolerance if pressure_tolerance is not None else (1e-5 if dtype == torch.float32 else 1e-10)
+        max_iterations = int(max_iterations) if max_iterations is not None else 20 * max(nx, ny) + 200
+        to = dict(dtype=dtype, device=device)
+        self._area_x = model.face_fraction_x.detach().to(**to).contiguous()
+        self._area_y = model.face_fraction_y.detach().to(**to).contiguous()
+        if tuple(self._area_x.shape) != model.face_shape_x or tuple(self._area_y.shape) != model.face_shape_y:
+            raise HybridsimError(f"face fractions have shapes {tuple(self._area_x.shape)} and {tuple(self._area_y.shape)}; "
+                                 f"expected {model.face_shape_x} and {model.face_shape_y}", field="face_fraction_x")
+        if preconditioner == "auto":
+            preconditioner = "jacobi" if device.startswith("cuda") else "incomplete_cholesky"
+        self.projection = PressureProjection(self._launcher, self._area_x, self._area_y, cell_size=self._dx,
+                                             flags=self._flags, singular=model.pressure_is_singular,
+                                             tolerance=tolerance, max_iterations=max_iterations,
+                                             preconditioner=preconditioner)
+        self.diffusion = ViscousDiffusion(self._launcher, self.projection.mask_x, self.projection.mask_y,
+                                          cell_size=self._dx, flags=self._flags, tolerance=tolerance,
+                                          max_iterations=max_iterations)
+        self._zero_acceleration = (torch.zeros(model.face_shape_x, **to), torch.zeros(model.face_shape_y, **to))
+        self._cfl_warned = False
+
+    # ------------------------------------------------------------------ public API
+    def step(self, state_in: GridFluidState, state_out: GridFluidState, control: GridFluidControl | None,
+             dt: float) -> None:
+        """Advance ``state_in`` by ``dt`` seconds into ``state_out`` (no autograd)."""
+        with torch.no_grad():
+            new = self._advance(state_in, control, float(dt))
+            state_out.velocity_x.copy_(new.velocity_x)
+            state_out.velocity_y.copy_(new.velocity_y)
+            state_out.density.copy_(new.density)
+        state_out.step_count = new.step_count
+
+    def step_differentiable(self, state: GridFluidState, control: GridFluidControl | None, dt: float) -> GridFluidState:
+        """Advance ``state`` by ``dt``; a torch autograd op over state, control and model tensors."""
+        return self._advance(state, control, float(dt))
+
+    def project(self, velocity_x: torch.Tensor, velocity_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The divergence-free part of a face velocity field (differentiable, adjoint solve)."""
+        self._check_shapes(velocity_x, velocity_y)
+        return project(self.projection, velocity_x.to(self.dtype), velocity_y.to(self.dtype))
+
+    def divergence(self, velocity_x: torch.Tensor, velocity_y: torch.Tensor) -> torch.Tensor:
+        """Area-weighted divergence per cell [1/s], shape (nx, ny) (not differentiable)."""
+        self._check_shapes(velocity_x, velocity_y)
+        return self.projection.divergence(velocity_x.detach().to(self.dtype), velocity_y.detach().to(self.dtype))
+
+    # ------------------------------------------------------------------ the step
+    def _phase(self, kernel, dim, scalars, output_shapes, *inputs) -> tuple[torch.Tensor, ...]:
+        phase = KernelPhase(self._launcher, kernel, dim, tuple(scalars), tuple(output_shapes))
+        return kernel_phase(phase, *inputs)
+
+    def _coefficient(self, value: torch.Tensor, name: str, shape: tuple) -> torch.Tensor:
+        value = value.to(dtype=self.dtype, device=self.device)
+        if tuple(value.shape) != shape:
+            raise HybridsimError(f"{name} must have shape {shape}, got {tuple(value.shape)}", field=name)
+        return value
+
+    def _advance(self, state: GridFluidState, control: GridFluidControl | None, dt: float) -> GridFluidState:
+        model, dx = self.model, self._dx
+        control = control or GridFluidControl()
+        u, v, density = (t.to(self.dtype) for t in state.tensors())
+        self._check_shapes(u, v, density)
+        self._check_cfl(u, v, dt, state.step_count)
+        shape_x, shape_y, cells = tuple(u.shape), tuple(v.shape), tuple(density.shape)
+
+        # 1. sources
+        source_count = model.inflow_count
+        if source_count:
+            rate = control.inflow_rate if control.inflow_rate is not None else model.inflow_rate
+            (density,) = self._phase(("add_inflow", source_count), self.cell_dim, (dx, dt), (cells,), density,
+                                     self._coefficient(model.inflow_center, "inflow_center", (source_count, 2)),
+                                     self._coefficient(model.inflow_size, "inflow_size", (source_count, 2)),
+                                     self._coefficient(rate, "inflow_rate", (source_count,)),
+                                     self._coefficient(model.inflow_is_box, "inflow_is_box", (source_count,)))
+
+        # 2. transport by the start-of-step velocity
+        u_new, v_new = self._advect_velocity(u, v, dt)
+        density = self._advect_density(density, u, v, dt)
+
+        # 3. body forces
+        acceleration_x = control.acceleration_x if control.acceleration_x is not None else self._zero_acceleration[0]
+        acceleration_y = control.acceleration_y if control.acceleration_y is not None else self._zero_acceleration[1]
+        up_x, up_y = (-g for g in model.gravity_direction)
+        u_new, v_new = self._phase("add_buoyancy", self.face_dim, (up_x, up_y, dt, *self._grid), (shape_x, shape_y),
+                                   u_new, v_new, density, acceleration_x.to(self.dtype), acceleration_y.to(self.dtype),
+                                   self._coefficient(model.buoyancy, "buoyancy", (1,)))
+        strength = self._coefficient(model.vorticity_strength, "vorticity_strength", (1,))
+        if strength.requires_grad or float(strength.detach()[0]) != 0.0:
+            (vorticity,) = self._phase("curl", self.cell_dim, (dx, *self._grid), (cells,), u_new, v_new)
+            u_new, v_new = self._phase("confine_vorticity", self.face_dim, (dx, dt, *self._grid), (shape_x, shape_y),
+                                       u_new, v_new, vorticity, strength)
+
+        # 4. viscosity (implicit)
+        viscosity = self._coefficient(model.viscosity, "viscosity", (1,))
+        if viscosity.requires_grad or float(viscosity.detach()[0]) != 0.0:
+            u_new, v_new = diffuse(self.diffusion, dt, viscosity, u_new, v_new)
+
+        # 5. incompressibility
+        u_new, v_new = project(self.projection, u_new, v_new)
+
+        new = GridFluidState(u_new, v_new, density, state.step_count + 1)
+        if self.check_finite:
+            self._check_finite_state(new)
+        return new
+
+    def _advect_velocity(self, u, v, dt):
+        shapes, dim, scalars = (tuple(u.shape), tuple(v.shape)), self.face_dim, (self._dx, dt, *self._grid)
+        masks = (self.projection.mask_x, self.projection.mask_y)
+        u_forward, v_forward = self._phase("advect_velocity", dim, scalars, shapes, u, v, u, v, *masks)
+        if self.advection == "semi_lagrangian":
+            return u_forward, v_forward
+        u_back, v_back = self._phase("advect_velocity", dim, (self._dx, -dt, *self._grid), shapes, u_forward, v_forward,
+                                     u, v, *masks)
+        return self._phase("correct_velocity", dim, scalars, shapes, u, v, u_forward, v_forward, u_back, v_back, *masks)
+
+    def _advect_density(self, density, u, v, dt):
+        cells, dim, scalars = (tuple(density.shape),), self.cell_dim, (self._dx, dt, *self._grid)
+        if self.density_advection == "conservative":
+            (out,) = self._phase("advect_conservative", dim, scalars, cells, density, u, v, self._area_x, self._area_y)
+            return out
+        (forward,) = self._phase("advect_scalar", dim, scalars, cells, density, u, v)
+        if self.density_advection == "semi_lagrangian":
+            return forward
+        (back,) = self._phase("advect_scalar", dim, (self._dx, -dt, *self._grid), cells, forward, u, v)
+        (out,) = self._phase("correct_scalar", dim, scalars, cells, density, forward, back, u, v)
+        return out
+
+    # ------------------------------------------------------------------ guards
+    def _check_shapes(self, u, v, density=None) -> None:
+        expected = (self.model.face_shape_x, self.model.face_shape_y, self.model.cell_count)
+        for name, tensor, shape in zip(("velocity_x", "velocity_y", "density"), (u, v, density), expected):
+            if tensor is not None and tuple(tensor.shape) != tuple(shape):
+                raise HybridsimError(f"{name} has shape {tuple(tensor.shape)}; this model expects {tuple(shape)}",
+                                     field=name)
+
+    def _check_cfl(self, u, v, dt: float, step: int) -> None:
+        if self.cfl_limit <= 0:
+            return
+        speed = float(torch.maximum(u.detach().abs().max(), v.detach().abs().max()))
+        cfl = speed * abs(dt) / self._dx
+        if cfl > self.cfl_limit and not self._cfl_warned:
+            self._cfl_warned = True
+            warnings.warn(
+                f"grid fluid step {step + 1}: CFL number max|u| dt / dx = {cfl:.3f} exceeds {self.cfl_limit:g}; "
+                f"lower dt (substeps) to about {self.cfl_limit * self._dx / max(speed, 1e-30):.3g} s or coarsen the grid "
+                "(advection loses accuracy and MacCormack / conservative transport can oscillate)",
+                RuntimeWarning, stacklevel=4)
+
+    def _check_finite_state(self, state: GridFluidState) -> None:
+        total = sum(t.detach().sum() for t in state.tensors())
+        if bool(torch.isfinite(total)):
+            return
+        bad = [name for name, tensor in zip(("density", "velocity_x", "velocity_y"),
+                                            (state.density, state.velocity_x, state.velocity_y))
+               if not bool(torch.isfinite(tensor.detach()).all())]
+        if bad:
+            raise SimulationError(
+                f"non-finite {' and '.join(bad)} after the step; lower dt (check the CFL warning), the inflow rate "
+                "or the buoyancy, or check the initial state", step=state.step_count, quantity=", ".join(bad))
