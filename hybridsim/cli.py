@@ -40,6 +40,8 @@ def cmd_render(args) -> int:
     frames = args.frames if args.frames is not None else spec.frame_count
     out = Path(args.output)
     quiet = args.quiet
+    if spec.fluid is not None:
+        return _render_fluid(world, frames, out, quiet)
     with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
         trajectory = simulate(world, frames, progress=lambda done: bar.update(done - bar.n))
     with tqdm(total=trajectory.frame_count, desc="render", unit="frame", disable=quiet, leave=False) as bar:
@@ -59,6 +61,44 @@ def cmd_render(args) -> int:
     print(f"wrote {layers_path} (depth, segmentation, normal, alpha, flow_forward/backward + occlusion, camera)")
     print(f"wrote {flow_path} (forward flow, colour wheel)")
     print(f"wrote {states_path} (positions, velocities, times)")
+    return 0
+
+
+def _render_fluid(world, frames: int, out: Path, quiet: bool) -> int:
+    """``hybridsim render`` for a scene with a 2D grid fluid: smoke video, layers, states."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .fileio import atomic_path
+    from .render import Camera, to_uint8, write_layers, write_video
+    from .render.flow import flow_to_color
+    from .render.fluid import render_fluid_frames
+    from .sim.fluid import fluid_rollout
+
+    spec = world.spec
+    with torch.no_grad():
+        with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
+            trajectory = fluid_rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
+        camera = Camera.from_spec(spec.camera)
+        layers = render_fluid_frames(camera, spec.fluid, trajectory, 1.0 / spec.time.fps)
+    rgb = to_uint8(layers.pop("rgb").numpy())
+    write_video(out, rgb, fps=spec.time.fps)
+    stacked = {key: value.numpy().astype(np.float32) if value.is_floating_point() else value.numpy()
+               for key, value in layers.items()}
+    stacked["intrinsics"] = camera.intrinsics(dtype=torch.float64).numpy()
+    stacked["extrinsics"] = camera.extrinsics(dtype=torch.float64).numpy()
+    layers_path, flow_path, states_path = (out.with_suffix(s) for s in (".layers.npz", ".flow.mp4", ".states.npz"))
+    write_layers(layers_path, stacked)
+    write_video(flow_path, flow_to_color(stacked["flow_forward"]), fps=spec.time.fps)
+    with atomic_path(states_path) as tmp:
+        np.savez_compressed(tmp, density=trajectory.density.numpy(), velocity_x=trajectory.velocity_x.numpy(),
+                            velocity_y=trajectory.velocity_y.numpy(), times=trajectory.times.numpy())
+    print(f"wrote {out} ({rgb.shape[0]} frames, {rgb.shape[2]}x{rgb.shape[1]}, {spec.time.fps:g} fps, "
+          f"grid fluid {spec.fluid.cells[0]}x{spec.fluid.cells[1]}, backend {world.backend}, device {world.device})")
+    print(f"wrote {layers_path} (density, alpha, depth, segmentation, normal, flow_forward/backward + occlusion, camera)")
+    print(f"wrote {flow_path} (forward flow, colour wheel)")
+    print(f"wrote {states_path} (density, face velocities, times)")
     return 0
 
 
@@ -186,6 +226,38 @@ def cmd_generate(args) -> int:
     return 0
 
 
+def cmd_fit(args) -> int:
+    from .fit import fit
+    from .fit.report import OUTPUT_FILES
+    from .scene import load_scene
+
+    spec = load_scene(Path(args.scene))
+    try:
+        result = fit(spec, Path(args.target), iterations=args.iterations, restarts=args.restarts, lr=args.lr,
+                     frames=args.frames, camera=Path(args.camera) if args.camera else None,
+                     run_dir=Path(args.output), progress=not args.quiet, resume=not args.fresh,
+                     backend=args.backend, device=args.device, threads=args.threads)
+    except KeyboardInterrupt:
+        print(f"fit stopped; the checkpoint in {args.output} resumes it: run the same command again", file=sys.stderr)
+        raise
+    width = max(len(path) for path in result.values)
+    for path, value in result.values.items():
+        sigma = result.uncertainties.get(path)
+        ident = result.identifiable.get(path)
+        shown = ", ".join(f"{v:.5g}" for v in value) if isinstance(value, list) else f"{value:.5g}"
+        if sigma is None:
+            unc = "n/a"
+        else:
+            unc = ", ".join("n/a" if s is None else f"{s:.2g}" for s in sigma) if isinstance(sigma, list) else f"{sigma:.2g}"
+        flag = "" if (all(ident) if isinstance(ident, list) else ident) is not False else "  (not identifiable)"
+        print(f"{path:<{width}}  {shown}  +- {unc}{flag}")
+    resumed = f", resumed after {result.resumed_from} iterations" if result.resumed_from else ""
+    print(f"final loss {result.final_loss:.5g} ({', '.join(result.losses_used)}; {result.frames} frames; "
+          f"best of {result.restarts} restart(s){resumed}; {result.wall_time_s:.1f} s)")
+    print(f"wrote {', '.join(OUTPUT_FILES)} in {args.output}")
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_benchmarks
 
@@ -250,6 +322,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-attempts", type=int, default=16, help="draws per sample before giving up (default 16)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("fit", help="fit learnable scene values to a target video by gradient descent")
+    p.add_argument("scene", help="scene file (.toml) with learn = true fields")
+    p.add_argument("--backend", choices=["warp", "taichi"], help="override the scene's backend")
+    p.add_argument("--device", help="cpu, cuda or auto (overrides the scene)")
+    p.add_argument("--frames", type=int, help="simulated frames to fit (default: all the target and scene cover)")
+    p.add_argument("--target", required=True, help="target video (mp4) or folder of png/jpg frames")
+    p.add_argument("--camera", help="camera.json (position, look_at, up, fovy_deg, width, height, fps) "
+                   "overriding the scene camera; fps is the target's frame rate")
+    p.add_argument("-o", "--output", required=True, help="run directory: outputs and the resumable checkpoint")
+    p.add_argument("--iterations", type=int, default=40, help="Adam iterations per restart (default 40)")
+    p.add_argument("--restarts", type=int, default=1, help="independent starts; the best final loss wins (default 1)")
+    p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate in reparameterised units (default 0.05)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--fresh", action="store_true", help="discard a checkpoint in the run directory instead of resuming")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_fit)
 
     p = sub.add_parser("bench", help="run benchmarks side by side with their references")
     p.add_argument("case", nargs="?", help="one case name (default: all)")

@@ -202,11 +202,11 @@ def _take_marker(node: Mapping, path: str, learn: dict, label, locate) -> Any:
 
     value = _as_list(node["value"])
     if isinstance(value, (list, tuple)):
-        if len(value) != 3 or not all(_finite(c) for c in value):
-            raise err(f"learnable value must be a finite number or a list of 3 (got {show(value)})", f"{path}.value")
+        if len(value) not in (2, 3) or not all(_finite(c) for c in value):
+            raise err(f"learnable value must be a finite number or a list of 2 or 3 (got {show(value)})", f"{path}.value")
         value = list(value)
     elif not _finite(value):
-        raise err(f"learnable value must be a finite number or a list of 3 (got {show(value)})", f"{path}.value")
+        raise err(f"learnable value must be a finite number or a list of 2 or 3 (got {show(value)})", f"{path}.value")
     enabled = node.get("learn", True)
     if not isinstance(enabled, bool):
         raise err(f"must be true or false (got {show(enabled)})", f"{path}.learn")

@@ -35,6 +35,9 @@ __all__ = [
     "GroundSpec",
     "LightSpec",
     "SphereSpec",
+    "FluidSpec",
+    "FluidInflowSpec",
+    "FluidShapeSpec",
     "ObjectSpec",
     "OBJECT_TYPES",
     "Learnable",
@@ -231,6 +234,13 @@ def _to_vec3(v: Any, subpath: str = "") -> tuple[float, float, float]:
     return tuple(_to_float(c, f"{subpath}[{i}]") for i, c in enumerate(v))  # type: ignore[return-value]
 
 
+def _to_vec2(v: Any, subpath: str = "") -> tuple[float, float]:
+    v = _maybe_list(v)
+    if not isinstance(v, (list, tuple)) or len(v) != 2:
+        fail(f"must be a list of 2 numbers (got {show(v)})", subpath)
+    return tuple(_to_float(c, f"{subpath}[{i}]") for i, c in enumerate(v))  # type: ignore[return-value]
+
+
 def _to_color(v: Any, subpath: str = "") -> tuple[float, float, float]:
     c = _to_vec3(v, subpath)
     for i, x in enumerate(c):
@@ -292,6 +302,7 @@ Float = _num_type()
 PosFloat = _num_type(gt=0.0)
 NonNegFloat = _num_type(ge=0.0)
 Vec3 = Annotated[tuple[float, float, float], BeforeValidator(_to_vec3)]
+Vec2 = Annotated[tuple[float, float], BeforeValidator(_to_vec2)]
 NonZeroVec3 = Annotated[tuple[float, float, float], BeforeValidator(_nonzero_vec3)]
 Color = Annotated[tuple[float, float, float], BeforeValidator(_to_color)]
 Bool = Annotated[bool, BeforeValidator(_to_bool)]
@@ -486,7 +497,7 @@ def _objects_list(v: Any) -> Any:
 def _scalar_or_vec3(v: Any):
     v = _maybe_list(v)
     if isinstance(v, (list, tuple)):
-        return _to_vec3(v)
+        return _to_vec2(v) if len(v) == 2 else _to_vec3(v)
     return _to_float(v)
 
 
@@ -506,7 +517,7 @@ class Learnable(_Spec):
     """A field marked learnable: its path in the scene, initial value and optional range."""
 
     path: str
-    value: Annotated[float | tuple[float, float, float], BeforeValidator(_scalar_or_vec3)]
+    value: Annotated[float | tuple[float, float, float] | tuple[float, float], BeforeValidator(_scalar_or_vec3)]
     range: Annotated[tuple[float, float] | None, BeforeValidator(_opt_range)] = None
 
     @model_validator(mode="after")
@@ -522,7 +533,7 @@ class Learnable(_Spec):
 
     @property
     def size(self) -> int:
-        return 3 if self.is_vector else 1
+        return len(self.value) if self.is_vector else 1
 
     def to_marker(self) -> dict:
         """The TOML inline table ``{ value = ..., learn = true, range = [lo, hi] }`` as a dict."""
@@ -530,6 +541,79 @@ class Learnable(_Spec):
         if self.range is not None:
             marker["range"] = list(self.range)
         return marker
+
+
+# --------------------------------------------------------------------------------------------
+# 2D grid fluid (smoke)
+# --------------------------------------------------------------------------------------------
+
+
+def _boundary(v: Any):
+    kinds = ("wall", "open", "periodic")
+    v = _maybe_list(v)
+    if isinstance(v, str):
+        v = [v] * 4
+    if not isinstance(v, (list, tuple)) or len(v) != 4 or not all(isinstance(k, str) for k in v):
+        fail(f"must be one of {kinds} or a list of 4 of them [x_lo, x_hi, y_lo, y_hi] (got {show(v)})")
+    for i, kind in enumerate(v):
+        if kind not in kinds:
+            fail(f"must be one of {', '.join(map(repr, kinds))} (got {show(kind)})", f"[{i}]")
+    if (v[0] == "periodic") != (v[1] == "periodic") or (v[2] == "periodic") != (v[3] == "periodic"):
+        fail("periodic sides come in pairs (x_lo with x_hi, y_lo with y_hi)")
+    return tuple(v)
+
+
+def _cells(v: Any):
+    v = _maybe_list(v)
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) for c in v):
+        fail(f"must be a list of 2 integers [nx, ny] (got {show(v)})")
+    for i, c in enumerate(v):
+        if not 3 <= c <= 4096:
+            fail(f"must be in [3, 4096] (got {c})", f"[{i}]")
+    return tuple(v)
+
+
+class FluidShapeSpec(_Spec):
+    """A disc (``radius``) or axis-aligned box (``half_size``) in the fluid plane [m]."""
+
+    shape: _choice_type("disc", "box") = "disc"  # type: ignore[valid-type]
+    center: Vec2
+    radius: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    half_size: Annotated[tuple[float, float] | None, BeforeValidator(lambda v: None if v is None else _to_vec2(v))] = None
+
+    @model_validator(mode="after")
+    def _check_size(self):
+        if self.shape == "disc" and self.radius is None:
+            fail("a disc needs a radius", "radius")
+        if self.shape == "box" and (self.half_size is None or min(self.half_size) <= 0):
+            fail("a box needs a positive half_size [hx, hy]", "half_size")
+        return self
+
+
+class FluidInflowSpec(FluidShapeSpec):
+    """A smoke source: density added per second inside the shape (soft edges)."""
+
+    rate: Float = 1.0
+
+
+class FluidSpec(_Spec):
+    """A 2D smoke domain in the world's x-z plane: grid x is world x, grid y is world z."""
+
+    cells: Annotated[tuple[int, int], BeforeValidator(_cells)]
+    cell_size: PosFloat = 1.0
+    origin: Vec2 = (0.0, 0.0)
+    boundary: Annotated[tuple[str, str, str, str], BeforeValidator(_boundary)] = ("wall",) * 4
+    wall_slip: _choice_type("free_slip", "no_slip") = "free_slip"  # type: ignore[valid-type]
+    buoyancy: Float = 1.0
+    vorticity: NonNegFloat = 0.0
+    viscosity: NonNegFloat = 0.0
+    advection: _choice_type("semi_lagrangian", "maccormack") = "maccormack"  # type: ignore[valid-type]
+    density_advection: _choice_type("semi_lagrangian", "conservative") = "conservative"  # type: ignore[valid-type]
+    smoke_color: Color = (0.95, 0.95, 0.95)
+    background: Color = (0.08, 0.09, 0.12)
+    opacity: PosFloat = 2.0
+    inflows: tuple[FluidInflowSpec, ...] = ()
+    obstacles: tuple[FluidShapeSpec, ...] = ()
 
 
 # --------------------------------------------------------------------------------------------
@@ -555,6 +639,7 @@ class SceneSpec(_Spec):
     ground: GroundSpec = Field(default_factory=GroundSpec)
     light: LightSpec = Field(default_factory=LightSpec)
     objects: Annotated[tuple[ObjectSpec, ...], BeforeValidator(_objects_list)] = ()  # type: ignore[valid-type]
+    fluid: FluidSpec | None = None
     learnable: dict[str, Learnable] = Field(default_factory=dict)
     source: str | None = None
 
@@ -600,9 +685,9 @@ class SceneSpec(_Spec):
             fail("learnable path does not name a field of the scene", key)
         if isinstance(value, bool) or isinstance(value, int):
             fail("cannot be learnable: it is an integer field (only real numbers and 3-vectors can)", key)
-        if not (isinstance(value, float) or _is_vec3(value)):
-            fail("cannot be learnable: only real numbers and 3-vectors can", key)
-        if isinstance(tokens[-1], int) and _is_vec3(self._resolve(tokens[:-1])):
+        if not (isinstance(value, float) or _is_vec3(value) or _is_vec2(value)):
+            fail("cannot be learnable: only real numbers and 2- or 3-vectors can", key)
+        if isinstance(tokens[-1], int) and (_is_vec3(self._resolve(tokens[:-1])) or _is_vec2(self._resolve(tokens[:-1]))):
             fail("mark the whole vector learnable, not one component", key)
         if item.value != value:
             fail(f"learnable value {show(item.value)} differs from the field value {show(value)}", key)
@@ -731,6 +816,10 @@ class SceneSpec(_Spec):
 
 def _printable(s: str) -> bool:
     return s.isprintable() and "\n" not in s
+
+
+def _is_vec2(v: Any) -> bool:
+    return isinstance(v, tuple) and len(v) == 2 and all(isinstance(c, float) for c in v)
 
 
 def _is_vec3(v: Any) -> bool:

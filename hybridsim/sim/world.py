@@ -44,6 +44,9 @@ class World:
         self.deterministic = spec.deterministic if deterministic is None else bool(deterministic)
         self.spheres = [obj for obj in spec.objects if obj.type == "sphere"]
         self.sphere_count = len(self.spheres)
+        if spec.fluid is not None and spec.objects:
+            raise SceneError("a scene with [fluid] cannot have objects yet (fluid-body coupling is not built)",
+                             file=spec.source, field="objects")
 
     # ----------------------------------------------------------------- parameters
     @property
@@ -130,6 +133,12 @@ class World:
         from ..solvers.spheres import SolverSpheres
 
         return SolverSpheres(model, backend=self.backend, device=self.device, dtype=self.dtype)
+
+    def fluid_model(self, params: Mapping[str, torch.Tensor] | None = None):
+        """The scene's 2D grid fluid as a GridFluidModel (see ``hybridsim.sim.fluid``)."""
+        from .fluid import fluid_model
+
+        return fluid_model(self, params)
 
     def colors(self, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Sphere albedo colours, shape (N, 3) (first world's values)."""
