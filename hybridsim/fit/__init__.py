@@ -1,1 +1,71 @@
-"""(populated by later modules)"""
+"""Fit scene parameters to a video: gradient descent through simulation and rendering.
+
+``fit(spec, target, iterations=..., restarts=..., lr=...)`` optimises every ``learn = true`` value
+of a scene so that its rendering matches a target clip (an mp4, a folder of frames or an array),
+which may come from another renderer or camera: other resolution, colours, lighting, background,
+compression noise. The command line is ``hybridsim fit SCENE --target VIDEO -o RUN_DIR``.
+
+Target preparation (once, :mod:`hybridsim.fit.target`)
+    Frames are resampled to the render size (area averaging when shrinking, bilinear when
+    enlarging; the aspect ratio must match) and aligned in time to the scene's frames (nearest
+    target frame to each scene frame time; the target's fps comes from the video, or ``fps`` in
+    camera.json, else is taken equal to the scene's). A foreground mask comes from background
+    subtraction: the background is the per-pixel temporal median of the whole clip; the *core* is
+    where the RGB distance to it exceeds max(0.08, 5 x its MAD noise), cleaned by a 3x3 opening
+    (specks) then closing (pinholes). The mask is 1 two pixels inside the core's half-contrast
+    line and, in a 2 px band around the core, a coverage estimate a from pixel = a fg + (1 - a)
+    background (projection onto fg - background, fg the local mean interior colour), so edges are
+    sub-pixel and not grown by the threshold. Per frame the mask gives an area and a centroid;
+    frames with < 4 px of mask count as "nothing visible". (The renderer draws no shadows; a
+    target with cast shadows would have them in its mask.)
+
+Loss (per iteration, on the current time window of frames; :mod:`hybridsim.fit.losses`)
+    * ``silhouette`` (always, weight 1): mean over frames of 1 - soft IoU between the rendered
+      alpha (soft sphere edges, differentiable) and the target mask, the soft IoU being the
+      weighted Jaccard index sum(min(a, m)) / sum(max(a, m)) (exactly 1 when a == m, also for soft
+      masks). Colour-blind, so it survives different palettes and lighting; it only has a gradient
+      where silhouettes overlap.
+    * ``centroid`` (always, weight 1): Charbonnier (scale 1 px) distance between the mask centroid
+      and the alpha-weighted centroid of the render, on frames where the target is visible. Where
+      the render covers < 1 px (ball off-screen) the projected sphere centre stands in. Smooth and
+      nearly linear far away, so it pulls even when silhouettes do not overlap at all.
+    * ``rgb`` (weight 0.1, minor): multi-scale (1, 1/2, 1/4 average pooling) Charbonnier image
+      difference. Used only when the target looks like the scene: the mean absolute difference
+      between the target's median background and the scene's background rendered without spheres
+      is <= 0.05. Otherwise it is switched off, since with another palette it only adds bias
+      (``FitSettings(rgb="on"|"off")`` forces it).
+    * Coarse to fine in time: the window starts at the first third of the frames (at least 8) and
+      grows linearly to all frames by iteration 20, so early (ballistic) frames fix the launch
+      before later bounces are matched.
+    * Restarts: restart 0 starts from the scene's values; restart k >= 1 starts from the best of 64
+      uniform draws inside the ranges (unbounded: initial +- max(|v|, 1)/2, normal), ranked by the
+      centroid loss of projected sphere centres (one batched rollout, no rendering). Each restart
+      runs ``iterations`` Adam steps; the one with the lowest loss over all frames wins.
+    * Ranges: a bounded value is lo + (hi - lo) * sigmoid(u), Adam works on u (float64); unbounded
+      values are optimised directly. Adam (betas 0.5, 0.9) keeps ``lr`` for 15 iterations, then
+      decays it by 0.85 per iteration down to 5 % of ``lr``.
+      All schedules depend on the iteration index only, so a resumed fit equals an uninterrupted one.
+
+Uncertainty (:mod:`hybridsim.fit.uncertainty`)
+    Laplace / Gauss-Newton on per-frame image-moment residuals (centroid x, y and sqrt(area), in
+    pixels) at the fitted values, Jacobian by central finite differences in float64, noise variance
+    per residual block from the residuals themselves. Parameters along directions whose scaled
+    curvature is negligible are reported ``identifiable: false`` with no uncertainty. These are
+    statistical (noise) uncertainties only: a systematic mismatch between target and model (mask
+    estimation, another renderer's edges) is not in them and can be larger.
+
+Run directory (all files written atomically)
+    fitted.toml (the scene, with camera.json applied when given, and the fitted values), fit.json,
+    loss.png, side_by_side.mp4 (target | fit | |difference| at the render size), report.html
+    (self-contained: PNG and mp4 embedded as base64), and the resumable checkpoint
+    (checkpoint.json + checkpoint-<step>.safetensors, written after every iteration; rerunning the
+    same command continues from it; a checkpoint for a different scene, target or setting is
+    refused unless ``resume=False`` / ``--fresh``).
+"""
+
+from .losses import DEFAULT_WEIGHTS
+from .optimize import FitResult, FitSettings, fit
+from .target import Target, foreground_mask, load_camera_json, load_target_frames, prepare_target
+
+__all__ = ["fit", "FitResult", "FitSettings", "Target", "prepare_target", "foreground_mask",
+           "load_target_frames", "load_camera_json", "DEFAULT_WEIGHTS"]

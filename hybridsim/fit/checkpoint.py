@@ -29,14 +29,11 @@ def save_checkpoint(run_dir, state: dict, tensors: dict[str, torch.Tensor], step
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     name = f"checkpoint-{step:07d}.safetensors"
-    previous = _current_tensor_file(run_dir)
     with atomic_path(run_dir / name) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp),
                   metadata={"format": FORMAT, "step": str(step)})
     atomic_write_json(run_dir / CHECKPOINT_JSON, {"format": FORMAT, "tensors": name, "step": step, **state})
-    if previous and previous != name:
-        (run_dir / previous).unlink(missing_ok=True)
-    for stale in run_dir.glob("checkpoint-*.safetensors"):  # leftovers of a crash between writes
+    for stale in run_dir.glob("checkpoint-*.safetensors"):  # the previous step's (and any crash leftovers)
         if stale.name != name:
             stale.unlink(missing_ok=True)
 
@@ -67,11 +64,3 @@ def clear_checkpoint(run_dir) -> None:
     (run_dir / CHECKPOINT_JSON).unlink(missing_ok=True)
     for stale in run_dir.glob("checkpoint-*.safetensors"):
         stale.unlink(missing_ok=True)
-
-
-def _current_tensor_file(run_dir: Path) -> str | None:
-    try:
-        state = json.loads((run_dir / CHECKPOINT_JSON).read_text())
-        return Path(state["tensors"]).name
-    except Exception:
-        return None

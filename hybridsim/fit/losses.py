@@ -31,10 +31,13 @@ def charbonnier(x: torch.Tensor, scale: float) -> torch.Tensor:
 
 
 def silhouette_loss(alpha: torch.Tensor, mask: torch.Tensor, eps: float = 1.0) -> torch.Tensor:
-    """Mean over frames of 1 - soft IoU(alpha, mask). ``eps`` (pixels) makes two empty frames agree."""
+    """Mean over frames of 1 - soft IoU(alpha, mask), the soft IoU being the weighted Jaccard index
+    sum(min(a, m)) / sum(max(a, m)): 1 exactly when a == m, also for soft masks (the product form
+    sum(a m) / sum(a + m - a m) is below 1 for identical soft masks and favours hard edges).
+    ``eps`` (pixels) makes two empty frames agree."""
     mask = mask.to(alpha.dtype)
-    inter = (alpha * mask).sum(dim=(1, 2))
-    union = (alpha + mask - alpha * mask).sum(dim=(1, 2))
+    inter = torch.minimum(alpha, mask).sum(dim=(1, 2))
+    union = torch.maximum(alpha, mask).sum(dim=(1, 2))
     return (1.0 - (inter + eps) / (union + eps)).mean()
 
 

@@ -38,7 +38,7 @@ class Target:
     rgb: torch.Tensor
     """(T, H, W, 3) float32 in [0, 1]; frame k is the target at scene time k / scene_fps."""
     mask: torch.Tensor
-    """(T, H, W) float32 in {0, 1}: foreground by background subtraction."""
+    """(T, H, W) float32 in [0, 1]: foreground coverage by background subtraction (soft at edges)."""
     background: torch.Tensor
     """(H, W, 3) float32: per-pixel temporal median of all target frames."""
     centroid: torch.Tensor
@@ -127,19 +127,54 @@ def foreground_mask(frames: torch.Tensor, background: torch.Tensor | None = None
                     min_threshold: float = MIN_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """Background subtraction: (T, H, W, 3) in [0, 1] -> (mask (T, H, W), background, threshold, noise).
 
-    The background is the per-pixel temporal median. A pixel is foreground where its Euclidean RGB
-    distance to the background exceeds max(min_threshold, NOISE_SIGMAS * noise), noise being the
-    MAD-based sigma of that distance over the clip (most pixels are background). The mask is
-    cleaned with a 3x3 morphological opening (drops specks of noise) then closing (fills pinholes).
+    The background is the per-pixel temporal median. ``distance`` is the Euclidean RGB distance
+    to it; ``noise`` the MAD-based sigma of that distance over the clip (most pixels are background).
+    The *core* is where distance > threshold = max(min_threshold, NOISE_SIGMAS * noise), cleaned with
+    a 3x3 morphological opening (drops specks) then closing (fills pinholes). The *interior* is the
+    part of the core above half the frame's median core distance (about the silhouette line),
+    eroded by 2 px. The returned mask is 1 on the interior and, within 2 px of the core, an
+    estimate of coverage a from the compositing model pixel = a fg + (1 - a) background: the
+    projection of (pixel - background) onto (fg - background), fg being the mean colour of the
+    interior pixels in the 7x7 neighbourhood. A hard threshold would instead grow every silhouette
+    by about a pixel and bias the fitted depth.
     """
     if background is None:
         background = frames.median(dim=0).values
     distance = (frames - background).norm(dim=-1)  # (T, H, W)
     noise = float(1.4826 * distance.flatten().median())
     threshold = max(float(min_threshold), NOISE_SIGMAS * noise)
-    mask = (distance > threshold).to(torch.float32)
-    mask = _close(_open(mask))
+    core = _close(_open((distance > threshold).to(torch.float32)))
+    # interior: 2 px inside the half-contrast level (about the silhouette), where coverage is full
+    typical = _masked_median(distance, core)  # (T, 1, 1) typical object contrast per frame
+    inner = core * (distance > torch.clamp(0.5 * typical, min=threshold)).to(core.dtype)
+    for _ in range(2):
+        eroded = _erode(inner)
+        inner = torch.where(eroded.sum(dim=(1, 2), keepdim=True) > 0, eroded, inner)  # keep tiny objects
+    near = _dilate(_dilate(core))
+    # foreground colour near each pixel: mean colour of the interior pixels in its 7x7 neighbourhood
+    pool = lambda x: F.avg_pool2d(x, 7, stride=1, padding=3, count_include_pad=False)  # noqa: E731
+    weight = pool(inner[:, None])  # (T, 1, H, W)
+    colour = pool((frames * inner[..., None]).permute(0, 3, 1, 2))
+    count = inner.sum(dim=(1, 2)).clamp(min=1)[:, None, None, None]
+    frame_colour = (frames * inner[..., None]).sum(dim=(1, 2))[:, :, None, None] / count
+    fg = torch.where(weight > 0, colour / weight.clamp(min=1e-6), frame_colour).permute(0, 2, 3, 1)
+    # pixel = a * fg + (1 - a) * background: a by projection onto fg - background
+    step = fg - background
+    length2 = (step * step).sum(-1)
+    coverage = ((frames - background) * step).sum(-1) / length2.clamp(min=threshold ** 2)
+    soft = coverage.clamp(0.0, 1.0)  # linear in the pixel, so zero-mean noise adds no bias (unlike a distance)
+    mask = torch.where(inner > 0, torch.ones_like(soft), soft * near)
     return mask, background, threshold, noise
+
+
+def _masked_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-frame median of ``values`` where ``mask`` > 0, shape (T, 1, 1) (0 for empty frames)."""
+    out = torch.zeros(values.shape[0], 1, 1, dtype=values.dtype)
+    for i in range(values.shape[0]):
+        picked = values[i][mask[i] > 0]
+        if picked.numel():
+            out[i] = picked.median()
+    return out
 
 
 def _dilate(mask: torch.Tensor) -> torch.Tensor:

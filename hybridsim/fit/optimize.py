@@ -1,0 +1,531 @@
+"""The fit loop: restarts, coarse-to-fine time windows, Adam on reparameterised values, checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from ..errors import HybridsimError, SimulationError
+from .checkpoint import clear_checkpoint, load_checkpoint, save_checkpoint
+from .losses import (APPEARANCE_TOLERANCE, DEFAULT_WEIGHTS, centroid_loss, charbonnier, multiscale_rgb_loss,
+                     rendered_centroids, silhouette_loss)
+from .params import ParamSpec, param_specs
+from .target import Target, load_camera_json, load_target_frames, prepare_target
+
+__all__ = ["fit", "FitResult", "FitSettings"]
+
+CAMERA_FIELDS = ("position", "look_at", "up", "fovy_deg", "width", "height")
+
+
+@dataclass(frozen=True)
+class FitSettings:
+    """Everything that shapes the optimisation path; a checkpoint resumes only under equal settings
+    (``iterations`` and ``restarts`` may change between runs: restarts are independent and each
+    schedule below depends only on the iteration index, never on the total)."""
+
+    lr: float = 0.05
+    """Adam learning rate in reparameterised units (logit of the range fraction, or value units)."""
+    lr_hold: int = 15
+    """The learning rate stays at ``lr`` for this many iterations, then decays ..."""
+    lr_decay: float = 0.85
+    """... by this factor per iteration ..."""
+    lr_floor: float = 0.05
+    """... down to this fraction of ``lr``."""
+    betas: tuple = (0.5, 0.9)
+    """Adam's moment decay rates (less momentum than the default: fewer overshoots)."""
+    window_start: float = 1.0 / 3.0
+    """Coarse to fine in time: the first iteration fits this fraction of the frames (at least 8) ..."""
+    window_iterations: int = 20
+    """... and the window grows linearly to all frames by this iteration."""
+    candidates: int = 64
+    """Restart k >= 1 starts from the best (by centroid loss) of this many random draws in the ranges."""
+    weights: tuple = tuple(sorted(DEFAULT_WEIGHTS.items()))
+    """Loss weights (name, weight)."""
+    rgb: str = "auto"
+    """"auto": use the rgb term when the backgrounds agree; "on"/"off" force it."""
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["weights"] = dict(self.weights)
+        return data
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns. Values are plain floats (or lists of 3 for vectors)."""
+
+    values: dict[str, Any]
+    initial: dict[str, Any]
+    uncertainties: dict[str, Any]
+    identifiable: dict[str, Any]
+    final_loss: float
+    losses: list[float]
+    """Per-iteration (window) loss of the best restart."""
+    loss_history: list[list[float]]
+    """Per restart."""
+    final_losses: list[float]
+    """Full-window loss per restart at its final values."""
+    best_restart: int
+    iterations: int
+    restarts: int
+    losses_used: dict[str, float]
+    frames: int
+    """Frames (images) compared, frame 0 the initial state."""
+    wall_time_s: float
+    resumed_from: int
+    """Iterations (over all restarts) restored from a checkpoint; 0 for a fresh fit."""
+    spec: Any
+    """The fitted SceneSpec."""
+    run_dir: Path | None = None
+    target: Target | None = None
+    details: dict = field(default_factory=dict)
+
+
+# -------------------------------------------------------------------------------------------- helpers
+
+def _scene_digest(spec) -> str:
+    text = spec.to_toml() + json.dumps({p: [list(i.value) if isinstance(i.value, tuple) else i.value, i.range]
+                                        for p, i in sorted(spec.learnable.items())})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def apply_camera(spec, camera: dict | None):
+    """Scene with the camera.json keys applied (fps excluded: that is the target's frame rate)."""
+    if not camera:
+        return spec
+    overrides = {f"camera.{k}": camera[k] for k in CAMERA_FIELDS if k in camera}
+    return spec.with_values(overrides) if overrides else spec
+
+
+def render_camera(spec, max_render_height: int | None):
+    """The camera to render with: the scene's, shrunk (same view) to at most ``max_render_height`` rows."""
+    from ..render.camera import Camera
+
+    camera = Camera.from_spec(spec.camera)
+    if max_render_height and camera.height > max_render_height:
+        factor = max_render_height / camera.height
+        camera = dataclasses.replace(camera, width=max(1, round(camera.width * factor)), height=int(max_render_height))
+    return camera
+
+
+def _plain(value: torch.Tensor):
+    value = value.detach().double()
+    return float(value) if value.dim() == 0 else [float(v) for v in value]
+
+
+def _short(path: str) -> str:
+    return path.rsplit(".", 1)[-1]
+
+
+def _fmt(value) -> str:
+    if isinstance(value, list):
+        return "(" + ",".join(f"{v:.3g}" for v in value) + ")"
+    return f"{value:.4g}"
+
+
+class _Problem:
+    """Scene + target + loss: evaluates the loss of a window of frames for given values."""
+
+    def __init__(self, world, camera, target: Target, weights: dict[str, float]):
+        self.world, self.camera, self.weights = world, camera, weights
+        self.target = dataclasses.replace(  # on the simulation's device
+            target, rgb=target.rgb.to(world.device), mask=target.mask.to(world.device),
+            centroid=target.centroid.to(world.device), visible=target.visible.to(world.device))
+
+    def render(self, values: dict, frames: int):
+        from ..render.scene import render_trajectory
+        from ..sim.rollout import rollout
+
+        trajectory = rollout(self.world, values, frames=frames - 1)
+        out = render_trajectory(self.world, trajectory, values, camera=self.camera)
+        return trajectory, out
+
+    def loss(self, values: dict, frames: int) -> tuple[torch.Tensor, dict[str, float]]:
+        trajectory, out = self.render(values, frames)
+        t = self.target
+        alpha = out["alpha"]
+        projected = self.camera.project(trajectory.positions[:, 0])[0].mean(dim=1)
+        terms = {
+            "silhouette": silhouette_loss(alpha, t.mask[:frames]),
+            "centroid": centroid_loss(rendered_centroids(alpha, projected), t.centroid[:frames], t.visible[:frames]),
+        }
+        if self.weights.get("rgb", 0.0) > 0.0:
+            terms["rgb"] = multiscale_rgb_loss(out["rgb"], t.rgb[:frames])
+        total = sum(self.weights[name] * term for name, term in terms.items())
+        return total, {name: float(term.detach()) for name, term in terms.items()}
+
+
+def _appearance_gap(world, camera, target: Target) -> float:
+    """Mean |target median background - scene background rendered without spheres|."""
+    from ..render.scene import scene_render_options
+    from ..render.spheres import render_spheres
+
+    empty = torch.zeros((0, 3), dtype=torch.float32)
+    with torch.no_grad():
+        out = render_spheres(camera, empty, torch.zeros(0), empty, **scene_render_options(world))
+    return float((out["rgb"].float().cpu() - target.background).abs().mean())
+
+
+def _screen(spec, world_kwargs, camera, target: Target, specs: list[ParamSpec], seed: int, count: int):
+    """Best of ``count`` random value sets by the centroid loss of projected sphere centres
+    (one batched rollout of ``count`` worlds, no rendering)."""
+    from ..sim.rollout import rollout
+    from ..sim.world import World
+
+    generator = torch.Generator().manual_seed(seed)
+    draws = {s.path: s.sample(generator, count) for s in specs}
+    world = World(spec, world_count=count, **world_kwargs)
+    frames = target.frame_count
+    with torch.no_grad():
+        trajectory = rollout(world, {k: v.to(world.dtype) for k, v in draws.items()}, frames=frames - 1,
+                             check_finite=False)
+        positions = trajectory.positions.cpu()  # (T, M, N, 3)
+        pixels, depth = camera.project(positions.double())
+        centre = pixels.mean(dim=2)  # (T, M, 2)
+        behind = (depth <= 1e-3).any(dim=2)
+        diff = centre - target.centroid[:frames, None, :]
+        dist = torch.sqrt((diff * diff).sum(-1))
+        far = float(math.hypot(camera.width, camera.height))
+        dist = torch.where(behind | ~torch.isfinite(dist), torch.full_like(dist, far), dist.clamp(max=far))
+        visible = target.visible[:frames]
+        score = charbonnier(dist[visible], 1.0).mean(dim=0) if bool(visible.any()) else torch.zeros(count)
+    best = int(torch.argmin(score))
+    return {s.path: draws[s.path][best] for s in specs}, float(score[best])
+
+
+def _lr_at(settings: FitSettings, iteration: int) -> float:
+    decayed = max(0, iteration - settings.lr_hold)
+    return settings.lr * max(settings.lr_decay ** decayed, settings.lr_floor)
+
+
+def _window_at(settings: FitSettings, iteration: int, frames: int) -> int:
+    start = min(frames, max(8, math.ceil(settings.window_start * frames)))
+    if iteration >= settings.window_iterations or start >= frames:
+        return frames
+    return min(frames, start + math.ceil((frames - start) * iteration / settings.window_iterations))
+
+
+# -------------------------------------------------------------------------------------------- restarts
+
+class _RestartState:
+    """Reparameterised values, Adam state and history of one restart."""
+
+    def __init__(self, index: int, specs: list[ParamSpec], initial: dict[str, torch.Tensor], lr: float,
+                 betas=(0.9, 0.999)):
+        self.index = index
+        self.specs = specs
+        self.initial = {k: v.detach().double().clone() for k, v in initial.items()}
+        self.u = [s.to_u(self.initial[s.path]).requires_grad_(True) for s in specs]
+        self.optimizer = torch.optim.Adam(self.u, lr=lr, betas=tuple(betas))
+        self.iteration = 0
+        self.losses: list[float] = []
+        self.windows: list[int] = []
+        self.terms: list[dict] = []
+        self.final_loss: float | None = None
+
+    def values(self) -> dict[str, torch.Tensor]:
+        return {s.path: s.to_value(u) for s, u in zip(self.specs, self.u)}
+
+    def plain_values(self) -> dict[str, Any]:
+        return {k: _plain(v) for k, v in self.values().items()}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        out = {}
+        for i, u in enumerate(self.u):
+            out[f"r{self.index}.u.{i}"] = u.detach().clone()
+            state = self.optimizer.state.get(u)
+            if state:
+                for key in ("step", "exp_avg", "exp_avg_sq"):
+                    out[f"r{self.index}.{key}.{i}"] = torch.as_tensor(state[key]).detach().clone()
+        return out
+
+    def to_json(self) -> dict:
+        return {"index": self.index, "iteration": self.iteration,
+                "initial": {k: _plain(v) for k, v in self.initial.items()},
+                "losses": self.losses, "windows": self.windows, "terms": self.terms, "final_loss": self.final_loss}
+
+    @classmethod
+    def restore(cls, data: dict, tensors: dict, specs: list[ParamSpec], lr: float, betas) -> "_RestartState":
+        index = int(data["index"])
+        initial = {s.path: torch.tensor(data["initial"][s.path], dtype=torch.float64) for s in specs}
+        state = cls(index, specs, initial, lr, betas)
+        with torch.no_grad():
+            for i, u in enumerate(state.u):
+                u.copy_(tensors[f"r{index}.u.{i}"])
+                if f"r{index}.step.{i}" in tensors:
+                    state.optimizer.state[u] = {key: tensors[f"r{index}.{key}.{i}"].clone()
+                                                for key in ("step", "exp_avg", "exp_avg_sq")}
+        state.iteration = int(data["iteration"])
+        state.losses = [float(x) for x in data["losses"]]
+        state.windows = [int(x) for x in data["windows"]]
+        state.terms = list(data.get("terms", []))
+        return state
+
+
+# -------------------------------------------------------------------------------------------- fit
+
+def fit(spec, target, *, iterations: int = 60, restarts: int = 1, lr: float = 0.05, frames: int | None = None,
+        camera: dict | str | Path | None = None, target_fps: float | None = None, run_dir=None,
+        progress: bool = True, resume: bool = True, settings: FitSettings | None = None,
+        max_render_height: int | None = 160, backend: str | None = None, device: str | None = None,
+        threads: int | None = None, uncertainty: bool = True, outputs: bool = True,
+        callback: Callable[[dict], None] | None = None) -> FitResult:
+    """Fit every ``learn = true`` value of ``spec`` to ``target`` by gradient descent through
+    simulation and rendering. See :mod:`hybridsim.fit` for the losses.
+
+    ``spec``: a SceneSpec or scene path. ``target``: frames (F, H, W, 3) uint8 or float in [0, 1], or
+    a path to a video / frame folder / image. ``frames``: simulated frames to fit (images compared
+    = frames + 1, frame 0 being the initial state); default all the target and scene cover.
+    ``camera``: camera.json data or path (overrides the scene camera; its ``fps`` is the target's
+    frame rate). ``run_dir``: checkpoint there after every iteration, resume from it (``resume``),
+    and write the outputs (``outputs``). ``callback(info)`` runs after each iteration's checkpoint.
+    ``threads``: torch CPU threads during the fit (restored afterwards); 1 is much faster than
+    several on a machine whose cores are busy with other work.
+    """
+    if threads is not None and threads < 1:
+        raise HybridsimError(f"threads must be >= 1 (got {threads})")
+    previous = torch.get_num_threads()
+    with contextlib.ExitStack() as stack:  # the run directory's lock joins it once the target is read
+        if threads is not None:
+            torch.set_num_threads(int(threads))
+            stack.callback(torch.set_num_threads, previous)
+        return _fit(spec, target, iterations=iterations, restarts=restarts, lr=lr, frames=frames, camera=camera,
+                    target_fps=target_fps, run_dir=run_dir, progress=progress, resume=resume, settings=settings,
+                    max_render_height=max_render_height, backend=backend, device=device,
+                    uncertainty=uncertainty, outputs=outputs, callback=callback, stack=stack)
+
+
+def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, run_dir, progress, resume,
+         settings, max_render_height, backend, device, uncertainty, outputs, callback, stack) -> FitResult:
+    from ..scene import load_scene
+    from ..sim.world import World
+
+    started = time.perf_counter()
+    if not hasattr(spec, "learnable"):
+        spec = load_scene(spec)
+    if iterations < 0 or restarts < 1:
+        raise HybridsimError(f"need iterations >= 0 and restarts >= 1 (got {iterations}, {restarts})")
+    if not lr > 0:
+        raise HybridsimError(f"learning rate must be positive (got {lr})")
+    if not spec.learnable:
+        raise HybridsimError("no learnable fields (mark some with learn = true)", file=spec.source)
+    if isinstance(camera, (str, Path)):
+        camera = load_camera_json(camera)
+    spec = apply_camera(spec, camera)
+    if camera and "fps" in camera:
+        target_fps = float(camera["fps"])
+
+    source = None
+    if isinstance(target, (str, Path)):
+        source = str(target)
+        target, video_fps = load_target_frames(target)
+        if target_fps is None:
+            target_fps = video_fps
+    if frames is not None and frames < 1:
+        raise HybridsimError(f"--frames must be >= 1 (got {frames})")
+    max_images = (spec.frame_count if frames is None else int(frames)) + 1
+
+    cam = render_camera(spec, max_render_height)
+    prepared = prepare_target(target, height=cam.height, width=cam.width, scene_fps=spec.time.fps,
+                              target_fps=target_fps, max_frames=max_images, source=source)
+    images = prepared.frame_count
+
+    settings = settings or FitSettings(lr=float(lr))
+    if settings.lr != float(lr):
+        settings = dataclasses.replace(settings, lr=float(lr))
+    world_kwargs = {"backend": backend, "device": device}
+    world = World(spec, **world_kwargs)
+    weights = dict(settings.weights)
+    gap = _appearance_gap(world, cam, prepared)
+    use_rgb = settings.rgb == "on" or (settings.rgb == "auto" and gap <= APPEARANCE_TOLERANCE)
+    if not use_rgb:
+        weights.pop("rgb", None)
+    weights = {k: v for k, v in weights.items() if v > 0}
+    problem = _Problem(world, cam, prepared, weights)
+    specs = param_specs(spec)
+
+    config = {"settings": settings.to_json(), "frames": images, "render_size": [cam.width, cam.height],
+              "backend": world.backend, "precision": world.precision, "weights_used": weights, "seed": spec.seed}
+    header = {"scene_sha256": _scene_digest(spec), "target_sha256": prepared.digest, "config": config}
+
+    # ---- resume ---------------------------------------------------------------------------------
+    states: dict[int, _RestartState] = {}
+    resumed_from, previous_wall = 0, 0.0
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        stack.enter_context(_run_dir_lock(run_dir))
+        if not resume:
+            clear_checkpoint(run_dir)
+        loaded = load_checkpoint(run_dir)
+        if loaded is not None:
+            data, tensors = loaded
+            for key, what in (("scene_sha256", "scene"), ("target_sha256", "target")):
+                if data.get(key) != header[key]:
+                    raise HybridsimError(f"the checkpoint there was made for a different {what}; use another run "
+                                         "directory or pass --fresh to discard it", file=run_dir)
+            if data.get("config") != json.loads(json.dumps(config)):
+                raise HybridsimError("the checkpoint there was made with different fit settings "
+                                     f"({_config_diff(data.get('config'), config)}); use another run directory "
+                                     "or pass --fresh to discard it", file=run_dir)
+            try:
+                for entry in data["restarts"]:
+                    state = _RestartState.restore(entry, tensors, specs, settings.lr, settings.betas)
+                    states[state.index] = state
+            except (KeyError, TypeError, ValueError) as exc:
+                raise HybridsimError(f"damaged fit checkpoint ({exc!r}); pass --fresh to discard it",
+                                     file=run_dir) from None
+            resumed_from = sum(s.iteration for s in states.values())
+            previous_wall = float(data.get("wall_time_s", 0.0))
+
+    def save(step: int):
+        if run_dir is None:
+            return
+        tensors = {}
+        for state in states.values():
+            tensors.update(state.tensors())
+        body = {**header, "iterations_requested": iterations, "restarts_requested": restarts,
+                "wall_time_s": previous_wall + time.perf_counter() - started,
+                "restarts": [states[k].to_json() for k in sorted(states)]}
+        save_checkpoint(run_dir, body, tensors, step)
+
+    # ---- optimise -------------------------------------------------------------------------------
+    from tqdm import tqdm
+
+    done = sum(min(s.iteration, iterations) for k, s in states.items() if k < restarts)
+    bar = tqdm(total=restarts * iterations, initial=done, desc="fit", unit="it", disable=not progress,
+               leave=False, dynamic_ncols=True)
+    step = resumed_from
+    try:
+        for r in range(restarts):
+            if r not in states:
+                if r == 0:
+                    initial = {s.path: torch.tensor(s.initial if s.size > 1 else s.initial[0], dtype=torch.float64)
+                               for s in specs}
+                else:
+                    initial, _ = _screen(spec, world_kwargs, cam, prepared, specs,
+                                         seed=spec.seed * 1_000_003 + r, count=settings.candidates)
+                states[r] = _RestartState(r, specs, initial, settings.lr, settings.betas)
+            state = states[r]
+            while state.iteration < iterations:
+                it = state.iteration
+                window = _window_at(settings, it, images)
+                for group in state.optimizer.param_groups:
+                    group["lr"] = _lr_at(settings, it)
+                state.optimizer.zero_grad(set_to_none=True)
+                loss, terms = problem.loss(state.values(), window)
+                if not torch.isfinite(loss):
+                    raise SimulationError(f"fit loss became non-finite at restart {r}, iteration {it}",
+                                          file=spec.source)
+                loss.backward()
+                state.optimizer.step()
+                state.iteration += 1
+                state.losses.append(float(loss.detach()))
+                state.windows.append(window)
+                state.terms.append(terms)
+                step += 1
+                save(step)
+                values = state.plain_values()
+                bar.set_postfix_str(f"restart {r} loss {state.losses[-1]:.4g} frames {window} "
+                                    + " ".join(f"{_short(k)}={_fmt(v)}" for k, v in values.items()), refresh=False)
+                bar.update(1)
+                if callback is not None:
+                    callback({"restart": r, "iteration": state.iteration, "loss": state.losses[-1],
+                              "window": window, "values": values, "terms": terms})
+    finally:
+        bar.close()
+
+    # ---- pick the best restart on the full window ---------------------------------------------
+    final_losses = []
+    with torch.no_grad():
+        for r in range(restarts):
+            loss, _ = problem.loss(states[r].values(), images)
+            states[r].final_loss = float(loss)
+            final_losses.append(float(loss))
+    best = min(range(restarts), key=lambda k: (final_losses[k], k))
+    best_state = states[best]
+    values = best_state.plain_values()
+    initial = {k: _plain(v) for k, v in states[0].initial.items()}
+    fitted = spec.with_values(values)
+
+    laplace = {}
+    if uncertainty:
+        world64 = World(fitted, precision="float64", **world_kwargs)
+        laplace = _laplace(world64, cam, prepared, specs, values, images)
+    uncertainties = {s.path: laplace.get(s.path, {}).get("uncertainty") for s in specs}
+    identifiable = {s.path: laplace.get(s.path, {}).get("identifiable") for s in specs}
+    wall = previous_wall + time.perf_counter() - started
+    save(step)
+
+    result = FitResult(
+        values=values, initial=initial, uncertainties=uncertainties, identifiable=identifiable,
+        final_loss=final_losses[best], losses=list(best_state.losses),
+        loss_history=[list(states[r].losses) for r in range(restarts)], final_losses=final_losses,
+        best_restart=best, iterations=max(states[r].iteration for r in range(restarts)), restarts=restarts,
+        losses_used=weights, frames=images, wall_time_s=wall, resumed_from=resumed_from, spec=fitted,
+        run_dir=run_dir, target=prepared,
+        details={"appearance_gap": gap, "rgb_used": use_rgb, "windows": list(best_state.windows),
+                 "terms": list(best_state.terms), "laplace": {k: v for k, v in laplace.items() if k.startswith("_")},
+                 "curvature": {s.path: laplace.get(s.path, {}).get("curvature") for s in specs},
+                 "render_size": [cam.width, cam.height], "settings": settings.to_json(),
+                 "wall_time_this_run_s": time.perf_counter() - started, "source": source,
+                 "ranges": {s.path: None if not s.bounded else [s.lo, s.hi] for s in specs}},
+    )
+    if run_dir is not None and outputs:
+        from .report import write_outputs
+
+        write_outputs(result, problem)
+    return result
+
+
+@contextlib.contextmanager
+def _run_dir_lock(run_dir: Path):
+    """Hold an exclusive lock on RUN_DIR/fit.lock: two fits must not share a run directory."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    with open(run_dir / "fit.lock", "a") as handle:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise HybridsimError("another fit is running in this run directory", file=run_dir) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _laplace(world64, camera, target, specs, values, frames):
+    from .uncertainty import laplace_uncertainty
+
+    return laplace_uncertainty(world64, camera, target, specs, values, frames)
+
+
+def _config_diff(old, new) -> str:
+    """The differing leaves of two nested config dicts, as 'a.b: old -> new'."""
+    new = json.loads(json.dumps(new))
+    if not isinstance(old, dict):
+        return "no settings recorded"
+    out = []
+
+    def walk(a, b, prefix):
+        for key in sorted(set(a) | set(b)):
+            x, y = a.get(key), b.get(key)
+            if isinstance(x, dict) and isinstance(y, dict):
+                walk(x, y, f"{prefix}{key}.")
+            elif x != y:
+                out.append(f"{prefix}{key}: {x!r} -> {y!r}")
+
+    walk(old, new, "")
+    return ", ".join(out)
