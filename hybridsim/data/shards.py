@@ -30,7 +30,7 @@ import tarfile
 from pathlib import Path
 
 from ..errors import HybridsimError
-from ..fileio import atomic_path, atomic_write_json
+from ..fileio import atomic_path, atomic_write_json, fsync_dir
 from .job import ENTRY_SUFFIXES, sample_key
 
 __all__ = ["ShardStore", "shard_name", "tar_bytes_members"]
@@ -212,7 +212,7 @@ class ShardStore:
         with open(partial, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(partial, final)
-        _fsync_dir(self.out)
+        fsync_dir(self.out)
         shutil.rmtree(folder)
         self._staged.pop(shard, None)
         with contextlib.suppress(OSError):
@@ -261,11 +261,3 @@ class ShardStore:
         atomic_write_json(path, data)
         return path
 
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)

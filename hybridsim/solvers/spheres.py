@@ -10,6 +10,8 @@ inputs. Only the step's inputs are kept for backward, so segment checkpointing i
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import backends
@@ -79,14 +81,12 @@ class _TaichiSpheres:
 
 
 _LAUNCHERS = {"warp": _WarpSpheres, "taichi": _TaichiSpheres}
-_launcher_cache: dict = {}
 
 
+@functools.cache
 def _launcher(backend: str, device: str, dtype: torch.dtype):
-    key = (backend, device, dtype)
-    if key not in _launcher_cache:
-        _launcher_cache[key] = _LAUNCHERS[backend](device, dtype)
-    return _launcher_cache[key]
+    """One launcher per (backend, device, dtype): kernels are built once."""
+    return _LAUNCHERS[backend](device, dtype)
 
 
 class _SphereStep(torch.autograd.Function):

@@ -10,6 +10,8 @@ string, or by ("add_inflow", source_count) for the inflow kernel.
 
 from __future__ import annotations
 
+import functools
+
 from typing import Callable, Sequence
 
 import torch
@@ -109,12 +111,9 @@ class _TaichiLauncher:
 
 
 _LAUNCHERS = {"warp": _WarpLauncher, "taichi": _TaichiLauncher}
-_cache: dict = {}
 
 
+@functools.cache
 def launcher_for(backend: str, device: str, dtype: torch.dtype):
     """The (cached) launcher of ``backend`` for ``device`` and ``dtype``."""
-    key = (backend, device, dtype)
-    if key not in _cache:
-        _cache[key] = _LAUNCHERS[backend](device, dtype)
-    return _cache[key]
+    return _LAUNCHERS[backend](device, dtype)
