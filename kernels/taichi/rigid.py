@@ -82,7 +82,7 @@ def rigid_kernels(real):
     def impact_time(gap, vn, an, dt):
         # smallest t in [0, dt] with gap + vn t + an t^2 / 2 = 0 (cancellation-free form)
         g = ti.max(gap, lit(0.0))
-        disc = ti.max(vn * vn - lit(2.0) * an * g, lit(0.0))
+        disc = ti.max(vn * vn - lit(2.0) * an * g, lit(1.0e-30))  # > 0: a finite sqrt adjoint when no root exists
         denom = ti.max(ti.sqrt(disc) - vn, lit(1.0e-30))
         return ti.select(gap > lit(0.0), ti.min(lit(2.0) * g / denom, dt), lit(0.0))
 
@@ -91,8 +91,13 @@ def rigid_kernels(real):
         return ti.sqrt(d.dot(d))
 
     @ti.func
+    def safe_length(d):
+        # |d| whose adjoint stays finite at d = 0 (unused branches must not turn gradients into NaN)
+        return ti.sqrt(ti.max(d.dot(d), lit(1.0e-30)))
+
+    @ti.func
     def safe_direction(d, fallback):
-        length = ti.sqrt(d.dot(d))
+        length = safe_length(d)
         return ti.select(length > lit(1.0e-12), d / ti.max(length, lit(1.0e-30)), fallback)
 
     @ti.func
@@ -115,6 +120,203 @@ def rigid_kernels(real):
         cb = rb.cross(u)
         k = ima + imb + ca.dot(ia @ ca) + cb.dot(ib @ cb)
         return lit(1.0) / ti.max(k, lit(1.0e-30))
+
+    @ti.func
+    def tdot(a, b):
+        return a.dot(b)
+
+    @ti.func
+    def tcross(a, b):
+        return a.cross(b)
+
+    @ti.func
+    def cw(a, b):
+        return a * b
+
+    @ti.func
+    def clamp(x, lo, hi):
+        return ti.min(ti.max(x, lo), hi)
+
+    @ti.func
+    def comp(v, k):
+        return v.dot(unit(k))
+
+    @ti.func
+    def sgn(x):
+        return ti.select(x < lit(0.0), lit(-1.0), lit(1.0))
+
+    @ti.func
+    def cross2(a, b):
+        # z of the cross product of two 2D vectors stored as (x, y, 0)
+        return a[0] * b[1] - a[1] * b[0]
+
+    @ti.func
+    def quad_corner(i):
+        # cyclic corners (+,+), (-,+), (-,-), (+,-) of a rectangle as sign pairs
+        return vec3(ti.select((i == 0) | (i == 3), lit(1.0), lit(-1.0)), ti.select(i < 2, lit(1.0), lit(-1.0)), lit(0.0))
+
+    @ti.func
+    def box_box_contact(ca, rot_a, size_a, cb, rot_b, size_b, m, face_tolerance):
+        # contact candidate m of a box pair: separating axis over 15 axes (3 + 3 face normals, 9 edge
+        # crosses); a face axis gives the clipped manifold of the incident face against the reference
+        # face (m < 4: incident corners inside the reference face, m < 8: reference corners inside the
+        # incident face, m < 24: crossings of incident and reference edges), an edge axis the closest
+        # points of the two edges (m == 0). Returns (normal from b to a, gap, contact point, valid 0/1).
+        delta = ca - cb
+        # box b's faces first; box a's face becomes the reference only when clearly better, so a
+        # face-to-face tie (a stack) keeps one reference and the slots keep their warm starts
+        best = lit(1.0e30)
+        best_axis = vec3(0.0, 0.0, 1.0)
+        best_k = 0
+        best_a = lit(1.0e30)
+        axis_a = vec3(0.0, 0.0, 1.0)
+        k_a = 0
+        for j in ti.static(range(6)):
+            if ti.static(j >= 3):
+                axis = quat_rotate(rot_a, unit(j - 3))
+                overlap = box_support(axis, rot_a, size_a) + box_support(axis, rot_b, size_b) - ti.abs(tdot(delta, axis))
+                better = overlap < best_a
+                best_a = ti.select(better, overlap, best_a)
+                axis_a = ti.select(better, axis, axis_a)
+                k_a = ti.select(better, j - 3, k_a)
+            else:
+                axis = quat_rotate(rot_b, unit(j))
+                overlap = box_support(axis, rot_a, size_a) + box_support(axis, rot_b, size_b) - ti.abs(tdot(delta, axis))
+                better = overlap < best
+                best = ti.select(better, overlap, best)
+                best_axis = ti.select(better, axis, best_axis)
+                best_k = ti.select(better, j, best_k)
+        scale = size_a[0] + size_a[1] + size_a[2] + size_b[0] + size_b[1] + size_b[2]
+        face_tie = lit(0.02) * ti.abs(best) + lit(1.0e-4) * scale
+        take_a = best_a < best - face_tie
+        best_ref_b = ti.select(take_a, 0, 1)
+        best_axis = ti.select(take_a, axis_a, best_axis)
+        best_k = ti.select(take_a, k_a, best_k)
+        best = ti.select(take_a, best_a, best)
+        edge_best = lit(1.0e30)
+        edge_axis = vec3(lit(0.0), lit(0.0), lit(1.0))
+        edge_i = 0
+        edge_j = 0
+        for j in ti.static(range(9)):
+            i_a = j // 3
+            i_b = j % 3
+            raw = tcross(quat_rotate(rot_a, unit(i_a)), quat_rotate(rot_b, unit(i_b)))
+            length = ti.sqrt(ti.max(tdot(raw, raw), lit(1.0e-30)))  # parallel edges: no NaN in the adjoint
+            axis = raw / ti.max(length, lit(1.0e-30))
+            overlap = box_support(axis, rot_a, size_a) + box_support(axis, rot_b, size_b) - ti.abs(tdot(delta, axis))
+            better = (overlap < edge_best) & (length > lit(1.0e-3))
+            edge_best = ti.select(better, overlap, edge_best)
+            edge_axis = ti.select(better, axis, edge_axis)
+            edge_i = ti.select(better, i_a, edge_i)
+            edge_j = ti.select(better, i_b, edge_j)
+        # an edge axis must separate clearly better than the best face (faces win near-ties)
+        use_edge = edge_best < best - (lit(0.05) * ti.abs(best) + lit(1.0e-4) * scale)
+
+        # -- face: reference box r (owner of the axis), incident box i ------------------------
+        ref_b = best_ref_b == 1
+        c_r = ti.select(ref_b, cb, ca)
+        c_i = ti.select(ref_b, ca, cb)
+        rot_r = ti.select(ref_b, rot_b, rot_a)
+        rot_i = ti.select(ref_b, rot_a, rot_b)
+        size_r = ti.select(ref_b, size_b, size_a)
+        size_i = ti.select(ref_b, size_a, size_b)
+        # reference face normal, pointing from the reference box to the incident lit(1.0)
+        n_ref = best_axis * sgn(tdot(c_i - c_r, best_axis))
+        f = c_r + comp(size_r, best_k) * n_ref
+        k1 = (best_k + 1) % 3
+        k2 = (best_k + 2) % 3
+        u = quat_rotate(rot_r, unit(k1))
+        v = quat_rotate(rot_r, unit(k2))
+        hu = comp(size_r, k1)
+        hv = comp(size_r, k2)
+        # incident face: the face of box i most anti-parallel to n_ref
+        i0 = quat_rotate(rot_i, unit(0))
+        i1 = quat_rotate(rot_i, unit(1))
+        i2 = quat_rotate(rot_i, unit(2))
+        d0 = ti.abs(tdot(i0, n_ref))
+        d1 = ti.abs(tdot(i1, n_ref))
+        d2 = ti.abs(tdot(i2, n_ref))
+        l = ti.select((d0 >= d1) & (d0 >= d2), 0, ti.select(d1 >= d2, 1, 2))
+        axis_l = quat_rotate(rot_i, unit(l))
+        n_inc = -axis_l * sgn(tdot(axis_l, n_ref))
+        g = c_i + comp(size_i, l) * n_inc
+        e1 = quat_rotate(rot_i, unit((l + 1) % 3)) * comp(size_i, (l + 1) % 3)
+        e2 = quat_rotate(rot_i, unit((l + 2) % 3)) * comp(size_i, (l + 2) % 3)
+        # the incident quad in reference-face coordinates (x, y, 0)
+        w0 = g + e1 + e2 - f
+        w1 = g - e1 + e2 - f
+        w2 = g - e1 - e2 - f
+        w3 = g + e1 - e2 - f
+        q0 = vec3(tdot(w0, u), tdot(w0, v), lit(0.0))
+        q1 = vec3(tdot(w1, u), tdot(w1, v), lit(0.0))
+        q2 = vec3(tdot(w2, u), tdot(w2, v), lit(0.0))
+        q3 = vec3(tdot(w3, u), tdot(w3, v), lit(0.0))
+        half_r = vec3(hu, hv, lit(0.0))
+        slack = lit(1.0) + face_tolerance
+        # m < 4: an incident corner inside the reference rectangle
+        # diagonal corners first (Gauss-Seidel converges faster than walking around the quad)
+        mi = ti.select(m % 4 == 1, 2, ti.select(m % 4 == 2, 1, m % 4))
+        qm = ti.select(mi == 0, q0, ti.select(mi == 1, q1, ti.select(mi == 2, q2, q3)))
+        inc_inside = (ti.abs(qm[0]) <= hu * slack) & (ti.abs(qm[1]) <= hv * slack)
+        # m < 8: a reference corner inside the incident quad (same side of its 4 edges)
+        rm = cw(quad_corner(mi), half_r)
+        orient = sgn(cross2(q2 - q0, q3 - q1))
+        tol = face_tolerance * (hu + hv)
+        in0 = orient * cross2(q1 - q0, rm - q0) >= -tol * vlength(q1 - q0)
+        in1 = orient * cross2(q2 - q1, rm - q1) >= -tol * vlength(q2 - q1)
+        in2 = orient * cross2(q3 - q2, rm - q2) >= -tol * vlength(q3 - q2)
+        in3 = orient * cross2(q0 - q3, rm - q3) >= -tol * vlength(q0 - q3)
+        ref_inside = in0 & in1 & in2 & in3
+        # m < 24: incident edge e crosses reference edge r
+        mc = ti.max(m - 8, 0)
+        e_index = mc // 4
+        r_index = mc % 4
+        wa_ = ti.select(e_index == 0, q0, ti.select(e_index == 1, q1, ti.select(e_index == 2, q2, q3)))
+        wb_ = ti.select(e_index == 0, q1, ti.select(e_index == 1, q2, ti.select(e_index == 2, q3, q0)))
+        ra_ = cw(quad_corner(r_index), half_r)
+        rb_ = cw(quad_corner((r_index + 1) % 4), half_r)
+        dw = wb_ - wa_
+        dr = rb_ - ra_
+        denom = cross2(dw, dr)
+        parallel = denom * denom <= lit(1.0e-18) * tdot(dw, dw) * tdot(dr, dr)
+        safe = ti.select(parallel, lit(1.0), denom)
+        s_w = cross2(ra_ - wa_, dr) / safe
+        s_r = cross2(ra_ - wa_, dw) / safe
+        crossing = (parallel == 0) & (s_w >= lit(0.0)) & (s_w <= lit(1.0)) & (s_r >= lit(0.0)) & (s_r <= lit(1.0))
+        pm = ti.select(m < 4, qm, ti.select(m < 8, rm, wa_ + s_w * dw))
+        face_valid = ti.select(m < 4, inc_inside, ti.select(m < 8, ref_inside, crossing))
+        # gap: from the reference face along n_ref to the incident face's plane
+        p_ref = f + pm[0] * u + pm[1] * v
+        gap_face = tdot(g - p_ref, n_inc) / ti.min(tdot(n_ref, n_inc), -lit(0.1))
+        point_face = p_ref + ti.select(ref_b, gap_face, lit(0.0)) * n_ref
+        normal_face = ti.select(ref_b, n_ref, -n_ref)
+
+        # -- edge: closest points of the two supporting edges ----------------------------------
+        n_edge = edge_axis * sgn(tdot(delta, edge_axis))
+        da = quat_rotate(rot_a, unit(edge_i))
+        db = quat_rotate(rot_b, unit(edge_j))
+        pa0 = ca
+        pb0 = cb
+        for k in ti.static(range(3)):
+            ax = quat_rotate(rot_a, unit(k))
+            bx = quat_rotate(rot_b, unit(k))
+            pa0 = pa0 - ti.select(k == edge_i, lit(0.0), sgn(tdot(ax, n_edge)) * comp(size_a, k)) * ax
+            pb0 = pb0 + ti.select(k == edge_j, lit(0.0), sgn(tdot(bx, n_edge)) * comp(size_b, k)) * bx
+        r0 = pa0 - pb0
+        bd = tdot(da, db)
+        cc = tdot(da, r0)
+        ff = tdot(db, r0)
+        s_a = clamp((bd * ff - cc) / ti.max(lit(1.0) - bd * bd, lit(1.0e-12)), -comp(size_a, edge_i), comp(size_a, edge_i))
+        t_b = clamp(ff + s_a * bd, -comp(size_b, edge_j), comp(size_b, edge_j))
+        pa = pa0 + s_a * da
+        pb = pb0 + t_b * db
+        gap_edge = tdot(pa - pb, n_edge)
+
+        n = ti.select(use_edge, n_edge, normal_face)
+        d = ti.select(use_edge, gap_edge, gap_face)
+        point = ti.select(use_edge, lit(0.5) * (pa + pb), point_face)
+        valid = ti.select(use_edge, m == 0, face_valid)
+        return n, d, point, ti.select(valid, lit(1.0), lit(0.0))
 
     @ti.kernel
     def integrate_forces(orientation: a_vec4, velocity: a_vec3, angular_velocity: a_vec3, force: a_vec3, torque: a_vec3,
@@ -159,17 +361,17 @@ def rigid_kernels(real):
             d_ground = p[2] - cb[2] - ra_point
 
             n_sphere = safe_direction(p - cb, up)
-            d_sphere = vlength(p - cb) - size_b[0] - ra_point
+            d_sphere = safe_length(p - cb) - size_b[0] - ra_point
 
             local_c = quat_rotate_inv(rot_b, p - cb)
             axis_point = vec3(0.0, 0.0, ti.min(ti.max(local_c[2], -size_b[1]), size_b[1]))
             n_capsule = quat_rotate(rot_b, safe_direction(local_c - axis_point, vec3(1.0, 0.0, 0.0)))
-            d_capsule = vlength(local_c - axis_point) - size_b[0] - ra_point
+            d_capsule = safe_length(local_c - axis_point) - size_b[0] - ra_point
 
             lb = local_c
             qd = vec3(ti.abs(lb[0]) - size_b[0], ti.abs(lb[1]) - size_b[1], ti.abs(lb[2]) - size_b[2])
             outside = vec3(ti.max(qd[0], lit(0.0)), ti.max(qd[1], lit(0.0)), ti.max(qd[2], lit(0.0)))
-            out_len = vlength(outside)
+            out_len = safe_length(outside)
             sign = vec3(ti.select(lb[0] < lit(0.0), lit(-1.0), lit(1.0)), ti.select(lb[1] < lit(0.0), lit(-1.0), lit(1.0)),
                         ti.select(lb[2] < lit(0.0), lit(-1.0), lit(1.0)))
             inside_axis = ti.select((qd[0] >= qd[1]) & (qd[0] >= qd[2]), 0, ti.select(qd[1] >= qd[2], 1, 2))
@@ -180,42 +382,19 @@ def rigid_kernels(real):
             n_box = quat_rotate(rot_b, ti.select(is_out, n_out, n_in))
             d_box = ti.select(is_out, out_len, inside_d) - ra_point
 
+            # box against box: one slot per manifold candidate (slot_order holds the candidate index)
             ca = xa + quat_rotate(qa, slot_a_position[c])
             rot_a = quat_mul(qa, slot_a_rotation[c])
-            size_a = slot_a_size[c]
-            delta = ca - cb
-            best = lit(1.0e30)
-            best_axis = up
-            best_owner_b = 0
-            best_index = 0
-            for j in ti.static(range(6)):
-                # the lower-index box's axes are tried first so both slots of a pair agree
-                first_a = slot_order[c] == 1
-                use_a = (j < 3) == first_a
-                k = j % 3
-                axis = ti.select(use_a, quat_rotate(rot_a, unit(k)), quat_rotate(rot_b, unit(k)))
-                overlap0 = box_support(axis, rot_a, size_a) + box_support(axis, rot_b, size_b) - ti.abs(delta.dot(axis))
-                # against a static box (order 2) only the static box's faces can be the reference
-                overlap = overlap0 + ti.select(use_a & (slot_order[c] == 2), lit(1.0e30), lit(0.0))
-                better = overlap < best
-                best = ti.select(better, overlap, best)
-                best_axis = ti.select(better, axis, best_axis)
-                best_owner_b = ti.select(better, ti.select(use_a, 0, 1), best_owner_b)
-                best_index = ti.select(better, k, best_index)
-            n_sat = ti.select(delta.dot(best_axis) < lit(0.0), -best_axis, best_axis)
-            local_p = quat_rotate_inv(rot_b, p - cb)
-            u1 = unit((best_index + 1) % 3)
-            u2 = unit((best_index + 2) % 3)
-            within = ((ti.abs(local_p.dot(u1)) <= size_b.dot(u1) * (lit(1.0) + face_tolerance))
-                      & (ti.abs(local_p.dot(u2)) <= size_b.dot(u2) * (lit(1.0) + face_tolerance)))
-            sat_valid = (best_owner_b == 1) & within
-            d_sat = (p - cb).dot(n_sat) - size_b.dot(unit(best_index))
+            # other kinds get unit boxes here, so the unused branch stays finite (and its adjoint too)
+            box_a = ti.select(kind == 4, slot_a_size[c], vec3(1.0, 1.0, 1.0))
+            box_b = ti.select(kind == 4, size_b, vec3(1.0, 1.0, 1.0))
+            n_sat, d_sat, point_sat, valid_sat = box_box_contact(ca, rot_a, box_a, cb, rot_b, box_b, slot_order[c], face_tolerance)
 
             n = ti.select(kind == 0, n_ground, ti.select(kind == 1, n_sphere, ti.select(kind == 2, n_box, ti.select(kind == 3, n_capsule, n_sat))))
             d = ti.select(kind == 0, d_ground, ti.select(kind == 1, d_sphere, ti.select(kind == 2, d_box, ti.select(kind == 3, d_capsule, d_sat))))
-            valid = ti.select(kind == 4, sat_valid, 1)
+            valid = (kind != 4) | (valid_sat > lit(0.0))
 
-            pc = p - ra_point * n
+            pc = ti.select(kind == 4, point_sat, p - ra_point * n)
             arm_a = pc - xa
             arm_b = pc - xb
             ima = inv_mass[a]

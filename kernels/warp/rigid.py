@@ -91,13 +91,18 @@ def rigid_kernels(real):
     def impact_time(gap: real, vn: real, an: real, dt: real):
         # smallest t in [0, dt] with gap + vn t + an t^2 / 2 = 0 (cancellation-free form)
         g = wp.max(gap, zero)
-        disc = wp.max(vn * vn - two * an * g, zero)
+        disc = wp.max(vn * vn - two * an * g, tiny)  # > 0: a finite sqrt adjoint when no root exists
         denom = wp.max(wp.sqrt(disc) - vn, tiny)
         return wp.where(gap > zero, wp.min(two * g / denom, dt), zero)
 
     @wp.func
+    def safe_length(d: vec3):
+        # |d| whose adjoint stays finite at d = 0 (unused branches must not turn gradients into NaN)
+        return wp.sqrt(wp.max(wp.dot(d, d), tiny))
+
+    @wp.func
     def safe_direction(d: vec3, fallback: vec3):
-        length = wp.sqrt(wp.dot(d, d))
+        length = safe_length(d)
         return wp.where(length > real(1.0e-12), d / wp.max(length, tiny), fallback)
 
     @wp.func
@@ -121,6 +126,185 @@ def rigid_kernels(real):
         cb = wp.cross(rb, u)
         k = ima + imb + wp.dot(ca, ia * ca) + wp.dot(cb, ib * cb)
         return one / wp.max(k, tiny)
+
+    @wp.func
+    def comp(v: vec3, k: int):
+        return wp.dot(v, unit(k))
+
+    @wp.func
+    def sgn(x: real):
+        return wp.where(x < zero, -one, one)
+
+    @wp.func
+    def cross2(a: vec3, b: vec3):
+        # z of the cross product of two 2D vectors stored as (x, y, 0)
+        return a[0] * b[1] - a[1] * b[0]
+
+    @wp.func
+    def quad_corner(i: int):
+        # cyclic corners (+,+), (-,+), (-,-), (+,-) of a rectangle as sign pairs
+        return vec3(wp.where(i == 0 or i == 3, one, -one), wp.where(i < 2, one, -one), zero)
+
+    @wp.func
+    def box_box_contact(ca: vec3, rot_a: vec4, size_a: vec3, cb: vec3, rot_b: vec4, size_b: vec3, m: int,
+                        face_tolerance: real):
+        # contact candidate m of a box pair: separating axis over 15 axes (3 + 3 face normals, 9 edge
+        # crosses); a face axis gives the clipped manifold of the incident face against the reference
+        # face (m < 4: incident corners inside the reference face, m < 8: reference corners inside the
+        # incident face, m < 24: crossings of incident and reference edges), an edge axis the closest
+        # points of the two edges (m == 0). Returns (normal from b to a, gap, contact point, valid 0/1).
+        delta = ca - cb
+        # box b's faces first; box a's face becomes the reference only when clearly better, so a
+        # face-to-face tie (a stack) keeps one reference and the slots keep their warm starts
+        best = real(1.0e30)
+        best_axis = vec3(zero, zero, one)
+        best_k = 0
+        best_a = real(1.0e30)
+        axis_a = vec3(zero, zero, one)
+        k_a = 0
+        for j in range(6):
+            use_a = j >= 3
+            k = j % 3
+            axis = wp.where(use_a, quat_rotate(rot_a, unit(k)), quat_rotate(rot_b, unit(k)))
+            overlap = box_support(axis, rot_a, size_a) + box_support(axis, rot_b, size_b) - wp.abs(wp.dot(delta, axis))
+            better = overlap < wp.where(use_a, best_a, best)
+            best = wp.where(better and not use_a, overlap, best)
+            best_axis = wp.where(better and not use_a, axis, best_axis)
+            best_k = wp.where(better and not use_a, k, best_k)
+            best_a = wp.where(better and use_a, overlap, best_a)
+            axis_a = wp.where(better and use_a, axis, axis_a)
+            k_a = wp.where(better and use_a, k, k_a)
+        scale = size_a[0] + size_a[1] + size_a[2] + size_b[0] + size_b[1] + size_b[2]
+        face_tie = real(0.02) * wp.abs(best) + real(1.0e-4) * scale
+        take_a = best_a < best - face_tie
+        best_ref_b = wp.where(take_a, 0, 1)
+        best_axis = wp.where(take_a, axis_a, best_axis)
+        best_k = wp.where(take_a, k_a, best_k)
+        best = wp.where(take_a, best_a, best)
+        edge_best = real(1.0e30)
+        edge_axis = vec3(zero, zero, one)
+        edge_i = 0
+        edge_j = 0
+        for j in range(9):
+            i_a = j // 3
+            i_b = j % 3
+            raw = wp.cross(quat_rotate(rot_a, unit(i_a)), quat_rotate(rot_b, unit(i_b)))
+            length = wp.sqrt(wp.max(wp.dot(raw, raw), tiny))  # parallel edges: no NaN in the adjoint
+            axis = raw / wp.max(length, tiny)
+            overlap = box_support(axis, rot_a, size_a) + box_support(axis, rot_b, size_b) - wp.abs(wp.dot(delta, axis))
+            better = overlap < edge_best and length > real(1.0e-3)
+            edge_best = wp.where(better, overlap, edge_best)
+            edge_axis = wp.where(better, axis, edge_axis)
+            edge_i = wp.where(better, i_a, edge_i)
+            edge_j = wp.where(better, i_b, edge_j)
+        # an edge axis must separate clearly better than the best face (faces win near-ties)
+        use_edge = edge_best < best - (real(0.05) * wp.abs(best) + real(1.0e-4) * scale)
+
+        # -- face: reference box r (owner of the axis), incident box i ------------------------
+        ref_b = best_ref_b == 1
+        c_r = wp.where(ref_b, cb, ca)
+        c_i = wp.where(ref_b, ca, cb)
+        rot_r = wp.where(ref_b, rot_b, rot_a)
+        rot_i = wp.where(ref_b, rot_a, rot_b)
+        size_r = wp.where(ref_b, size_b, size_a)
+        size_i = wp.where(ref_b, size_a, size_b)
+        # reference face normal, pointing from the reference box to the incident one
+        n_ref = best_axis * sgn(wp.dot(c_i - c_r, best_axis))
+        f = c_r + comp(size_r, best_k) * n_ref
+        k1 = (best_k + 1) % 3
+        k2 = (best_k + 2) % 3
+        u = quat_rotate(rot_r, unit(k1))
+        v = quat_rotate(rot_r, unit(k2))
+        hu = comp(size_r, k1)
+        hv = comp(size_r, k2)
+        # incident face: the face of box i most anti-parallel to n_ref
+        i0 = quat_rotate(rot_i, unit(0))
+        i1 = quat_rotate(rot_i, unit(1))
+        i2 = quat_rotate(rot_i, unit(2))
+        d0 = wp.abs(wp.dot(i0, n_ref))
+        d1 = wp.abs(wp.dot(i1, n_ref))
+        d2 = wp.abs(wp.dot(i2, n_ref))
+        l = wp.where(d0 >= d1 and d0 >= d2, 0, wp.where(d1 >= d2, 1, 2))
+        axis_l = quat_rotate(rot_i, unit(l))
+        n_inc = -axis_l * sgn(wp.dot(axis_l, n_ref))
+        g = c_i + comp(size_i, l) * n_inc
+        e1 = quat_rotate(rot_i, unit((l + 1) % 3)) * comp(size_i, (l + 1) % 3)
+        e2 = quat_rotate(rot_i, unit((l + 2) % 3)) * comp(size_i, (l + 2) % 3)
+        # the incident quad in reference-face coordinates (x, y, 0)
+        w0 = g + e1 + e2 - f
+        w1 = g - e1 + e2 - f
+        w2 = g - e1 - e2 - f
+        w3 = g + e1 - e2 - f
+        q0 = vec3(wp.dot(w0, u), wp.dot(w0, v), zero)
+        q1 = vec3(wp.dot(w1, u), wp.dot(w1, v), zero)
+        q2 = vec3(wp.dot(w2, u), wp.dot(w2, v), zero)
+        q3 = vec3(wp.dot(w3, u), wp.dot(w3, v), zero)
+        half_r = vec3(hu, hv, zero)
+        slack = one + face_tolerance
+        # m < 4: an incident corner inside the reference rectangle
+        # diagonal corners first (Gauss-Seidel converges faster than walking around the quad)
+        mi = wp.where(m % 4 == 1, 2, wp.where(m % 4 == 2, 1, m % 4))
+        qm = wp.where(mi == 0, q0, wp.where(mi == 1, q1, wp.where(mi == 2, q2, q3)))
+        inc_inside = wp.abs(qm[0]) <= hu * slack and wp.abs(qm[1]) <= hv * slack
+        # m < 8: a reference corner inside the incident quad (same side of its 4 edges)
+        rm = wp.cw_mul(quad_corner(mi), half_r)
+        orient = sgn(cross2(q2 - q0, q3 - q1))
+        tol = face_tolerance * (hu + hv)
+        in0 = orient * cross2(q1 - q0, rm - q0) >= -tol * wp.length(q1 - q0)
+        in1 = orient * cross2(q2 - q1, rm - q1) >= -tol * wp.length(q2 - q1)
+        in2 = orient * cross2(q3 - q2, rm - q2) >= -tol * wp.length(q3 - q2)
+        in3 = orient * cross2(q0 - q3, rm - q3) >= -tol * wp.length(q0 - q3)
+        ref_inside = in0 and in1 and in2 and in3
+        # m < 24: incident edge e crosses reference edge r
+        mc = wp.max(m - 8, 0)
+        e_index = mc // 4
+        r_index = mc % 4
+        wa_ = wp.where(e_index == 0, q0, wp.where(e_index == 1, q1, wp.where(e_index == 2, q2, q3)))
+        wb_ = wp.where(e_index == 0, q1, wp.where(e_index == 1, q2, wp.where(e_index == 2, q3, q0)))
+        ra_ = wp.cw_mul(quad_corner(r_index), half_r)
+        rb_ = wp.cw_mul(quad_corner((r_index + 1) % 4), half_r)
+        dw = wb_ - wa_
+        dr = rb_ - ra_
+        denom = cross2(dw, dr)
+        parallel = denom * denom <= real(1.0e-18) * wp.dot(dw, dw) * wp.dot(dr, dr)
+        safe = wp.where(parallel, one, denom)
+        s_w = cross2(ra_ - wa_, dr) / safe
+        s_r = cross2(ra_ - wa_, dw) / safe
+        crossing = (not parallel) and s_w >= zero and s_w <= one and s_r >= zero and s_r <= one
+        pm = wp.where(m < 4, qm, wp.where(m < 8, rm, wa_ + s_w * dw))
+        face_valid = wp.where(m < 4, inc_inside, wp.where(m < 8, ref_inside, crossing))
+        # gap: from the reference face along n_ref to the incident face's plane
+        p_ref = f + pm[0] * u + pm[1] * v
+        gap_face = wp.dot(g - p_ref, n_inc) / wp.min(wp.dot(n_ref, n_inc), -real(0.1))
+        point_face = p_ref + wp.where(ref_b, gap_face, zero) * n_ref
+        normal_face = wp.where(ref_b, n_ref, -n_ref)
+
+        # -- edge: closest points of the two supporting edges ----------------------------------
+        n_edge = edge_axis * sgn(wp.dot(delta, edge_axis))
+        da = quat_rotate(rot_a, unit(edge_i))
+        db = quat_rotate(rot_b, unit(edge_j))
+        pa0 = ca
+        pb0 = cb
+        for k in range(3):
+            ax = quat_rotate(rot_a, unit(k))
+            bx = quat_rotate(rot_b, unit(k))
+            pa0 = pa0 - wp.where(k == edge_i, zero, sgn(wp.dot(ax, n_edge)) * comp(size_a, k)) * ax
+            pb0 = pb0 + wp.where(k == edge_j, zero, sgn(wp.dot(bx, n_edge)) * comp(size_b, k)) * bx
+        r0 = pa0 - pb0
+        bd = wp.dot(da, db)
+        cc = wp.dot(da, r0)
+        ff = wp.dot(db, r0)
+        s_a = wp.clamp((bd * ff - cc) / wp.max(one - bd * bd, real(1.0e-12)), -comp(size_a, edge_i), comp(size_a, edge_i))
+        t_b = wp.clamp(ff + s_a * bd, -comp(size_b, edge_j), comp(size_b, edge_j))
+        pa = pa0 + s_a * da
+        pb = pb0 + t_b * db
+        gap_edge = wp.dot(pa - pb, n_edge)
+
+        n = wp.where(use_edge, n_edge, normal_face)
+        d = wp.where(use_edge, gap_edge, gap_face)
+        point = wp.where(use_edge, half * (pa + pb), point_face)
+        valid = wp.where(use_edge, m == 0, face_valid)
+        return n, d, point, wp.where(valid, one, zero)
 
     @wp.kernel(module="unique")
     def integrate_forces(
@@ -212,19 +396,19 @@ def rigid_kernels(real):
 
         # sphere
         n_sphere = safe_direction(p - cb, up)
-        d_sphere = wp.length(p - cb) - size_b[0] - ra_point
+        d_sphere = safe_length(p - cb) - size_b[0] - ra_point
 
         # capsule along its local z
         local_c = quat_rotate_inv(rot_b, p - cb)
         axis_point = vec3(zero, zero, wp.clamp(local_c[2], -size_b[1], size_b[1]))
         n_capsule = quat_rotate(rot_b, safe_direction(local_c - axis_point, vec3(one, zero, zero)))
-        d_capsule = wp.length(local_c - axis_point) - size_b[0] - ra_point
+        d_capsule = safe_length(local_c - axis_point) - size_b[0] - ra_point
 
         # box signed distance (closest face when inside)
         lb = local_c
         qd = vec3(wp.abs(lb[0]) - size_b[0], wp.abs(lb[1]) - size_b[1], wp.abs(lb[2]) - size_b[2])
         outside = vec3(wp.max(qd[0], zero), wp.max(qd[1], zero), wp.max(qd[2], zero))
-        out_len = wp.length(outside)
+        out_len = safe_length(outside)
         sign = vec3(wp.where(lb[0] < zero, -one, one), wp.where(lb[1] < zero, -one, one), wp.where(lb[2] < zero, -one, one))
         inside_axis = wp.where(qd[0] >= qd[1] and qd[0] >= qd[2], 0, wp.where(qd[1] >= qd[2], 1, 2))
         inside_d = wp.max(qd[0], wp.max(qd[1], qd[2]))
@@ -234,44 +418,20 @@ def rigid_kernels(real):
         n_box = quat_rotate(rot_b, wp.where(is_out, n_out, n_in))
         d_box = wp.where(is_out, out_len, inside_d) - ra_point
 
-        # box corner against box: separating axis over the 6 face normals, box b must own the axis
+        # box against box: one slot per manifold candidate (slot_order holds the candidate index)
         ca = xa + quat_rotate(qa, slot_a_position[c])
         rot_a = quat_mul(qa, slot_a_rotation[c])
-        size_a = slot_a_size[c]
-        delta = ca - cb
-        best = real(1.0e30)
-        best_axis = up
-        best_owner_b = 0
-        best_index = 0
-        for j in range(6):
-            # the lower-index box's axes are tried first so both slots of a pair agree
-            first_a = slot_order[c] == 1
-            use_a = (j < 3) == first_a
-            k = j % 3
-            axis = wp.where(use_a, quat_rotate(rot_a, unit(k)), quat_rotate(rot_b, unit(k)))
-            overlap = box_support(axis, rot_a, size_a) + box_support(axis, rot_b, size_b) - wp.abs(wp.dot(delta, axis))
-            # against a static box (order 2) only the static box's faces can be the reference
-            overlap = overlap + wp.where(use_a and slot_order[c] == 2, real(1.0e30), zero)
-            better = overlap < best
-            best = wp.where(better, overlap, best)
-            best_axis = wp.where(better, axis, best_axis)
-            best_owner_b = wp.where(better, wp.where(use_a, 0, 1), best_owner_b)
-            best_index = wp.where(better, k, best_index)
-        n_sat = wp.where(wp.dot(delta, best_axis) < zero, -best_axis, best_axis)
-        local_p = quat_rotate_inv(rot_b, p - cb)
-        t_index1 = (best_index + 1) % 3
-        t_index2 = (best_index + 2) % 3
-        within = (wp.abs(local_p[t_index1]) <= size_b[t_index1] * (one + face_tolerance)
-                  and wp.abs(local_p[t_index2]) <= size_b[t_index2] * (one + face_tolerance))
-        sat_valid = best_owner_b == 1 and within
-        d_sat = wp.dot(p - cb, n_sat) - size_b[best_index]
+        # other kinds get unit boxes here, so the unused branch stays finite (and its adjoint too)
+        box_a = wp.where(kind == 4, slot_a_size[c], vec3(one, one, one))
+        box_b = wp.where(kind == 4, size_b, vec3(one, one, one))
+        n_sat, d_sat, point_sat, valid_sat = box_box_contact(ca, rot_a, box_a, cb, rot_b, box_b, slot_order[c], face_tolerance)
 
         n = wp.where(kind == 0, n_ground, wp.where(kind == 1, n_sphere, wp.where(kind == 2, n_box, wp.where(kind == 3, n_capsule, n_sat))))
         d = wp.where(kind == 0, d_ground, wp.where(kind == 1, d_sphere, wp.where(kind == 2, d_box, wp.where(kind == 3, d_capsule, d_sat))))
-        valid = wp.where(kind == 4, sat_valid, True)
+        valid = kind != 4 or valid_sat > zero
 
         # contact point on the surface of a; arms from each centre of mass
-        pc = p - ra_point * n
+        pc = wp.where(kind == 4, point_sat, p - ra_point * n)
         arm_a = pc - xa
         arm_b = pc - xb
         ima = inv_mass[a]

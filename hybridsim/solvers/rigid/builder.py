@@ -23,6 +23,9 @@ __all__ = ["RigidBuilder"]
 KIND_GROUND, KIND_SPHERE, KIND_BOX, KIND_CAPSULE, KIND_BOX_BOX = 0, 1, 2, 3, 4
 _TARGET_KIND = {SHAPE_SPHERE: KIND_SPHERE, SHAPE_BOX: KIND_BOX, SHAPE_CAPSULE: KIND_CAPSULE}
 IDENTITY = (0.0, 0.0, 0.0, 1.0)
+# box-box slots per pair: 4 incident corners, 4 reference corners, 16 edge crossings (the clipped
+# face polygon has at most 8 of them); an edge-edge contact uses the first slot
+BOX_BOX_CANDIDATES = 24
 
 
 def _quat_matrix(q) -> np.ndarray:
@@ -243,9 +246,9 @@ class RigidBuilder:
             if sj.kind == SHAPE_MESH:
                 return
             if shapes[i].kind == SHAPE_BOX and sj.kind == SHAPE_BOX:
-                order = 2 if sj.body < 0 else (1 if i < j else 0)
-                for p, r in points_of(i):
-                    add(KIND_BOX_BOX, i, p, r, sj.body, j, sj.position, sj.rotation, sj.size, order)
+                # one slot per candidate of the pair's clipped manifold (see BOX_BOX_CANDIDATES)
+                for m in range(BOX_BOX_CANDIDATES):
+                    add(KIND_BOX_BOX, i, np.zeros(3), 0.0, sj.body, j, sj.position, sj.rotation, sj.size, m)
                 return
             for p, r in points_of(i):
                 add(_TARGET_KIND[sj.kind], i, p, r, sj.body, j, sj.position, sj.rotation, sj.size)
@@ -265,6 +268,9 @@ class RigidBuilder:
                     s_idx, o_idx = (i, j) if si.kind == SHAPE_SPHERE else (j, i)
                     if shapes[s_idx].body >= 0:
                         against(s_idx, o_idx)
+                elif kinds == {SHAPE_BOX}:
+                    # a box pair is one manifold: the dynamic box is side a
+                    against(i, j) if si.body >= 0 else against(j, i)
                 else:
                     if si.body >= 0:
                         against(i, j)
