@@ -41,13 +41,17 @@ def cmd_render(args) -> int:
     out = Path(args.output)
     quiet = args.quiet
     if spec.fluid is not None:
-        return _render_fluid(world, frames, out, quiet)
+        return _refine_written(args, out, spec.time.fps, _render_fluid(world, frames, out, quiet))
+    if world.rigid:
+        return _refine_written(args, out, spec.time.fps, _render_rigid(world, frames, out, quiet))
     with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
         trajectory = simulate(world, frames, progress=lambda done: bar.update(done - bar.n))
     with tqdm(total=trajectory.frame_count, desc="render", unit="frame", disable=quiet, leave=False) as bar:
         rendering = render_layers(world, trajectory, progress=lambda done: bar.update(done - bar.n))
     rgb, stacked = rendering.rgb, rendering.layers
     write_video(out, rgb, fps=spec.time.fps)
+    if getattr(args, "refiner", None):
+        _apply_refiner(args.refiner, out, rgb, stacked, spec.time.fps)
     layers_path = out.with_suffix(".layers.npz")
     write_layers(layers_path, stacked)
     flow_path = out.with_suffix(".flow.mp4")
@@ -62,6 +66,37 @@ def cmd_render(args) -> int:
     print(f"wrote {flow_path} (forward flow, colour wheel)")
     print(f"wrote {states_path} (positions, velocities, times)")
     return 0
+
+
+def _apply_refiner(weights, out: Path, rgb, layers: dict, fps: float) -> None:
+    """``render --refiner``: keep the plain render as OUT.plain.mp4 and write the refined video as OUT."""
+    import os
+
+    from .neural.refiner import VideoRefiner
+    from .render import write_video
+
+    model = VideoRefiner.load(weights)
+    refined = model.refine(dict(layers, rgb=rgb), layers["flow_backward"], layers["occlusion_backward"])
+    plain = out.with_suffix(".plain.mp4")
+    os.replace(out, plain)
+    write_video(out, refined, fps=fps)
+    print(f"wrote {out} (refined with {weights}); plain render kept as {plain}")
+
+
+def _refine_written(args, out: Path, fps: float, code: int) -> int:
+    """``render --refiner`` for fluid / rigid scenes: refine the video and layers just written."""
+    if code != 0 or not getattr(args, "refiner", None):
+        return code
+    import numpy as np
+
+    from .render import read_frames
+
+    rgb, _ = read_frames(out)
+    with np.load(out.with_suffix(".layers.npz")) as data:
+        layers = {key: data[key] for key in ("depth", "normal", "segmentation", "alpha", "flow_backward",
+                                             "occlusion_backward")}
+    _apply_refiner(args.refiner, out, rgb, layers, fps)
+    return code
 
 
 def _render_fluid(world, frames: int, out: Path, quiet: bool) -> int:
@@ -99,6 +134,44 @@ def _render_fluid(world, frames: int, out: Path, quiet: bool) -> int:
     print(f"wrote {layers_path} (density, alpha, depth, segmentation, normal, flow_forward/backward + occlusion, camera)")
     print(f"wrote {flow_path} (forward flow, colour wheel)")
     print(f"wrote {states_path} (density, face velocities, times)")
+    return 0
+
+
+def _render_rigid(world, frames: int, out: Path, quiet: bool) -> int:
+    """``hybridsim render`` for a scene with rigid objects (boxes, capsules, meshes, static boxes)."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .fileio import atomic_path
+    from .render import write_layers, write_video
+    from .render.flow import flow_to_color
+    from .render.rigid import render_rigid_layers
+    from .sim.rigid import rigid_rollout
+
+    spec = world.spec
+    with torch.no_grad():
+        with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
+            trajectory = rigid_rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
+        with tqdm(total=frames + 1, desc="render", unit="frame", disable=quiet, leave=False) as bar:
+            rgb, stacked = render_rigid_layers(world, trajectory, progress=lambda done: bar.update(done - bar.n))
+    write_video(out, rgb, fps=spec.time.fps)
+    layers_path, flow_path, states_path = (out.with_suffix(s) for s in (".layers.npz", ".flow.mp4", ".states.npz"))
+    write_layers(layers_path, stacked)
+    write_video(flow_path, flow_to_color(stacked["flow_forward"]), fps=spec.time.fps)
+    with atomic_path(states_path) as tmp:
+        np.savez_compressed(tmp, positions=trajectory.positions.cpu().numpy(),
+                            orientations=trajectory.orientations.cpu().numpy(),
+                            velocities=trajectory.velocities.cpu().numpy(),
+                            angular_velocities=trajectory.angular_velocities.cpu().numpy(),
+                            body_objects=np.asarray(trajectory.body_objects, dtype=np.int64),
+                            times=trajectory.times.numpy())
+    print(f"wrote {out} ({rgb.shape[0]} frames, {rgb.shape[2]}x{rgb.shape[1]}, {spec.time.fps:g} fps, "
+          f"rigid bodies {len(trajectory.body_objects)}, backend {world.backend}, device {world.device})")
+    print(f"wrote {layers_path} (depth, segmentation, normal, alpha, object coordinates and poses, "
+          "flow_forward/backward + occlusion, camera)")
+    print(f"wrote {flow_path} (forward flow, colour wheel)")
+    print(f"wrote {states_path} (positions, orientations, velocities, angular velocities, times)")
     return 0
 
 
@@ -258,6 +331,36 @@ def cmd_fit(args) -> int:
     return 0
 
 
+def cmd_train_refiner(args) -> int:
+    import torch
+
+    from .errors import HybridsimError
+    from .neural.train_refiner import checkpoint_dir, train_refiner
+
+    if len(args.scenes) != len(args.targets):
+        raise HybridsimError(f"--scenes and --targets must pair up: got {len(args.scenes)} scene(s) and "
+                             f"{len(args.targets)} target(s)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    try:
+        result = train_refiner(list(zip(args.scenes, args.targets)), config=args.config, iterations=args.iterations,
+                               lr=args.lr, out=out, checkpoint_every=args.checkpoint_every, resume=not args.fresh,
+                               progress=not args.quiet, clip_length=args.clip_length, seed=args.seed,
+                               temporal_weight=args.temporal_weight, adversarial_weight=args.adversarial_weight)
+    except KeyboardInterrupt:
+        print(f"training stopped; the checkpoint in {checkpoint_dir(out)} resumes it: run the same command again",
+              file=sys.stderr)
+        raise
+    losses = result.history["total"]
+    resumed = f", resumed after {result.resumed_from} iterations" if result.resumed_from else ""
+    first = f"{losses[0]:.5g} -> " if losses else ""
+    print(f"trained the {args.config} refiner for {result.steps} iterations{resumed}: loss {first}"
+          f"{losses[-1]:.5g} ({result.wall_time_s:.1f} s)" if losses else f"nothing to train ({result.steps} iterations)")
+    print(f"wrote {result.weights} (+ {out.with_suffix('.json').name})" + (f" and {result.plot}" if result.plot else ""))
+    return 0
+
+
 def cmd_bench(args) -> int:
     from .bench import run_benchmarks
 
@@ -279,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     scene_args(p)
     p.add_argument("-o", "--output", default="out.mp4", help="output mp4 (layers and states go beside it)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--refiner", metavar="WEIGHTS", help="refine the video with trained refiner weights (.safetensors); "
+                   "the plain render is kept as OUT.plain.mp4")
     p.set_defaults(run=cmd_render)
 
     p = sub.add_parser("info", help="versions, backends, devices and cache paths")
@@ -339,6 +444,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="discard a checkpoint in the run directory instead of resuming")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_fit)
+
+    p = sub.add_parser("train-refiner", help="train the neural video refiner on (scene, target video) pairs")
+    p.add_argument("--scenes", nargs="+", required=True, help="scene files (.toml), one per target")
+    p.add_argument("--targets", nargs="+", required=True, help="target videos (mp4) or frame folders, one per scene")
+    p.add_argument("-o", "--output", required=True, help="weights (.safetensors); OUT.json, OUT.loss.png and the "
+                   "resumable OUT.checkpoint/ go beside it")
+    p.add_argument("--config", choices=["tiny", "base"], default="tiny", help="model size: tiny (CPU) or base (GPU)")
+    p.add_argument("--iterations", type=int, default=200, help="Adam iterations (default 200)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (default 3e-3)")
+    p.add_argument("--clip-length", type=int, default=4, help="frames per training clip (default 4)")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="iterations between checkpoints (default 50)")
+    p.add_argument("--temporal-weight", type=float, default=1.0, help="weight of the warped temporal loss (default 1)")
+    p.add_argument("--adversarial-weight", type=float, default=0.0,
+                   help="weight of the multi-scale temporal discriminator's hinge loss (0: off)")
+    p.add_argument("--seed", type=int, default=0, help="initialisation and clip-sampling seed")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
+    p.add_argument("--fresh", action="store_true", help="discard a checkpoint instead of resuming")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=cmd_train_refiner)
 
     p = sub.add_parser("bench", help="run benchmarks side by side with their references")
     p.add_argument("case", nargs="?", help="one case name (default: all)")

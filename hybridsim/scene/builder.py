@@ -96,9 +96,10 @@ class SceneBuilder:
         ))
 
     def ground(self, *, height: Any = None, checker_size: Any = None, colors: Any = None,
-               enabled: bool | None = None) -> "SceneBuilder":
-        """Set ``[ground]`` fields."""
-        return self._update("ground", _given(height=height, checker_size=checker_size, colors=colors, enabled=enabled))
+               enabled: bool | None = None, friction: Any = None, restitution: Any = None) -> "SceneBuilder":
+        """Set ``[ground]`` fields (``friction`` / ``restitution`` matter for rigid objects only)."""
+        return self._update("ground", _given(height=height, checker_size=checker_size, colors=colors, enabled=enabled,
+                                             friction=friction, restitution=restitution))
 
     def light(self, *, direction: Any = None, intensity: Any = None, ambient: Any = None,
               sky_color: Any = None) -> "SceneBuilder":

@@ -35,6 +35,10 @@ __all__ = [
     "GroundSpec",
     "LightSpec",
     "SphereSpec",
+    "BoxSpec",
+    "CapsuleSpec",
+    "MeshSpec",
+    "StaticBoxSpec",
     "FluidSpec",
     "FluidInflowSpec",
     "FluidShapeSpec",
@@ -419,6 +423,8 @@ class GroundSpec(_Spec):
         tuple[tuple[float, float, float], tuple[float, float, float]], BeforeValidator(_to_color_pair)
     ] = ((0.85, 0.85, 0.85), (0.35, 0.35, 0.35))
     enabled: Bool = True
+    friction: NonNegFloat = 0.5  # Coulomb friction of the plane for rigid bodies (contacts use the mean)
+    restitution: _num_type(ge=0.0, le=1.0) = 0.5  # type: ignore[valid-type]  # rigid bodies only
 
 
 class LightSpec(_Spec):
@@ -474,8 +480,109 @@ class SphereSpec(_Spec):
         return self.density * self.volume  # type: ignore[operator]
 
 
+def _positive_vec3(v: Any):
+    t = _to_vec3(v)
+    for i, x in enumerate(t):
+        if not x > 0.0:
+            fail(f"must be > 0 (got {fmt_num(x)})", f"[{i}]")
+    return t
+
+
+PosVec3 = Annotated[tuple[float, float, float], BeforeValidator(_positive_vec3)]
+
+
+def _relative_file(v: Any):
+    """A path relative to the scene file's folder that cannot leave it (no absolute paths, no ``..``
+    climbing out); checked again against the real folder when the mesh is loaded."""
+    import posixpath
+
+    if not isinstance(v, str) or not v.strip():
+        fail(f"must be a non-empty path relative to the scene file (got {show(v)})")
+    if any(ord(c) < 32 for c in v):
+        fail("must not contain control characters")
+    unix = v.replace("\\", "/")
+    if unix.startswith("/") or re.match(r"^[A-Za-z]:", unix):
+        fail(f"must be relative to the scene file's folder (got the absolute path {show(v)})")
+    norm = posixpath.normpath(unix)
+    if norm == ".." or norm.startswith("../"):
+        fail(f"must stay inside the scene file's folder (got {show(v)})")
+    return v
+
+
+class _RigidObjectSpec(_Spec):
+    """Fields shared by the rigid-body objects (simulated by ``hybridsim.solvers.rigid``)."""
+
+    name: OptName = None
+    position: Vec3
+    orientation: Vec3 = (0.0, 0.0, 0.0)
+    """Rotation vector (axis times angle) [rad]."""
+    velocity: Vec3 = (0.0, 0.0, 0.0)
+    """Velocity of the centre of mass [m/s]."""
+    angular_velocity: Vec3 = (0.0, 0.0, 0.0)
+    """World-frame angular velocity [rad/s]."""
+    mass: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    density: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    friction: NonNegFloat = 0.5
+    restitution: _num_type(ge=0.0, le=1.0) = 0.5  # type: ignore[valid-type]
+    color: Color = (0.3, 0.5, 0.85)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mass_or_density(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            has_mass = data.get("mass") is not None
+            has_density = data.get("density") is not None
+            if has_mass and has_density:
+                fail("give mass or density, not both")
+            if not has_mass and not has_density:
+                data = {**data, "mass": 1.0}
+        return data
+
+
+class BoxSpec(_RigidObjectSpec):
+    """``[[objects]]`` with ``type = "box"``: a rigid box of ``half_extents`` [m]."""
+
+    type: Literal["box"] = "box"
+    half_extents: PosVec3
+
+
+class CapsuleSpec(_RigidObjectSpec):
+    """``[[objects]]`` with ``type = "capsule"``: segment of ``half_height`` [m] either side of the
+    centre along the local z axis, swept by ``radius`` [m]."""
+
+    type: Literal["capsule"] = "capsule"
+    radius: PosFloat
+    half_height: PosFloat
+
+
+class MeshSpec(_RigidObjectSpec):
+    """``[[objects]]`` with ``type = "mesh"``: a closed triangle mesh read from ``file`` (obj, stl,
+    ply, glb; relative to the scene file's folder), scaled by ``scale``; contacts use its convex hull.
+    ``position`` places the mesh file's origin; ``velocity`` is that of the centre of mass."""
+
+    type: Literal["mesh"] = "mesh"
+    file: Annotated[str, BeforeValidator(_relative_file)]
+    scale: PosFloat = 1.0
+
+
+class StaticBoxSpec(_Spec):
+    """``[[objects]]`` with ``type = "static_box"``: an immovable box (a step, a wall, a ramp)."""
+
+    type: Literal["static_box"] = "static_box"
+    name: OptName = None
+    half_extents: PosVec3
+    position: Vec3
+    orientation: Vec3 = (0.0, 0.0, 0.0)
+    friction: NonNegFloat = 0.5
+    restitution: _num_type(ge=0.0, le=1.0) = 0.5  # type: ignore[valid-type]
+    color: Color = (0.6, 0.6, 0.6)
+
+
 #: Object types by their ``type`` tag. Add new object models here and to ``ObjectSpec``.
-OBJECT_TYPES: dict[str, type[BaseModel]] = {"sphere": SphereSpec}
+OBJECT_TYPES: dict[str, type[BaseModel]] = {"sphere": SphereSpec, "box": BoxSpec, "capsule": CapsuleSpec,
+                                            "mesh": MeshSpec, "static_box": StaticBoxSpec}
+#: Object types simulated by the rigid-body solver (a scene with any of them uses it for all objects).
+RIGID_TYPES = frozenset({"box", "capsule", "mesh", "static_box"})
 
 ObjectSpec = Annotated[Union[tuple(OBJECT_TYPES.values())], Field(discriminator="type")]  # type: ignore[misc]
 

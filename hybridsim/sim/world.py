@@ -44,6 +44,11 @@ class World:
         self.deterministic = spec.deterministic if deterministic is None else bool(deterministic)
         self.spheres = [obj for obj in spec.objects if obj.type == "sphere"]
         self.sphere_count = len(self.spheres)
+        from ..scene.schema import RIGID_TYPES
+
+        #: True when the scene has a box, capsule, mesh or static box: then every object (spheres
+        #: too) is simulated by the rigid-body solver (``hybridsim.sim.rigid``), not the sphere solver.
+        self.rigid = any(obj.type in RIGID_TYPES for obj in spec.objects)
         if spec.fluid is not None and spec.objects:
             raise SceneError("a scene with [fluid] cannot have objects yet (fluid-body coupling is not built)",
                              file=spec.source, field="objects")
@@ -98,6 +103,7 @@ class World:
     # ----------------------------------------------------------------- model and state
     def model(self, params: Mapping[str, torch.Tensor] | None = None) -> SphereModel:
         """Per-body constants as tensors, differentiable with respect to ``params``."""
+        self._sphere_only()
         radius = self._per_body("radius", params)
         masses = []
         for k, sphere in enumerate(self.spheres):
@@ -123,8 +129,21 @@ class World:
 
     def initial_state(self, params: Mapping[str, torch.Tensor] | None = None) -> State:
         """State at t = 0, differentiable with respect to initial positions and velocities."""
+        self._sphere_only()
         return State(self._per_body("position", params, vector=True),
                      self._per_body("velocity", params, vector=True))
+
+    def _sphere_only(self) -> None:
+        if self.rigid:
+            raise SceneError("this scene has rigid objects (box, capsule, mesh, static_box): simulate it with "
+                             "hybridsim.sim.rigid (rigid_model / rigid_rollout), not the sphere solver",
+                             file=self.spec.source, field="objects")
+
+    def rigid_model(self, params: Mapping[str, torch.Tensor] | None = None):
+        """The scene's objects as a RigidModel (see ``hybridsim.sim.rigid``)."""
+        from .rigid import rigid_model
+
+        return rigid_model(self, params)
 
     def control(self) -> Control:
         return Control()

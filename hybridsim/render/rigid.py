@@ -1,0 +1,147 @@
+"""Rendering rigid-body rollouts (``hybridsim.sim.rigid``) with the triangle-mesh renderer.
+
+Every scene object is one mesh: spheres as icospheres, boxes, capsules, meshes from their files
+and static boxes. Object k of the scene draws as segmentation id k + 1 (0 is ground / sky), as
+in the sphere path. Poses (K, 7) are position [m] + quaternion (x, y, z, w) of each object's
+centre of mass (static boxes: their centre); mesh vertices are kept in that frame.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+import torch
+
+from .camera import Camera
+from .mesh import box_mesh, capsule_mesh, mesh_flow, render_meshes, transform_meshes, trimesh_to_mesh
+
+__all__ = ["rigid_object_meshes", "rigid_poses", "render_rigid", "render_rigid_layers", "ICOSPHERE_SUBDIVISIONS"]
+
+ICOSPHERE_SUBDIVISIONS = 2  # 320 faces per sphere
+
+
+def rigid_object_meshes(world, model, dtype=torch.float64) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per scene object: (vertices (V, 3) in the object's pose frame [m], faces (T, 3) long)."""
+    import trimesh
+
+    from ..sim.rigid import mesh_file, rigid_body_objects
+
+    spec = world.spec
+    body_of = {i: b for b, i in enumerate(rigid_body_objects(spec))}
+    meshes = []
+    for i, obj in enumerate(spec.objects):
+        if obj.type == "sphere":
+            sphere = trimesh.creation.icosphere(subdivisions=ICOSPHERE_SUBDIVISIONS, radius=obj.radius)
+            verts, faces = trimesh_to_mesh(sphere, dtype)
+        elif obj.type in ("box", "static_box"):
+            verts, faces = box_mesh(obj.half_extents, dtype)
+        elif obj.type == "capsule":
+            verts, faces = capsule_mesh(obj.radius, obj.half_height, dtype=dtype)
+        elif obj.type == "mesh":
+            loaded = trimesh.load(str(mesh_file(spec, i)), force="mesh")
+            loaded.apply_scale(obj.scale)
+            if loaded.volume < 0:
+                loaded.invert()
+            verts, faces = trimesh_to_mesh(loaded, dtype)
+        else:
+            raise ValueError(f"no render mesh for object type {obj.type!r}")
+        if i in body_of:  # into the body frame centred on the centre of mass
+            shape = next(s for s in model.shapes if s.body == body_of[i])
+            offset = torch.as_tensor(np.asarray(shape.position, dtype=float), dtype=dtype)
+            verts = verts + offset
+        meshes.append((verts, faces))
+    return meshes
+
+
+def rigid_poses(world, trajectory) -> torch.Tensor:
+    """Object poses per frame, (F+1, K, 7), differentiable w.r.t. the trajectory's states."""
+    from ..solvers.rigid import quat_from_rotation_vector
+
+    spec = world.spec
+    positions, orientations = trajectory.positions, trajectory.orientations
+    frames, dtype = positions.shape[0], positions.dtype
+    body_of = {i: b for b, i in enumerate(trajectory.body_objects)}
+    columns = []
+    for i, obj in enumerate(spec.objects):
+        if i in body_of:
+            b = body_of[i]
+            columns.append(torch.cat([positions[:, b], orientations[:, b]], dim=-1))
+        else:
+            q = quat_from_rotation_vector(torch.tensor(obj.orientation, dtype=dtype))
+            pose = torch.cat([torch.tensor(obj.position, dtype=dtype), q])
+            columns.append(pose.expand(frames, 7))
+    return torch.stack(columns, dim=1)
+
+
+def _colors(world, params, dtype) -> torch.Tensor:
+    return torch.stack([world.value(f"objects[{i}].color", params).to(dtype).reshape(3)
+                        for i in range(len(world.spec.objects))])
+
+
+def _render_frame(world, camera, meshes, poses, colors, softness) -> dict:
+    spec = world.spec
+    verts, faces, owner = transform_meshes([m[0] for m in meshes], [m[1] for m in meshes], poses)
+    ground, light = spec.ground, spec.light
+    return render_meshes(camera, verts, faces, owner, colors, poses=poses,
+                         ground_height=ground.height, checker_size=ground.checker_size,
+                         checker_colors=ground.colors, sky_color=light.sky_color, light_direction=light.direction,
+                         light_intensity=light.intensity, ambient=light.ambient, softness=softness,
+                         shadows=True)
+
+
+def render_rigid(world, trajectory, params: Mapping[str, torch.Tensor] | None = None, *,
+                 frames: slice | None = None, softness: float = 0.5, camera: Camera | None = None) -> dict:
+    """Render (a slice of) the frames of a rigid trajectory; layers stacked over frames
+    (``rgb`` (F, H, W, 3) etc., as ``render_meshes``), differentiable w.r.t. the trajectory (poses)
+    and the learnable colours in ``params``."""
+    camera = camera or Camera.from_spec(world.spec.camera)
+    dtype = trajectory.positions.dtype
+    meshes = rigid_object_meshes(world, trajectory.model, dtype)
+    poses = rigid_poses(world, trajectory)
+    poses = poses[frames] if frames is not None else poses
+    colors = _colors(world, params, dtype)
+    layers = [_render_frame(world, camera, meshes, pose, colors, softness) for pose in poses]
+    return {key: torch.stack([layer[key] for layer in layers]) for key in layers[0]}
+
+
+def render_rigid_layers(world, trajectory, *, progress: Callable[[int], None] | None = None) -> tuple[np.ndarray, dict]:
+    """Render every frame (no gradients) plus exact flow; returns (rgb uint8 (F+1, H, W, 3), layers)
+    where layers holds depth, segmentation, normal, alpha, object_coordinates, flow_forward /
+    flow_backward (F+1, H, W, 2) [px] with occlusion masks (forward flow is zero and occluded in the
+    last frame, backward in the first), object_poses (F+1, K, 7), intrinsics and extrinsics."""
+    from .spheres import to_uint8
+
+    camera = Camera.from_spec(world.spec.camera)
+    keys = ("rgb", "depth", "segmentation", "normal", "alpha", "object_coordinates")
+    with torch.no_grad():
+        dtype = trajectory.positions.dtype
+        meshes = rigid_object_meshes(world, trajectory.model, dtype)
+        poses = rigid_poses(world, trajectory).detach().cpu()
+        colors = _colors(world, None, dtype)
+        frames = [None] * poses.shape[0]
+        for t in range(poses.shape[0]):
+            frames[t] = {k: v.cpu() for k, v in _render_frame(world, camera, meshes, poses[t], colors, 0.5).items()
+                         if k in keys}
+            if progress is not None:
+                progress(t + 1)
+        count = len(frames)
+        height, width = camera.height, camera.width
+        flow = {"flow_forward": torch.zeros((count, height, width, 2), dtype=dtype),
+                "flow_backward": torch.zeros((count, height, width, 2), dtype=dtype),
+                "occlusion_forward": torch.ones((count, height, width), dtype=torch.bool),
+                "occlusion_backward": torch.ones((count, height, width), dtype=torch.bool)}
+        for t in range(count - 1):
+            pair = mesh_flow(camera, camera, frames[t], frames[t + 1], poses[t], poses[t + 1])
+            flow["flow_forward"][t], flow["occlusion_forward"][t] = pair["flow_forward"], pair["occlusion_forward"]
+            flow["flow_backward"][t + 1], flow["occlusion_backward"][t + 1] = pair["flow_backward"], pair["occlusion_backward"]
+    stacked = {key: torch.stack([f[key] for f in frames]).numpy() for key in keys}
+    rgb = to_uint8(stacked.pop("rgb"))
+    for key in ("depth", "normal", "alpha", "object_coordinates"):
+        stacked[key] = stacked[key].astype(np.float32)
+    for key, value in flow.items():
+        stacked[key] = value.numpy().astype(np.float32) if value.is_floating_point() else value.numpy()
+    stacked["object_poses"] = poses.numpy().astype(np.float32)
+    stacked["intrinsics"] = camera.intrinsics(dtype=torch.float64).numpy()
+    stacked["extrinsics"] = camera.extrinsics(dtype=torch.float64).numpy()
+    return rgb, stacked

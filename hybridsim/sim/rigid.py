@@ -1,0 +1,237 @@
+"""Scenes with rigid objects: the ``[[objects]]`` of a scene made into a RigidModel, and
+differentiable rollouts of it recorded once per frame.
+
+A scene is simulated by the rigid-body solver (``hybridsim.solvers.rigid``) when it has any
+object of type ``box``, ``capsule``, ``mesh`` or ``static_box``; its spheres then become rigid
+balls too (friction 0.5, no spin at t = 0). Sphere-only scenes keep the exact sphere solver.
+
+Every dynamic object is one body with one shape; a ``static_box`` is a static shape. The model's
+learnable tensors are replaced by tensors derived from ``params`` (as ``sim/fluid.py`` does), so
+gradients of anything computed from a rollout reach: ``objects[i].position``, ``.orientation``
+(rotation vector), ``.velocity``, ``.angular_velocity``, ``.mass`` or ``.density`` (the inertia
+scales with the mass), ``.friction``, ``.restitution``, ``ground.friction``,
+``ground.restitution`` and ``gravity``. Geometry (half extents, radii, mesh scale) and static
+boxes cannot be learned: the contact slots are built from them once (SceneError if marked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import torch
+
+from ..errors import HybridsimError, SceneError, SimulationError
+
+__all__ = ["RigidTrajectory", "rigid_model", "rigid_initial_state", "rigid_rollout", "rigid_body_objects",
+           "mesh_file", "SPHERE_FRICTION", "RIGID_LEARNABLE"]
+
+#: Friction of spheres in rigid scenes (SphereSpec has no friction field).
+SPHERE_FRICTION = 0.5
+RIGID_LEARNABLE = ("objects[i].position", "objects[i].orientation", "objects[i].velocity",
+                   "objects[i].angular_velocity", "objects[i].mass", "objects[i].density", "objects[i].friction",
+                   "objects[i].restitution", "objects[i].color", "ground.friction", "ground.restitution", "gravity")
+_GEOMETRY = ("half_extents", "radius", "half_height", "scale")
+
+
+@dataclass
+class RigidTrajectory:
+    """Per-frame body states of a rigid rollout; frame 0 is the initial state. Body b is scene
+    object ``body_objects[b]`` (static boxes are no bodies)."""
+
+    positions: torch.Tensor
+    """Centres of mass [m], shape (F+1, B, 3)."""
+    orientations: torch.Tensor
+    """Orientations, quaternion (x, y, z, w), shape (F+1, B, 4)."""
+    velocities: torch.Tensor
+    """Centre-of-mass velocities [m/s], shape (F+1, B, 3)."""
+    angular_velocities: torch.Tensor
+    """World-frame angular velocities [rad/s], shape (F+1, B, 3)."""
+    times: torch.Tensor
+    """Frame times [s], shape (F+1,)."""
+    model: object
+    """The RigidModel the rollout used (shapes for rendering)."""
+    body_objects: tuple[int, ...]
+
+    @property
+    def frame_count(self) -> int:
+        return self.positions.shape[0]
+
+
+def rigid_body_objects(spec) -> tuple[int, ...]:
+    """Scene object index of each rigid body (every object except static boxes), in body order."""
+    return tuple(i for i, obj in enumerate(spec.objects) if obj.type != "static_box")
+
+
+def mesh_file(spec, index: int) -> Path:
+    """The mesh file of ``objects[index]``, resolved against the scene file's folder (SceneError if
+    it leaves that folder, e.g. through a symbolic link)."""
+    obj = spec.objects[index]
+    base = Path(spec.source).parent if spec.source else Path.cwd()
+    path = base / obj.file
+    if not path.resolve().is_relative_to(base.resolve()):
+        raise SceneError(f"must stay inside the scene file's folder (got {obj.file!r})", file=spec.source,
+                         field=f"objects[{index}].file")
+    return path
+
+
+def _check_learnable(spec) -> None:
+    for path in spec.learnable:
+        if not path.startswith("objects["):
+            continue
+        index = int(path[len("objects["):path.index("]")])
+        field = path[path.index("]") + 2:].split("[")[0].split(".")[0]
+        obj = spec.objects[index]
+        if field in _GEOMETRY or obj.type == "static_box" and field != "color":
+            what = "static boxes" if obj.type == "static_box" else "geometry"
+            raise SceneError(f"cannot be learned in a rigid scene ({what} is fixed when the contact slots are built)",
+                             file=spec.source, field=path)
+
+
+def _quat_numpy(rotation_vector) -> tuple[float, float, float, float]:
+    from ..solvers.rigid import quat_from_rotation_vector
+
+    return tuple(quat_from_rotation_vector(torch.tensor(rotation_vector, dtype=torch.float64)).tolist())
+
+
+def rigid_model(world, params: Mapping[str, torch.Tensor] | None = None):
+    """A RigidModel of the scene's objects, differentiable w.r.t. the learnable fields listed in
+    the module docstring (``params`` from ``world.parameters()``)."""
+    from ..solvers.rigid import RigidBuilder, quat_from_rotation_vector, quat_rotate
+
+    spec = world.spec
+    if world.world_count != 1:
+        raise HybridsimError(f"rigid scenes run one world at a time (got world_count={world.world_count})",
+                             field="world_count")
+    _check_learnable(spec)
+    ground = spec.ground
+    builder = RigidBuilder(gravity=spec.gravity, ground=ground.enabled, ground_height=ground.height,
+                           ground_friction=ground.friction, ground_restitution=ground.restitution)
+    shape_objects, body_objects = [], []
+    try:
+        for i, obj in enumerate(spec.objects):
+            field = f"objects[{i}]"
+            if obj.type == "static_box":
+                builder.add_static_box(obj.half_extents, position=obj.position, rotation=_quat_numpy(obj.orientation),
+                                       friction=obj.friction, restitution=obj.restitution)
+                shape_objects.append(i)
+                continue
+            sphere = obj.type == "sphere"
+            density = obj.density if obj.density is not None else 1000.0
+            material = dict(density=density, friction=SPHERE_FRICTION if sphere else obj.friction,
+                            restitution=obj.restitution)
+            body = builder.add_body(position=obj.position,
+                                    orientation=(0.0, 0.0, 0.0, 1.0) if sphere else _quat_numpy(obj.orientation),
+                                    velocity=obj.velocity,
+                                    angular_velocity=(0.0, 0.0, 0.0) if sphere else obj.angular_velocity,
+                                    mass=obj.mass, name=obj.name)
+            if sphere:
+                builder.add_shape_sphere(body, obj.radius, **material)
+            elif obj.type == "box":
+                builder.add_shape_box(body, obj.half_extents, **material)
+            elif obj.type == "capsule":
+                builder.add_shape_capsule(body, obj.radius, obj.half_height, **material)
+            elif obj.type == "mesh":
+                builder.add_shape_mesh(body, str(mesh_file(spec, i)), scale=obj.scale, **material)
+            else:  # a new object type added to the schema but not here
+                raise SceneError(f"object type {obj.type!r} is not supported by the rigid solver", field=f"{field}.type")
+            shape_objects.append(i)
+            body_objects.append(i)
+        model = builder.finalize(device=world.device, dtype=world.dtype)
+    except HybridsimError as error:
+        if error.file is None:
+            raise SceneError(getattr(error, "message", str(error)), file=spec.source,
+                             field=error.field or "objects") from None
+        raise
+
+    value = lambda path: world.value(path, params)  # noqa: E731
+    dtype, device = world.dtype, world.device
+
+    def shape_material(i: int, name: str, default: float) -> torch.Tensor:
+        obj = spec.objects[i]
+        if obj.type == "sphere" and name == "friction":
+            return torch.tensor(default, dtype=dtype, device=device)
+        return value(f"objects[{i}].{name}").reshape(())
+
+    model.shape_friction = torch.stack([shape_material(i, "friction", SPHERE_FRICTION) for i in shape_objects])
+    model.shape_restitution = torch.stack([shape_material(i, "restitution", 0.5) for i in shape_objects])
+    model.ground_friction = value("ground.friction").reshape(())
+    model.ground_restitution = value("ground.restitution").reshape(())
+    model.gravity = value("gravity").reshape(3)
+
+    mass0 = model.body_mass.detach()
+    masses, orientations, positions, velocities, spins = [], [], [], [], []
+    for b, i in enumerate(body_objects):
+        obj = spec.objects[i]
+        if obj.mass is not None:
+            masses.append(value(f"objects[{i}].mass").reshape(()))
+        else:  # density times the (fixed) volume
+            masses.append(value(f"objects[{i}].density").reshape(()) * (mass0[b] / obj.density))
+        if obj.type == "sphere":
+            q = model.body_orientation[b].detach()
+            spins.append(torch.zeros(3, dtype=dtype, device=device))
+        else:
+            q = quat_from_rotation_vector(value(f"objects[{i}].orientation").reshape(3))
+            spins.append(value(f"objects[{i}].angular_velocity").reshape(3))
+        q0 = model.body_orientation[b].detach()
+        conj = torch.cat([-q0[:3], q0[3:]])
+        # centre of mass in the object's frame (non-zero for meshes whose origin is elsewhere)
+        com = quat_rotate(conj, model.body_position[b].detach() - torch.tensor(obj.position, dtype=dtype, device=device))
+        orientations.append(q)
+        positions.append(value(f"objects[{i}].position").reshape(3) + quat_rotate(q, com))
+        velocities.append(value(f"objects[{i}].velocity").reshape(3))
+    mass = torch.stack(masses)
+    model.body_mass = mass
+    model.body_inertia = model.body_inertia.detach() * (mass / mass0)[:, None]
+    model.body_orientation = torch.stack(orientations)
+    model.body_position = torch.stack(positions)
+    model.body_velocity = torch.stack(velocities)
+    model.body_angular_velocity = torch.stack(spins)
+    return model
+
+
+def rigid_initial_state(model):
+    """The state at t = 0 holding the model's (possibly param-derived) initial tensors, so
+    gradients flow into them (``model.state()`` detaches)."""
+    from ..solvers.rigid import RigidState
+
+    return RigidState(model.body_position, model.body_orientation, model.body_velocity, model.body_angular_velocity,
+                      torch.zeros(model.contact_count, 3, dtype=model.dtype, device=model.device))
+
+
+def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: int | None = None,
+                  progress: Callable[[int], None] | None = None) -> RigidTrajectory:
+    """Simulate the scene's rigid objects for ``frames`` frames (default: the scene's) and return
+    per-frame body states, differentiable w.r.t. ``params``. ``progress(frames_done)`` is called
+    after each frame; a non-finite state raises SimulationError naming the object and frame."""
+    from ..solvers.rigid import SolverRigid
+
+    spec = world.spec
+    frames = spec.frame_count if frames is None else int(frames)
+    substeps, dt = spec.time.substeps, spec.dt
+    model = rigid_model(world, params)
+    solver = SolverRigid(model, backend=world.backend, device=world.device)
+    state = rigid_initial_state(model)
+    bodies = rigid_body_objects(spec)
+    record = {"positions": [state.body_position], "orientations": [state.body_orientation],
+              "velocities": [state.body_velocity], "angular_velocities": [state.body_angular_velocity]}
+    for frame in range(1, frames + 1):
+        for _ in range(substeps):
+            state = solver.step_differentiable(state, None, dt)
+        for quantity, tensor in (("position", state.body_position), ("velocity", state.body_velocity)):
+            finite = torch.isfinite(tensor.detach()).all(dim=-1)
+            if not bool(finite.all()):
+                body = int((~finite).nonzero()[0, 0])
+                raise SimulationError(f"non-finite {quantity} by the end of frame {frame}; lower dt (more substeps) "
+                                      "or check masses and parameters", file=spec.source,
+                                      object=spec.objects[bodies[body]].name, step=frame * substeps, quantity=quantity)
+        record["positions"].append(state.body_position)
+        record["orientations"].append(state.body_orientation)
+        record["velocities"].append(state.body_velocity)
+        record["angular_velocities"].append(state.body_angular_velocity)
+        if progress is not None:
+            progress(frame)
+    times = torch.arange(frames + 1, dtype=world.dtype) / spec.time.fps
+    return RigidTrajectory(**{k: torch.stack(v) for k, v in record.items()}, times=times, model=model,
+                           body_objects=bodies)
