@@ -28,6 +28,12 @@ _LAZY = {
     "SphereModel": ("hybridsim.sim.state", "SphereModel"),
     "SolverSpheres": ("hybridsim.solvers.spheres", "SolverSpheres"),
     "render_trajectory": ("hybridsim.render.scene", "render_trajectory"),
+    "generate": ("hybridsim.data", "generate"),
+    "SolverRigid": ("hybridsim.solvers.rigid", "SolverRigid"),
+    "SolverGridFluid": ("hybridsim.solvers.grid_fluid", "SolverGridFluid"),
+    "SolverMPM": ("hybridsim.solvers.mpm", "SolverMPM"),
+    "VideoRefiner": ("hybridsim.neural", "VideoRefiner"),
+    "ResidualForcePrior": ("hybridsim.neural", "ResidualForcePrior"),
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

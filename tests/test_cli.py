@@ -149,3 +149,13 @@ def test_bench_reports_json_records_with_ratios(capsys, tmp_path):
         assert key in record
     assert record["case"] == "bounce_warp_vs_numpy" and record["ratio"] == pytest.approx(record["ours"] / record["reference"])
     assert json.loads((tmp_path / "b.json").read_text())[0]["case"] == "bounce_warp_vs_numpy"
+
+
+def test_public_api_names_resolve_to_objects_not_modules():
+    import types
+
+    import hybridsim
+
+    for name in hybridsim.__all__:
+        value = getattr(hybridsim, name)
+        assert not isinstance(value, types.ModuleType), name
