@@ -419,7 +419,8 @@ def _cmdline(pid: int) -> str:
 
 @pytest.mark.slow
 def test_many_kills_of_a_worker_pool_lose_and_duplicate_nothing(tmp_path):
-    args = ["--count", "9", "--shard-size", "2", "--frames", "6", "--seed", "3", "-q"]
+    # enough samples that the job cannot finish between kills, however warm the caches are
+    args = ["--count", "40", "--shard-size", "4", "--frames", "6", "--seed", "3", "-q"]
     clean = tmp_path / "clean"
     assert main(["generate", str(BOUNCE_RANDOM), "-o", str(clean), "--workers", "2", *args]) == 0
     out = tmp_path / "killed"
@@ -427,7 +428,7 @@ def test_many_kills_of_a_worker_pool_lose_and_duplicate_nothing(tmp_path):
     kills, pools_seen = 0, 0
     for _ in range(12):
         process = _generate_process(out, workers=2, extra=args)
-        time.sleep(rng.uniform(0.5, 12.0))
+        time.sleep(rng.uniform(0.5, 4.0))
         if process.poll() is not None:
             break
         workers = {pid for pid in _children(process.pid) if "spawn_main" in _cmdline(pid)}
