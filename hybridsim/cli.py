@@ -201,28 +201,13 @@ def cmd_info(args) -> int:
 
 
 def cmd_gradcheck(args) -> int:
-    import torch
-
-    from .testing import finite_difference_gradcheck
+    from .testing import finite_difference_gradcheck, scene_evaluator
 
     world = _build_world(args, precision="float64")
     if not world.learnable:
         print(f"{world.spec.source}: no learnable fields (mark some with learn = true)")
         return 1
-    evaluate = None
-    if args.pixel:
-        from .render.scene import render_trajectory
-        from .sim.rollout import rollout
-
-        generator = torch.Generator().manual_seed(0)
-        spec = world.spec
-        weights = torch.rand((1, spec.camera.height, spec.camera.width, 3), generator=generator, dtype=torch.float64)
-
-        def evaluate(values):
-            trajectory = rollout(world, values, frames=args.frames)
-            rgb = render_trajectory(world, trajectory, values)["rgb"]
-            return (rgb * weights).sum(), trajectory
-
+    evaluate = scene_evaluator(world, frames=args.frames, pixel=args.pixel)
     rows = finite_difference_gradcheck(world, frames=args.frames, evaluate=evaluate)
     width = max(len(row.name) for row in rows)
     print(f"{'parameter':<{width}}  {'autodiff':>14}  {'finite diff':>14}  {'rel. error':>10}")

@@ -162,3 +162,11 @@ def test_cli_renders_a_fluid_scene(tmp_path, capsys):
     states = np.load(out.with_suffix(".states.npz"))
     assert states["density"].shape == (5, 12, 16)
     assert "grid fluid 12x16" in capsys.readouterr().out
+
+
+def test_gradcheck_command_runs_on_a_fluid_scene(tmp_path, capsys):
+    scene = tmp_path / "tiny.toml"
+    scene.write_text(SCENE.format(backend="warp", precision="float32", frames=3))
+    assert main(["gradcheck", str(scene), "--frames", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "fluid.buoyancy" in out and "fluid.inflows[0].center[0]" in out and "PASS" in out

@@ -7,7 +7,9 @@ from .checks import (
     compare_backends,
     contact_count,
     finite_difference_gradcheck,
+    scene_evaluator,
     state_loss,
 )
 
-__all__ = ["bounce_step_numpy", "GradcheckRow", "compare_backends", "contact_count", "finite_difference_gradcheck", "state_loss"]
+__all__ = ["bounce_step_numpy", "GradcheckRow", "compare_backends", "contact_count", "finite_difference_gradcheck", "scene_evaluator",
+           "state_loss"]

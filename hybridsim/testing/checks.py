@@ -13,7 +13,8 @@ import torch
 
 from ..sim.rollout import Trajectory, rollout
 
-__all__ = ["GradcheckRow", "finite_difference_gradcheck", "compare_backends", "contact_count", "state_loss"]
+__all__ = ["GradcheckRow", "finite_difference_gradcheck", "compare_backends", "contact_count", "state_loss",
+           "scene_evaluator"]
 
 LossFn = Callable[[Trajectory, Mapping[str, torch.Tensor]], torch.Tensor]
 
@@ -31,10 +32,65 @@ def state_loss(seed: int = 0) -> LossFn:
     return loss
 
 
-def contact_count(trajectory: Trajectory) -> int:
-    """Number of ground bounces seen in a trajectory (downward-to-upward flips of v_z between frames)."""
-    vz = trajectory.velocities[..., 2].detach()
-    return int(((vz[:-1] < 0) & (vz[1:] > 0)).sum())
+def contact_count(trajectory, resting_speed: float = 1e-6) -> int:
+    """Number of bounces seen in a body trajectory (flips of v_z from below -resting_speed to
+    above it between frames [m/s]); 0 for trajectories without bodies (a grid fluid)."""
+    velocities = getattr(trajectory, "velocities", None)
+    if velocities is None:
+        return 0
+    vz = velocities[..., 2].detach()
+    # a resting body's v_z jitters around 0 at round-off level: that is no bounce
+    return int(((vz[:-1] < -resting_speed) & (vz[1:] > resting_speed)).sum())
+
+
+def scene_evaluator(world, *, frames: int | None = None, pixel: bool = False, seed: int = 0) -> Callable:
+    """``evaluate(params) -> (loss, trajectory)`` for any scene: spheres, rigid bodies or a grid
+    fluid. The loss mixes every frame's state (positions and velocities, or density) with fixed
+    random weights, or with ``pixel=True`` every rendered pixel."""
+    generator = torch.Generator().manual_seed(seed)
+    weights: dict = {}
+
+    def weighted(key: str, tensor: torch.Tensor) -> torch.Tensor:
+        if key not in weights:
+            weights[key] = torch.randn(tensor.shape, generator=generator, dtype=torch.float64)
+        return (tensor * weights[key].to(tensor)).sum()
+
+    spec = world.spec
+    if spec.fluid is not None:
+        from ..render.camera import Camera
+        from ..render.fluid import render_fluid_frames
+        from ..sim.fluid import fluid_rollout
+
+        def evaluate(values):
+            trajectory = fluid_rollout(world, values, frames=frames)
+            if pixel:
+                layers = render_fluid_frames(Camera.from_spec(spec.camera), spec.fluid, trajectory, 1.0 / spec.time.fps)
+                return weighted("rgb", layers["rgb"]), trajectory
+            return weighted("density", trajectory.density) + weighted("u", trajectory.velocity_x), trajectory
+
+        return evaluate
+    if getattr(world, "rigid", False):
+        from ..sim.rigid import rigid_rollout
+
+        def evaluate(values):
+            trajectory = rigid_rollout(world, values, frames=frames)
+            if pixel:
+                from ..render.rigid import render_rigid
+
+                return weighted("rgb", render_rigid(world, trajectory, values)["rgb"]), trajectory
+            return weighted("x", trajectory.positions) + 0.1 * weighted("v", trajectory.velocities), trajectory
+
+        return evaluate
+
+    def evaluate(values):
+        trajectory = rollout(world, values, frames=frames)
+        if pixel:
+            from ..render.scene import render_trajectory
+
+            return weighted("rgb", render_trajectory(world, trajectory, values)["rgb"]), trajectory
+        return weighted("x", trajectory.positions) + 0.1 * weighted("v", trajectory.velocities), trajectory
+
+    return evaluate
 
 
 @dataclass
@@ -92,7 +148,9 @@ def finite_difference_gradcheck(world, loss_fn: LossFn | None = None, *, params:
                 flat_index = 0 if component is None else component
                 x0 = float(value.reshape(-1)[flat_index])
                 h = relative_step * max(1.0, abs(x0))
-                for _ in range(5):
+                for attempt in range(5):
+                    if attempt:
+                        h *= 0.1
                     losses, changed = [], False
                     for sign in (+1, -1):
                         shifted = {k: v.clone() for k, v in base.items()}
@@ -102,8 +160,7 @@ def finite_difference_gradcheck(world, loss_fn: LossFn | None = None, *, params:
                         changed |= contact_count(shifted_trajectory) != contacts
                     if not changed:
                         break
-                    h *= 0.1
-                fd = (losses[0] - losses[1]) / (2 * h)
+                fd = (losses[0] - losses[1]) / (2 * h)  # the step the losses were taken with
                 ad = 0.0 if grad is None else float(grad.reshape(-1)[flat_index])
                 rows.append(GradcheckRow(path, component, ad, fd, h, changed))
     return rows
