@@ -323,6 +323,18 @@ class _Spec(BaseModel):
 # --------------------------------------------------------------------------------------------
 
 
+def _one_of(data: Any, first: str, second: str, default: Any) -> Any:
+    """A table may give ``first`` or ``second`` but not both; with neither, ``first = default``."""
+    if isinstance(data, Mapping):
+        has_first = data.get(first) is not None
+        has_second = data.get(second) is not None
+        if has_first and has_second:
+            fail(f"give {first} or {second}, not both")
+        if not has_first and not has_second:
+            data = {**data, first: default}
+    return data
+
+
 class TimeSpec(_Spec):
     """``[time]``: frame rate, clip length (``frames`` or ``duration``) and substeps per frame."""
 
@@ -334,14 +346,7 @@ class TimeSpec(_Spec):
     @model_validator(mode="before")
     @classmethod
     def _frames_or_duration(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            has_frames = data.get("frames") is not None
-            has_duration = data.get("duration") is not None
-            if has_frames and has_duration:
-                fail("give frames or duration, not both")
-            if not has_frames and not has_duration:
-                data = {**data, "frames": 60}
-        return data
+        return _one_of(data, "frames", "duration", 60)
 
     @model_validator(mode="after")
     def _check(self) -> "TimeSpec":
@@ -452,14 +457,7 @@ class SphereSpec(_Spec):
     @model_validator(mode="before")
     @classmethod
     def _mass_or_density(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            has_mass = data.get("mass") is not None
-            has_density = data.get("density") is not None
-            if has_mass and has_density:
-                fail("give mass or density, not both")
-            if not has_mass and not has_density:
-                data = {**data, "mass": 1.0}
-        return data
+        return _one_of(data, "mass", "density", 1.0)
 
     @model_validator(mode="after")
     def _check(self) -> "SphereSpec":
@@ -529,14 +527,7 @@ class _RigidObjectSpec(_Spec):
     @model_validator(mode="before")
     @classmethod
     def _mass_or_density(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            has_mass = data.get("mass") is not None
-            has_density = data.get("density") is not None
-            if has_mass and has_density:
-                fail("give mass or density, not both")
-            if not has_mass and not has_density:
-                data = {**data, "mass": 1.0}
-        return data
+        return _one_of(data, "mass", "density", 1.0)
 
 
 class BoxSpec(_RigidObjectSpec):
