@@ -41,9 +41,11 @@ def cmd_render(args) -> int:
     out = Path(args.output)
     quiet = args.quiet
     if spec.fluid is not None:
-        return _refine_written(args, out, spec.time.fps, _render_fluid(world, frames, out, quiet))
+        return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out,
+                                                                          _render_fluid(world, frames, out, quiet)))
     if world.rigid:
-        return _refine_written(args, out, spec.time.fps, _render_rigid(world, frames, out, quiet))
+        return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out,
+                                                                          _render_rigid(world, frames, out, quiet)))
     with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
         trajectory = simulate(world, frames, progress=lambda done: bar.update(done - bar.n))
     with tqdm(total=trajectory.frame_count, desc="render", unit="frame", disable=quiet, leave=False) as bar:
@@ -65,7 +67,21 @@ def cmd_render(args) -> int:
     print(f"wrote {layers_path} (depth, segmentation, normal, alpha, flow_forward/backward + occlusion, camera)")
     print(f"wrote {flow_path} (forward flow, colour wheel)")
     print(f"wrote {states_path} (positions, velocities, times)")
-    return 0
+    return _cameras_written(world, frames, out, 0)
+
+
+def _cameras_written(world, frames: int, out: Path, code: int) -> int:
+    """After a successful render, write OUT.camera.json: frame 0's camera.json keys plus every
+    frame's camera (time, position, look_at, up, fovy_deg, OpenCV K and world-to-camera extrinsics)."""
+    if code != 0:
+        return code
+    from .render.camera_io import scene_cameras, write_camera_json
+
+    spec = world.spec
+    path = write_camera_json(out.with_suffix(".camera.json"), scene_cameras(spec.camera, frames + 1, spec.time.fps),
+                             spec.time.fps)
+    print(f"wrote {path} (camera per frame: position, look_at, up, fovy_deg, K, extrinsics)")
+    return code
 
 
 def _apply_refiner(weights, out: Path, rgb, layers: dict, fps: float) -> None:
@@ -109,9 +125,15 @@ def _render_fluid(world, frames: int, out: Path, quiet: bool) -> int:
     from .render import Camera, to_uint8, write_layers, write_video
     from .render.flow import flow_to_color
     from .render.fluid import render_fluid_frames
+    from .data.sample import camera_layers
+    from .errors import SceneError
+    from .render.camera_io import camera_moves
     from .sim.fluid import fluid_rollout
 
     spec = world.spec
+    if camera_moves(spec.camera):
+        raise SceneError("a moving camera ([[camera.keyframes]]) is not supported for [fluid] scenes yet",
+                         file=spec.source, field="camera.keyframes")
     with torch.no_grad():
         with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
             trajectory = fluid_rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
@@ -121,8 +143,7 @@ def _render_fluid(world, frames: int, out: Path, quiet: bool) -> int:
     write_video(out, rgb, fps=spec.time.fps)
     stacked = {key: value.numpy().astype(np.float32) if value.is_floating_point() else value.numpy()
                for key, value in layers.items()}
-    stacked["intrinsics"] = camera.intrinsics(dtype=torch.float64).numpy()
-    stacked["extrinsics"] = camera.extrinsics(dtype=torch.float64).numpy()
+    stacked.update(camera_layers([camera] * rgb.shape[0]))
     layers_path, flow_path, states_path = (out.with_suffix(s) for s in (".layers.npz", ".flow.mp4", ".states.npz"))
     write_layers(layers_path, stacked)
     write_video(flow_path, flow_to_color(stacked["flow_forward"]), fps=spec.time.fps)
@@ -197,6 +218,40 @@ def cmd_info(args) -> int:
     lines.append(f"taichi offline cache: {cache / 'taichi'}")
     lines.append(f"default scene: {_default_scene_path()}")
     print("\n".join(lines))
+    return 0
+
+
+def cmd_camera(args) -> int:
+    """``hybridsim camera``: export a scene's camera(s) or import a camera file as a [camera] table."""
+    from .render.camera_io import camera_toml, read_camera_file, scene_cameras, write_camera_json, write_opencv_yaml
+
+    if args.import_file:
+        camera, fields = read_camera_file(args.import_file, width=args.width, height=args.height)
+        if camera is None:
+            from .errors import AssetError
+
+            raise AssetError("needs at least position, look_at, width and height to make a camera",
+                             file=args.import_file)
+        if "fps" in fields:
+            print(f"# fps = {fields['fps']:g} (the target's frame rate; set [time] fps to match)")
+        print(camera_toml(camera), end="")
+        return 0
+    from .scene import load_scene
+
+    spec = load_scene(Path(args.scene) if args.scene else _default_scene_path())
+    count = (args.frames if args.frames is not None else spec.frame_count) + 1
+    cameras = scene_cameras(spec.camera, count, spec.time.fps)
+    out = Path(args.export)
+    if out.suffix.lower() in (".yml", ".yaml"):
+        if not 0 <= args.frame < count:
+            from .errors import HybridsimError
+
+            raise HybridsimError(f"--frame must be in [0, {count - 1}] (got {args.frame})")
+        write_opencv_yaml(out, cameras[args.frame], fps=spec.time.fps)
+        print(f"wrote {out} (OpenCV FileStorage: camera_matrix, zero distortion, R, t, rvec of frame {args.frame})")
+    else:
+        write_camera_json(out, cameras, spec.time.fps)
+        print(f"wrote {out} (camera.json of frame 0 plus {count} per-frame cameras with K and extrinsics)")
     return 0
 
 
@@ -373,6 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("info", help="versions, backends, devices and cache paths")
     p.set_defaults(run=cmd_info)
+
+    p = sub.add_parser("camera", help="export a scene's camera (camera.json or OpenCV YAML) or import one as [camera]")
+    p.add_argument("scene", nargs="?", help="scene TOML (default: the embedded bounce scene)")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--export", metavar="FILE", help="write FILE.json (every frame) or FILE.yml (OpenCV, one frame)")
+    group.add_argument("--import", dest="import_file", metavar="FILE",
+                       help="read camera.json or an OpenCV calibration (JSON/YAML) and print a [camera] table")
+    p.add_argument("--frames", type=int, default=None, help="frames to export (default: the scene's)")
+    p.add_argument("--frame", type=int, default=0, help="the frame an OpenCV YAML export describes (default 0)")
+    p.add_argument("--width", type=int, default=None, help="image width, for OpenCV files that do not give it")
+    p.add_argument("--height", type=int, default=None, help="image height, for OpenCV files that do not give it")
+    p.set_defaults(run=cmd_camera)
 
     p = sub.add_parser("gradcheck", help="check autodiff gradients of a scene against finite differences (float64)")
     scene_args(p)

@@ -49,7 +49,7 @@ def test_render_writes_video_layers_and_states(tmp_path, capsys, backend):
     assert layers["depth"].shape == (7, 47, 63)
     assert layers["segmentation"].shape == (7, 47, 63) and layers["segmentation"].max() == 1
     assert layers["flow_forward"].shape == (7, 47, 63, 2) and layers["occlusion_backward"].shape == (7, 47, 63)
-    assert np.isfinite(layers["flow_forward"]).all() and layers["intrinsics"].shape == (3, 3)
+    assert np.isfinite(layers["flow_forward"]).all() and layers["intrinsics"].shape == (7, 3, 3)
     assert read_video(out.with_suffix(".flow.mp4"))[0].shape == (7, 47, 63, 3)
     states = np.load(out.with_suffix(".states.npz"))
     assert states["positions"].shape == (7, 1, 1, 3)

@@ -200,7 +200,7 @@ def test_cli_render_writes_rigid_outputs_with_the_right_shapes(tmp_path, capsys)
         assert layers[key].shape == (6, 120, 160) and layers[key].dtype == bool
     assert layers["occlusion_forward"][-1].all() and layers["occlusion_backward"][0].all()
     assert layers["object_poses"].shape == (6, 4, 7)
-    assert layers["intrinsics"].shape == (3, 3) and layers["extrinsics"].shape in ((4, 4), (3, 4))
+    assert layers["intrinsics"].shape == (6, 3, 3) and layers["extrinsics"].shape == (6, 4, 4)
     # the slider moves right: its visible pixels flow towards +x in frame 0
     slider = (layers["segmentation"][0] == 1) & ~layers["occlusion_forward"][0]
     assert slider.sum() > 10 and layers["flow_forward"][0][slider][:, 0].mean() > 0.5

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-__all__ = ["Rendering", "simulate", "render_layers", "simulate_and_render"]
+__all__ = ["Rendering", "simulate", "render_layers", "simulate_and_render", "camera_layers"]
 
 
 @dataclass
@@ -18,13 +18,16 @@ class Rendering:
     """Lossless numpy layers: depth (T, H, W) [m, inf for sky] float32, normal (T, H, W, 3) float32
     (camera space), alpha (T, H, W) float32, segmentation (T, H, W) int32 (0 ground/sky, k+1 sphere k),
     flow_forward / flow_backward (T, H, W, 2) [px] float32, occlusion_forward / occlusion_backward
-    (T, H, W) bool, intrinsics (3, 3) and extrinsics (4, 4) float64 (world to camera)."""
+    (T, H, W) bool, intrinsics (T, 3, 3) and extrinsics (T, 4, 4) float64 (world to camera, per frame:
+    the camera may move along ``[[camera.keyframes]]``)."""
     trajectory: Any
     """The :class:`~hybridsim.sim.rollout.Trajectory` (positions, velocities (T, 1, N, 3), times, model)."""
     camera: Any
-    """The :class:`~hybridsim.render.camera.Camera` of the scene."""
+    """The :class:`~hybridsim.render.camera.Camera` of the first frame."""
     flow: dict
     """The flow layers as torch tensors in the world's precision (before the float32 cast)."""
+    cameras: Any = None
+    """One :class:`~hybridsim.render.camera.Camera` per frame."""
 
 
 def simulate(world, frames: int | None = None, *, progress: Callable[[int], None] | None = None):
@@ -42,30 +45,39 @@ def render_layers(world, trajectory, *, progress: Callable[[int], None] | None =
     import numpy as np
     import torch
 
-    from ..render import Camera, to_uint8
+    from ..render import to_uint8
+    from ..render.camera_io import scene_cameras
     from ..render.flow import optical_flow
     from ..render.scene import render_trajectory
 
+    cameras = scene_cameras(world.spec.camera, trajectory.frame_count, world.spec.time.fps)
     layers: dict[str, list] = {"rgb": [], "depth": [], "segmentation": [], "normal": [], "alpha": []}
     with torch.no_grad():
         for index in range(trajectory.frame_count):
-            frame = render_trajectory(world, trajectory, frames=slice(index, index + 1))
+            frame = render_trajectory(world, trajectory, frames=slice(index, index + 1), camera=cameras[index])
             for key in layers:
                 layers[key].append(frame[key][0])
             if progress is not None:
                 progress(index + 1)
     tensors = {key: torch.stack(value).cpu() for key, value in layers.items()}
-    camera = Camera.from_spec(world.spec.camera)
-    flow = optical_flow(camera, tensors["depth"], tensors["segmentation"], trajectory.positions[:, 0])
+    flow = optical_flow(cameras, tensors["depth"], tensors["segmentation"], trajectory.positions[:, 0])
     stacked = {key: value.numpy() for key, value in tensors.items()}
     rgb = to_uint8(stacked.pop("rgb"))
     for key in ("depth", "normal", "alpha"):
         stacked[key] = stacked[key].astype(np.float32)
     for key, value in flow.items():
         stacked[key] = value.numpy().astype(np.float32) if value.is_floating_point() else value.numpy()
-    stacked["intrinsics"] = camera.intrinsics(dtype=torch.float64).numpy()
-    stacked["extrinsics"] = camera.extrinsics(dtype=torch.float64).numpy()
-    return Rendering(rgb=rgb, layers=stacked, trajectory=trajectory, camera=camera, flow=flow)
+    stacked.update(camera_layers(cameras))
+    return Rendering(rgb=rgb, layers=stacked, trajectory=trajectory, camera=cameras[0], flow=flow, cameras=cameras)
+
+
+def camera_layers(cameras) -> dict:
+    """Per-frame ``intrinsics`` (T, 3, 3) and world-to-camera ``extrinsics`` (T, 4, 4), float64 numpy."""
+    import numpy as np
+    import torch
+
+    return {"intrinsics": np.stack([c.intrinsics(dtype=torch.float64).numpy() for c in cameras]),
+            "extrinsics": np.stack([c.extrinsics(dtype=torch.float64).numpy() for c in cameras])}
 
 
 def simulate_and_render(world, frames: int | None = None, *, sim_progress: Callable[[int], None] | None = None,

@@ -23,7 +23,8 @@ from .target import Target, load_camera_json, load_target_frames, prepare_target
 
 __all__ = ["fit", "FitResult", "FitSettings"]
 
-CAMERA_FIELDS = ("position", "look_at", "up", "fovy_deg", "width", "height")
+CAMERA_FIELDS = ("position", "look_at", "up", "fovy_deg", "width", "height", "principal_point", "projection",
+                 "ortho_height")
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,10 @@ def render_camera(spec, max_render_height: int | None):
     camera = Camera.from_spec(spec.camera)
     if max_render_height and camera.height > max_render_height:
         factor = max_render_height / camera.height
-        camera = dataclasses.replace(camera, width=max(1, round(camera.width * factor)), height=int(max_render_height))
+        width = max(1, round(camera.width * factor))
+        point = None if camera.principal_point is None else (camera.cx * width / camera.width,
+                                                             camera.cy * max_render_height / camera.height)
+        camera = camera.replace(width=width, height=int(max_render_height), principal_point=point)
     return camera
 
 

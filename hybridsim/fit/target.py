@@ -28,7 +28,6 @@ NOISE_SIGMAS = 5.0
 """The threshold is also at least this many robust noise sigmas of the colour distance."""
 MIN_AREA_PX = 4.0
 """A frame whose mask covers fewer pixels than this counts as 'nothing visible'."""
-CAMERA_KEYS = ("position", "look_at", "up", "fovy_deg", "width", "height", "fps")
 
 
 @dataclass
@@ -79,31 +78,16 @@ def load_target_frames(path) -> tuple[np.ndarray, float | None]:
 
 
 def load_camera_json(path) -> dict:
-    """Read camera.json (keys position, look_at, up, fovy_deg, width, height, fps; all optional)."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AssetError("camera file not found", file=path) from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AssetError(f"not a readable camera JSON file: {exc}", file=path) from None
-    if not isinstance(data, dict):
-        raise AssetError("camera JSON must be an object", file=path)
-    unknown = sorted(set(data) - set(CAMERA_KEYS))
-    if unknown:
-        raise AssetError(f"unknown camera key(s) {unknown}; expected some of {list(CAMERA_KEYS)}", file=path)
-    for key in ("position", "look_at", "up"):
-        if key in data:
-            value = data[key]
-            if not (isinstance(value, list) and len(value) == 3 and all(_is_number(v) for v in value)):
-                raise AssetError(f"{key} must be a list of 3 numbers, got {value!r}", file=path, field=key)
-    for key in ("fovy_deg", "fps"):
-        if key in data and not (_is_number(data[key]) and data[key] > 0):
-            raise AssetError(f"{key} must be a positive number, got {data[key]!r}", file=path, field=key)
-    for key in ("width", "height"):
-        if key in data and not (isinstance(data[key], int) and not isinstance(data[key], bool) and data[key] >= 1):
-            raise AssetError(f"{key} must be a positive integer, got {data[key]!r}", file=path, field=key)
-    return data
+    """Read the target's camera: a camera.json (keys position, look_at, up, fovy_deg, width,
+    height, fps, principal_point; all optional) or an OpenCV calibration (JSON or FileStorage
+    YAML; see :func:`hybridsim.render.camera_io.read_camera_file`) -> camera.json fields."""
+    from ..render.camera_io import read_camera_file
+
+    fields = read_camera_file(path)[1]
+    if fields.pop("moving", False):
+        raise AssetError("the camera moves (per-frame cameras under 'frames'); fit needs a static camera", file=path,
+                         field="frames")
+    return fields
 
 
 def _is_number(v) -> bool:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .camera import Camera
+from .camera_io import scene_cameras
 from .mesh import box_mesh, capsule_mesh, mesh_flow, render_meshes, transform_meshes, trimesh_to_mesh
 
 __all__ = ["rigid_object_meshes", "rigid_poses", "render_rigid", "render_rigid_layers", "ICOSPHERE_SUBDIVISIONS"]
@@ -95,13 +96,15 @@ def render_rigid(world, trajectory, params: Mapping[str, torch.Tensor] | None = 
     """Render (a slice of) the frames of a rigid trajectory; layers stacked over frames
     (``rgb`` (F, H, W, 3) etc., as ``render_meshes``), differentiable w.r.t. the trajectory (poses)
     and the learnable colours in ``params``."""
-    camera = camera or Camera.from_spec(world.spec.camera)
     dtype = trajectory.positions.dtype
     meshes = rigid_object_meshes(world, trajectory.model, dtype)
     poses = rigid_poses(world, trajectory)
-    poses = poses[frames] if frames is not None else poses
+    cameras = [camera] * poses.shape[0] if camera is not None else \
+        scene_cameras(world.spec.camera, poses.shape[0], world.spec.time.fps)
+    if frames is not None:
+        poses, cameras = poses[frames], cameras[frames]
     colors = _colors(world, params, dtype)
-    layers = [_render_frame(world, camera, meshes, pose, colors, softness) for pose in poses]
+    layers = [_render_frame(world, cam, meshes, pose, colors, softness) for cam, pose in zip(cameras, poses)]
     return {key: torch.stack([layer[key] for layer in layers]) for key in layers[0]}
 
 
@@ -109,19 +112,21 @@ def render_rigid_layers(world, trajectory, *, progress: Callable[[int], None] | 
     """Render every frame (no gradients) plus exact flow; returns (rgb uint8 (F+1, H, W, 3), layers)
     where layers holds depth, segmentation, normal, alpha, object_coordinates, flow_forward /
     flow_backward (F+1, H, W, 2) [px] with occlusion masks (forward flow is zero and occluded in the
-    last frame, backward in the first), object_poses (F+1, K, 7), intrinsics and extrinsics."""
+    last frame, backward in the first), object_poses (F+1, K, 7), per-frame intrinsics (F+1, 3, 3) and extrinsics (F+1, 4, 4)."""
+    from ..data.sample import camera_layers
     from .spheres import to_uint8
 
-    camera = Camera.from_spec(world.spec.camera)
     keys = ("rgb", "depth", "segmentation", "normal", "alpha", "object_coordinates")
     with torch.no_grad():
         dtype = trajectory.positions.dtype
         meshes = rigid_object_meshes(world, trajectory.model, dtype)
         poses = rigid_poses(world, trajectory).detach().cpu()
+        cameras = scene_cameras(world.spec.camera, poses.shape[0], world.spec.time.fps)
+        camera = cameras[0]
         colors = _colors(world, None, dtype)
         frames = [None] * poses.shape[0]
         for t in range(poses.shape[0]):
-            frames[t] = {k: v.cpu() for k, v in _render_frame(world, camera, meshes, poses[t], colors, 0.5).items()
+            frames[t] = {k: v.cpu() for k, v in _render_frame(world, cameras[t], meshes, poses[t], colors, 0.5).items()
                          if k in keys}
             if progress is not None:
                 progress(t + 1)
@@ -132,7 +137,7 @@ def render_rigid_layers(world, trajectory, *, progress: Callable[[int], None] | 
                 "occlusion_forward": torch.ones((count, height, width), dtype=torch.bool),
                 "occlusion_backward": torch.ones((count, height, width), dtype=torch.bool)}
         for t in range(count - 1):
-            pair = mesh_flow(camera, camera, frames[t], frames[t + 1], poses[t], poses[t + 1])
+            pair = mesh_flow(cameras[t], cameras[t + 1], frames[t], frames[t + 1], poses[t], poses[t + 1])
             flow["flow_forward"][t], flow["occlusion_forward"][t] = pair["flow_forward"], pair["occlusion_forward"]
             flow["flow_backward"][t + 1], flow["occlusion_backward"][t + 1] = pair["flow_backward"], pair["occlusion_backward"]
     stacked = {key: torch.stack([f[key] for f in frames]).numpy() for key in keys}
@@ -142,6 +147,5 @@ def render_rigid_layers(world, trajectory, *, progress: Callable[[int], None] | 
     for key, value in flow.items():
         stacked[key] = value.numpy().astype(np.float32) if value.is_floating_point() else value.numpy()
     stacked["object_poses"] = poses.numpy().astype(np.float32)
-    stacked["intrinsics"] = camera.intrinsics(dtype=torch.float64).numpy()
-    stacked["extrinsics"] = camera.extrinsics(dtype=torch.float64).numpy()
+    stacked.update(camera_layers(cameras))
     return rgb, stacked

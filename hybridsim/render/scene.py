@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .camera import Camera
+from .camera_io import camera_moves, scene_cameras
 from .spheres import render_frames
 
 __all__ = ["render_trajectory", "scene_render_options"]
@@ -37,9 +38,16 @@ def render_trajectory(world, trajectory, params=None, *, world_index: int = 0,
 
     Differentiable with respect to sphere positions, radii, colours and light (soft edges).
     """
-    camera = camera or Camera.from_spec(world.spec.camera)
     centers = trajectory.positions[:, world_index]
+    radii = trajectory.model.radius.reshape(world.world_count, -1)[world_index]
+    options = scene_render_options(world, params)
+    colors = world.colors(params)
+    if camera is None and camera_moves(world.spec.camera):  # a camera path: one camera per frame
+        cameras = scene_cameras(world.spec.camera, centers.shape[0], world.spec.time.fps)
+        indices = range(centers.shape[0])[frames] if frames is not None else range(centers.shape[0])
+        layers = [render_frames(cameras[i], centers[i:i + 1], radii, colors, **options) for i in indices]
+        return {key: torch.cat([layer[key] for layer in layers]) for key in layers[0]}
+    camera = camera or Camera.from_spec(world.spec.camera)
     if frames is not None:
         centers = centers[frames]
-    radii = trajectory.model.radius.reshape(world.world_count, -1)[world_index]
-    return render_frames(camera, centers, radii, world.colors(params), **scene_render_options(world, params))
+    return render_frames(camera, centers, radii, colors, **options)

@@ -251,14 +251,14 @@ def _screen_boxes(camera: Camera, centers, reach):
     f = camera.focal()
     x, y, z = cam.unbind(-1)
     if camera.orthographic:
-        x, y = x * f + camera.width / 2.0, y * f + camera.height / 2.0
+        x, y = x * f + camera.cx, y * f + camera.cy
         return x - reach * f, x + reach * f, y - reach * f, y + reach * f
     denom = z * z - reach * reach
     ok = (z > reach) & (denom > 1e-12)  # wholly in front of the camera plane
     safe = torch.where(ok, denom, torch.ones_like(denom))
     inf = torch.full_like(z, float("inf"))
     out = []
-    for u, c in ((x, camera.width / 2.0), (y, camera.height / 2.0)):
+    for u, c in ((x, camera.cx), (y, camera.cy)):
         # tangent planes through the eye: u/z extent of the sphere's silhouette
         root = reach * torch.sqrt((u * u + denom).clamp(min=0.0))
         out += [torch.where(ok, (u * z - root) / safe * f + c, -inf), torch.where(ok, (u * z + root) / safe * f + c, inf)]

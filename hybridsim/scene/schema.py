@@ -32,6 +32,7 @@ from ..errors import SceneError
 __all__ = [
     "TimeSpec",
     "CameraSpec",
+    "CameraKeyframeSpec",
     "GroundSpec",
     "LightSpec",
     "SphereSpec",
@@ -386,8 +387,41 @@ def _unit(v) -> tuple[float, float, float] | None:
     return (w[0] / n, w[1] / n, w[2] / n)
 
 
+class CameraKeyframeSpec(_Spec):
+    """``[[camera.keyframes]]``: the camera at ``time`` seconds; fields left out keep the ``[camera]``
+    value. Between keyframes the camera is interpolated (``camera.interpolation``); before the
+    first and after the last it holds still."""
+
+    time: NonNegFloat
+    position: Vec3 | None = None
+    look_at: Vec3 | None = None
+    up: Vec3 | None = None
+    fovy_deg: _num_type(gt=0.0, lt=180.0, optional=True) = None  # type: ignore[valid-type]
+
+
+def _check_view(position, look_at, up, prefix: str) -> None:
+    """look_at must differ from position, up must be non-zero and not along the view."""
+    # Scale before subtracting so huge coordinates cannot overflow to inf.
+    scale = max(abs(c) for c in (*position, *look_at))
+    view = _unit([(b / scale - a / scale) if scale else 0.0 for a, b in zip(position, look_at)])
+    if view is None:
+        fail("must differ from the camera position", prefix + "look_at")
+    unit_up = _unit(up)
+    if unit_up is None:
+        fail("must be a non-zero vector (got [0, 0, 0])", prefix + "up")
+    d, u = view, unit_up
+    cross = (d[1] * u[2] - d[2] * u[1], d[2] * u[0] - d[0] * u[2], d[0] * u[1] - d[1] * u[0])
+    if math.sqrt(sum(c * c for c in cross)) < 1e-6:
+        fail("must not be parallel to the viewing direction (look_at - position)", prefix + "up")
+
+
+def _principal_point(v: Any):
+    return None if v is None else _to_vec2(v)
+
+
 class CameraSpec(_Spec):
-    """``[camera]``: pinhole (perspective) or orthographic camera looking at ``look_at``."""
+    """``[camera]``: pinhole (perspective) or orthographic camera looking at ``look_at``; optionally
+    moving along ``[[camera.keyframes]]``."""
 
     position: Vec3
     look_at: Vec3
@@ -397,21 +431,21 @@ class CameraSpec(_Spec):
     height: _int_type(ge=1, le=8192) = 240  # type: ignore[valid-type]
     projection: _choice_type("perspective", "orthographic") = "perspective"  # type: ignore[valid-type]
     ortho_height: PosFloat = 2.0
+    principal_point: Annotated[tuple[float, float] | None, BeforeValidator(_principal_point)] = None
+    keyframes: tuple[CameraKeyframeSpec, ...] = ()
+    interpolation: _choice_type("linear", "smooth") = "smooth"  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _check(self) -> "CameraSpec":
-        # Scale before subtracting so huge coordinates cannot overflow to inf.
-        scale = max(abs(c) for c in (*self.position, *self.look_at))
-        view = _unit([(b / scale - a / scale) if scale else 0.0 for a, b in zip(self.position, self.look_at)])
-        if view is None:
-            fail("must differ from the camera position", "look_at")
-        up = _unit(self.up)
-        if up is None:
-            fail("must be a non-zero vector (got [0, 0, 0])", "up")
-        d, u = view, up
-        cross = (d[1] * u[2] - d[2] * u[1], d[2] * u[0] - d[0] * u[2], d[0] * u[1] - d[1] * u[0])
-        if math.sqrt(sum(c * c for c in cross)) < 1e-6:
-            fail("must not be parallel to the viewing direction (look_at - position)", "up")
+        times = [k.time for k in self.keyframes]
+        for i in range(1, len(times)):
+            if not times[i] > times[i - 1]:
+                fail(f"keyframe times must increase (keyframes[{i - 1}].time = {fmt_num(times[i - 1])}, "
+                     f"keyframes[{i}].time = {fmt_num(times[i])})", f"keyframes[{i}].time")
+        _check_view(self.position, self.look_at, self.up, "")
+        for i, key in enumerate(self.keyframes):
+            _check_view(key.position or self.position, key.look_at or self.look_at, key.up or self.up,
+                        f"keyframes[{i}].")
         return self
 
     @property
