@@ -254,3 +254,31 @@ def test_rigid_render_follows_the_camera_path(tmp_path):
     # every visible box pixel lands on the box in the next frame
     hit = nxt[np.clip(moved[:, 1].astype(int), 0, 35), np.clip(moved[:, 0].astype(int), 0, 47)]
     assert hit.mean() > 0.97 and np.abs(flow[10][mask]).max() > 0.3
+
+
+def test_distribution_orbit_sweep_writes_a_circular_camera_path():
+    from hybridsim.scene.distributions import parse_distribution
+
+    text = """
+[time]
+fps = 10
+frames = 30
+[camera]
+look_at = [0.0, 0.0, 0.5]
+[camera.orbit]
+azimuth_deg = 0.0
+elevation_deg = 20.0
+distance = 5.0
+sweep_deg = { uniform = [80.0, 90.0] }
+"""
+    spec = parse_distribution(text).sample(0, 1)
+    keys = spec.camera.keyframes
+    assert len(keys) >= 9 and keys[0].time == 0.0 and keys[-1].time == pytest.approx(3.0)
+    radii = [np.linalg.norm(np.subtract(k.position, (0.0, 0.0, 0.5))) for k in keys]
+    assert np.allclose(radii, 5.0)
+    cams = scene_cameras(spec.camera, 31, 10)
+    swept = math.degrees(math.atan2(cams[30].position[1], cams[30].position[0]))
+    assert 80.0 <= swept <= 90.0
+    assert all(abs(np.linalg.norm(np.subtract(c.position, (0, 0, 0.5))) - 5.0) < 0.02 for c in cams)
+    with pytest.raises(SceneError, match="not both"):
+        parse_distribution(text + "[[camera.keyframes]]\ntime = 1.0\n")

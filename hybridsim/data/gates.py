@@ -68,8 +68,13 @@ def evaluate_gates(spec, positions, velocities, gates: QualityGates) -> tuple[di
         measured.update(ground_penetration_m=0.0, energy_gain_j_per_kg=0.0, momentum_change=0.0)
     overlap = _sphere_overlap(positions, radius)
     measured["sphere_overlap_m"] = overlap
-    camera = Camera.from_spec(spec.camera)
-    margin = _in_frame_margin(camera, positions)
+    from ..render.camera_io import camera_moves, scene_cameras
+
+    if camera_moves(spec.camera):  # a camera path: each frame against its own camera
+        cameras = scene_cameras(spec.camera, positions.shape[0], spec.time.fps)
+        margin = min(_in_frame_margin(cam, positions[t:t + 1]) for t, cam in enumerate(cameras))
+    else:
+        margin = _in_frame_margin(Camera.from_spec(spec.camera), positions)
     measured["min_in_frame_margin_px"] = margin
 
     deepest = max(ground, overlap)

@@ -22,7 +22,9 @@ Two tables exist only in distribution files:
   it they get the scene's default names). Spawned objects follow the ``[[objects]]`` written out.
 * ``[camera.orbit]`` places the camera on a sphere around ``camera.look_at`` instead of giving
   ``camera.position``: ``azimuth_deg`` (from +x towards +y, about the z axis), ``elevation_deg``
-  (above the horizontal plane) and ``distance`` (m), each a number or a distribution.
+  (above the horizontal plane) and ``distance`` (m), each a number or a distribution. With
+  ``sweep_deg`` (optional) the camera moves: it circles look_at by that many degrees of azimuth
+  over the clip (written out as ``[[camera.keyframes]]``).
 
 A sample is a pure function of (file content, base seed, sample index): the draws come from
 ``numpy.random.default_rng([base_seed, index])`` in the order the fields are written
@@ -56,6 +58,8 @@ DISTRIBUTION_KINDS = ("uniform", "normal", "loguniform", "choice", "randint")
 MAX_SPAWN = 10_000
 _SPAWN_KEYS = ("count", "template", "name")
 _ORBIT_KEYS = ("azimuth_deg", "elevation_deg", "distance")
+_ORBIT_OPTIONAL = ("sweep_deg",)
+ORBIT_STEP_DEG = 10.0  # a swept orbit gets a keyframe at least every this many degrees
 
 
 # --------------------------------------------------------------------------------------------
@@ -249,8 +253,11 @@ class SceneDistribution:
         if not isinstance(orbit, Mapping) or any(k in DISTRIBUTION_KINDS for k in orbit):
             raise self._error(f"must be a table of azimuth_deg, elevation_deg, distance (got {show(orbit)})", "camera.orbit")
         for key in orbit:
-            if key not in _ORBIT_KEYS:
-                raise self._error(f"unknown field (an orbit takes {', '.join(_ORBIT_KEYS)})", f"camera.orbit.{key}")
+            if key not in _ORBIT_KEYS + _ORBIT_OPTIONAL:
+                raise self._error(f"unknown field (an orbit takes {', '.join(_ORBIT_KEYS + _ORBIT_OPTIONAL)})",
+                                  f"camera.orbit.{key}")
+        if "sweep_deg" in orbit and "keyframes" in camera:
+            raise self._error("give camera.keyframes or camera.orbit.sweep_deg, not both", "camera.orbit.sweep_deg")
         for key in _ORBIT_KEYS:
             if key not in orbit:
                 raise self._error("required field is missing", f"camera.orbit.{key}")
@@ -295,15 +302,46 @@ class SceneDistribution:
                 objects.append(obj)
         if objects or "objects" in data:
             data["objects"] = objects
-        camera = data.get("camera")
-        if isinstance(camera, dict) and "orbit" in camera:
-            camera["position"] = self._orbit_position(camera.pop("orbit"), camera.get("look_at"), index, attempt)
         if frames is not None:
             time = data.setdefault("time", {})
             if isinstance(time, dict):
                 time.pop("duration", None)
                 time["frames"] = int(frames)
+        camera = data.get("camera")
+        if isinstance(camera, dict) and "orbit" in camera:
+            orbit = camera.pop("orbit")
+            camera["position"] = self._orbit_position(orbit, camera.get("look_at"), index, attempt)
+            if "sweep_deg" in orbit:
+                self._orbit_path(camera, orbit, data.get("time"), index, attempt)
         return data, origins
+
+    def _orbit_path(self, camera: dict, orbit: dict, time: Any, index: int, attempt: int) -> None:
+        """``sweep_deg``: the camera circles look_at by that many degrees of azimuth over the clip,
+        as linear keyframes at most ORBIT_STEP_DEG apart (the chords stay within 0.4% of the circle)."""
+        from .schema import TimeSpec
+
+        sweep = orbit["sweep_deg"]
+        if not _finite(sweep):
+            raise self._sample_error(f"must be a finite number (drew {show(sweep)})", "camera.orbit.sweep_deg",
+                                     index, attempt)
+        time = time if isinstance(time, dict) else {}
+        fps = time.get("fps", TimeSpec.model_fields["fps"].default)
+        if "duration" in time:
+            duration = time["duration"]
+        else:
+            frames_ = time.get("frames", 60)  # TimeSpec's default clip length
+            duration = frames_ / fps if _finite(fps) and _finite(frames_) and fps else 0
+        if not (_finite(duration) and duration > 0) or float(sweep) == 0.0:
+            return  # the scene validator reports bad timing; no sweep, no path
+        count = max(2, math.ceil(abs(float(sweep)) / ORBIT_STEP_DEG) + 1)
+        keys = []
+        for k in range(count):
+            s = k / (count - 1)
+            at = dict(orbit, azimuth_deg=float(orbit["azimuth_deg"]) + s * float(sweep))
+            keys.append({"time": s * float(duration),
+                         "position": self._orbit_position(at, camera.get("look_at"), index, attempt)})
+        camera["keyframes"] = keys
+        camera["interpolation"] = "linear"
 
     def sample(self, base_seed: int, index: int, *, attempt: int = 0, frames: int | None = None) -> SceneSpec:
         """Draw sample ``index`` (redraw ``attempt``) and validate it into a SceneSpec."""
