@@ -36,6 +36,10 @@ def save_checkpoint(run_dir, state: dict, tensors: dict[str, torch.Tensor], step
     for stale in run_dir.glob("checkpoint-*.safetensors"):  # the previous step's (and any crash leftovers)
         if stale.name != name:
             stale.unlink(missing_ok=True)
+    # temporaries of writes a killed run never finished (".checkpoint-....tmp.safetensors" etc.);
+    # never read, removed here so kills do not pile them up
+    for stale in (*run_dir.glob(".checkpoint-*.tmp*"), *run_dir.glob(f".{CHECKPOINT_JSON}.*")):
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(run_dir) -> tuple[dict, dict[str, torch.Tensor]] | None:

@@ -13,7 +13,7 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 
-from hybridsim.errors import AssetError
+from hybridsim.errors import AssetError, ResourceError
 from hybridsim.fileio import atomic_path
 
 __all__ = ["write_video", "read_video", "read_frame_folder", "read_frames", "write_layers"]
@@ -45,14 +45,20 @@ def write_video(path, frames, fps: float) -> None:
             raise AssetError(f"ffmpeg could not encode the video: {_last_line(proc.stderr)}", file=path)
 
 
-def read_video(path) -> tuple[np.ndarray, float]:
-    """Decode a video file -> (frames (F, H, W, 3) uint8 RGB, fps). Bad files raise AssetError."""
+def read_video(path, max_bytes: int | None = None) -> tuple[np.ndarray, float]:
+    """Decode a video file -> (frames (F, H, W, 3) uint8 RGB, fps). Bad files raise AssetError:
+    unreadable, truncated (fewer frames than the container's duration says, by more than one
+    frame and 2%), or decoding to more than ``max_bytes`` (default
+    :func:`hybridsim.assets.max_decoded_bytes`; ResourceError, stopped at the limit)."""
+    from hybridsim.assets import MAX_DECODED_BYTES_ENV, max_decoded_bytes
+
     path = Path(path)
     if not path.is_file():
         raise AssetError("video file not found", file=path)
+    limit = max_decoded_bytes() if max_bytes is None else int(max_bytes)
     cmd = [
         imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-loglevel", "level+info", "-xerror",
-        "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-",
+        "-i", str(path), "-map", "0:v:0", "-f", "rawvideo", "-pix_fmt", "rgb24", "-fs", str(limit), "-",
     ]
     proc = subprocess.run(cmd, capture_output=True)
     log = proc.stderr.decode("utf-8", "replace")
@@ -65,25 +71,49 @@ def read_video(path) -> tuple[np.ndarray, float]:
     if size is None:
         raise AssetError("no video stream found", file=path)
     width, height = int(size.group(1)), int(size.group(2))
+    if len(proc.stdout) >= limit:
+        raise ResourceError(f"video decodes to more than the limit of {limit} bytes ({width}x{height} RGB frames); "
+                            f"shorten or downscale it, or raise the limit with {MAX_DECODED_BYTES_ENV}=N", file=path)
     if not proc.stdout or len(proc.stdout) % (width * height * 3):
         raise AssetError(f"decoded {len(proc.stdout)} bytes, not whole {width}x{height} frames", file=path)
     frames = np.frombuffer(proc.stdout, dtype=np.uint8).reshape(-1, height, width, 3).copy()
     rate = float(fps.group(1)) * (1000.0 if fps.group(2) else 1.0) if fps else 0.0
+    expected = _expected_frames(log, rate)
+    if expected is not None and len(frames) < expected - max(1.0, 0.02 * expected):
+        raise AssetError(f"truncated video: {len(frames)} frames decoded but its header says about "
+                         f"{expected:.0f} ({rate:g} fps)", file=path)
     return frames, rate
 
 
-def read_frame_folder(folder) -> np.ndarray:
-    """Read the png/jpg images of a folder in natural name order -> frames (F, H, W, 3) uint8."""
+def _expected_frames(log: str, rate: float) -> float | None:
+    """Frames the container's duration implies, for single-stream inputs with a known rate."""
+    header = log.split("Stream mapping:", 1)[0]
+    duration = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", header)
+    streams = re.findall(r"Stream #0:\d+.*?: (\w+):", header)
+    if not (duration and rate > 0) or streams != ["Video"]:
+        return None
+    hours, minutes, seconds = int(duration.group(1)), int(duration.group(2)), float(duration.group(3))
+    return (3600 * hours + 60 * minutes + seconds) * rate
+
+
+def read_frame_folder(folder, strict: bool = False) -> np.ndarray:
+    """Read the png/jpg images of a folder in natural name order -> frames (F, H, W, 3) uint8.
+
+    ``strict`` (fit targets) also refuses other files and gaps or duplicates in the frame numbers
+    (see :func:`hybridsim.assets.frame_files`); otherwise other files are ignored. A folder that
+    would decode to more than :func:`hybridsim.assets.max_decoded_bytes` is refused after its
+    first frame (ResourceError)."""
+    from hybridsim.assets import MAX_DECODED_BYTES_ENV, frame_files, max_decoded_bytes
+
     folder = Path(folder)
-    if not folder.is_dir():
-        raise AssetError("frame folder not found", file=folder)
-    files = sorted((p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()),
-                   key=lambda p: [int(s) if s.isdigit() else s.lower() for s in re.split(r"(\d+)", p.name)])
-    if not files:
-        raise AssetError(f"no {'/'.join(s[1:] for s in IMAGE_SUFFIXES)} images in the folder", file=folder)
+    files = frame_files(folder, strict=strict)
     frames = []
     for file in files:
         image = _read_image(file)
+        if not frames and len(files) * image.size > max_decoded_bytes():
+            raise ResourceError(f"{len(files)} frames of {image.shape[1]}x{image.shape[0]} decode to more than the "
+                                f"limit of {max_decoded_bytes()} bytes; raise it with {MAX_DECODED_BYTES_ENV}=N",
+                                file=folder)
         if frames and image.shape != frames[0].shape:
             raise AssetError(f"frame size {image.shape[1]}x{image.shape[0]} differs from "
                              f"{frames[0].shape[1]}x{frames[0].shape[0]} of {files[0].name}", file=file)
@@ -91,11 +121,12 @@ def read_frame_folder(folder) -> np.ndarray:
     return np.stack(frames)
 
 
-def read_frames(path) -> tuple[np.ndarray, float | None]:
-    """Read a video file, a frame folder or one image -> (frames (F, H, W, 3) uint8, fps or None)."""
+def read_frames(path, strict: bool = False) -> tuple[np.ndarray, float | None]:
+    """Read a video file, a frame folder or one image -> (frames (F, H, W, 3) uint8, fps or None).
+    ``strict`` applies to frame folders (see :func:`read_frame_folder`)."""
     path = Path(path)
     if path.is_dir():
-        return read_frame_folder(path), None
+        return read_frame_folder(path, strict=strict), None
     if path.suffix.lower() in IMAGE_SUFFIXES:
         if not path.is_file():
             raise AssetError("image file not found", file=path)

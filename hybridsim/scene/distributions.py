@@ -42,14 +42,13 @@ import json
 import math
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import HybridsimError, SceneError
-from .loader import _Locator, scene_from_dict
+from .loader import _Locator, max_scene_bytes, scene_from_dict, toml_loads
 from .schema import MAX_SEED, SceneSpec, fmt_num, is_number, join_path, parse_path, show
 
 __all__ = ["SceneDistribution", "load_distribution", "parse_distribution", "sample_scene", "DISTRIBUTION_KINDS"]
@@ -427,11 +426,11 @@ def parse_distribution(text: str, source: str = "<string>") -> SceneDistribution
             text = bytes(text).decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise SceneError(f"not UTF-8 text (bad byte at offset {exc.start})", file=source) from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        match = re.search(r"at line (\d+)", str(exc))
-        raise SceneError(f"invalid TOML: {exc}", file=source, line=int(match.group(1)) if match else None) from None
+    limit = max_scene_bytes()
+    if len(text) > limit:
+        raise SceneError(f"distribution file is larger than {limit} bytes; refusing to parse it "
+                         "(set HYBRIDSIM_MAX_SCENE_BYTES to raise it)", file=source)
+    data = toml_loads(text, str(source))  # guarded: every parser failure is a SceneError
     return SceneDistribution(data, label=str(source), text=text)
 
 
@@ -439,6 +438,10 @@ def load_distribution(path: str | os.PathLike) -> SceneDistribution:
     """Read a distribution file (a scene file with distribution tables)."""
     label = str(path)
     try:
+        size = Path(path).stat().st_size
+        if size > max_scene_bytes():
+            raise SceneError(f"distribution file is {size} bytes, more than {max_scene_bytes()}; refusing to read "
+                             "it (set HYBRIDSIM_MAX_SCENE_BYTES to raise it)", file=label)
         raw = Path(path).read_bytes()
     except FileNotFoundError:
         raise SceneError("distribution file not found", file=label) from None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -32,23 +33,85 @@ from .schema import (
     show,
 )
 
-__all__ = ["load_scene", "parse_scene", "scene_from_dict"]
+__all__ = ["load_scene", "load_python_scene", "parse_scene", "scene_from_dict", "toml_loads", "MAX_SCENE_BYTES"]
 
 _RESERVED = ("learnable", "source")  # SceneSpec fields that a scene file may not set directly
+MAX_SCENE_BYTES = 1 << 20
+"""Scene files larger than this (1 MiB; ``HYBRIDSIM_MAX_SCENE_BYTES`` overrides) are refused before
+parsing: a real scene is a few kB, and parse time and memory grow with the size."""
+MAX_KEY_PARTS = 64
+"""Longest dotted key (``a.b.c`` has 3 parts) accepted; Python's TOML parser is quadratic in it."""
+_MAX_FIELD_CHARS = 160  # field paths in messages are cut to this length
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"|'[^'\n]*')"""
+# a run of 2+ key parts joined by dots; the look-behind keeps the scan linear in the text length
+_KEY_CHAIN = re.compile(rf"(?<![A-Za-z0-9_-]){_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})+")
+
+
+def load_python_scene(path) -> SceneSpec:
+    """Run the Python scene script ``path`` and return its scene. Only call this for a script the
+    user named explicitly (``hybridsim ... --python``): unlike a TOML scene file, it is executed.
+
+    The script defines ``scene`` (a SceneSpec or SceneBuilder) or ``build()`` returning one; it
+    runs with ``__name__ == "__hybridsim_scene__"`` (so an ``if __name__ == "__main__"`` block
+    does not run) and the script's folder as the scene's folder for relative asset paths.
+    """
+    import runpy
+
+    from .builder import SceneBuilder
+
+    label = str(path)
+    p = Path(path)
+    if not p.is_file():
+        raise SceneError("Python scene script not found", file=label)
+    try:
+        namespace = runpy.run_path(str(p), run_name="__hybridsim_scene__")
+    except SceneError:
+        raise
+    except Exception as exc:  # the user's own script failed: say where, keep it one line
+        raise SceneError(f"the scene script raised {type(exc).__name__}: {' '.join(str(exc).split())[:300]}",
+                         file=label) from None
+    if "scene" in namespace:
+        result = namespace["scene"]
+    elif callable(namespace.get("build")):
+        result = namespace["build"]()
+    else:
+        raise SceneError("a Python scene script must define `scene` (a SceneSpec or SceneBuilder) or `build()` "
+                         "returning one", file=label)
+    if isinstance(result, SceneBuilder):
+        result = result.build()
+    if not isinstance(result, SceneSpec):
+        raise SceneError(f"the script's scene is a {type(result).__name__}, not a SceneSpec or SceneBuilder",
+                         file=label)
+    return result.model_copy(update={"source": str(p.resolve())})
 
 
 def load_scene(path) -> SceneSpec:
     """Read and validate a TOML scene file. Raises :class:`SceneError` for every problem."""
     label = str(path)
+    if not label.isprintable():  # a newline or terminal escape in the name must not reach the one-line error
+        label = "".join(c if c.isprintable() else repr(c)[1:-1] for c in label)
     p = Path(path)
+    if p.suffix.lower() == ".py":
+        raise SceneError("is a Python file: scene files are TOML data and are never executed; to run a Python "
+                         "scene script, pass --python (the CLI) or call load_python_scene()", file=label)
+    limit = max_scene_bytes()
     try:
-        raw = p.read_bytes()
+        if p.is_file() and p.stat().st_size > limit:
+            raise SceneError(f"scene file is {p.stat().st_size} bytes, more than the limit of {limit} "
+                             "(set HYBRIDSIM_MAX_SCENE_BYTES to raise it)", file=label)
+        with open(p, "rb") as handle:
+            raw = handle.read(limit + 1)
+        if len(raw) > limit:  # not a regular file (a pipe, a device): stop reading at the limit
+            raise SceneError(f"scene file is more than the limit of {limit} bytes "
+                             "(set HYBRIDSIM_MAX_SCENE_BYTES to raise it)", file=label)
     except FileNotFoundError:
         raise SceneError("scene file not found", file=label) from None
     except IsADirectoryError:
         raise SceneError("is a directory, not a scene file", file=label) from None
     except OSError as exc:
         raise SceneError(f"cannot read scene file: {exc.strerror or exc}", file=label) from None
+    except ValueError:  # a NUL byte in the name
+        raise SceneError("not a valid file name", file=label) from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -65,6 +128,12 @@ def parse_scene(text: str, source: str = "<string>") -> SceneSpec:
             text = bytes(text).decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise SceneError(f"not UTF-8 text (bad byte at offset {exc.start})", file=source) from None
+    if not isinstance(text, str):
+        raise SceneError(f"scene text must be a string (got {type(text).__name__})", file=source)
+    limit = max_scene_bytes()
+    if len(text) > limit:
+        raise SceneError(f"scene text is {len(text)} characters, more than the limit of {limit} "
+                         "(set HYBRIDSIM_MAX_SCENE_BYTES to raise it)", file=source)
     return _parse(text, source, source=_real_source(source), default_name=_default_name(source))
 
 
@@ -90,9 +159,24 @@ def _default_name(source: str | None) -> str:
     return (Path(real).stem or "scene") if real else "scene"
 
 
-def _parse(text: str, label: str, *, source: str | None, default_name: str) -> SceneSpec:
+def max_scene_bytes() -> int:
+    """The scene size limit: ``HYBRIDSIM_MAX_SCENE_BYTES`` if set to a positive integer, else MAX_SCENE_BYTES."""
+    raw = os.environ.get("HYBRIDSIM_MAX_SCENE_BYTES", "").strip()
+    return int(raw) if raw.isdigit() and int(raw) > 0 else MAX_SCENE_BYTES
+
+
+def toml_loads(text: str, label: str | None) -> dict:
+    """``tomllib.loads`` for untrusted text: every failure (syntax, absurd nesting, integers past
+    Python's digit limit, dotted keys long enough to make the parser quadratic) is a SceneError
+    naming ``label`` and, where known, the line."""
+    if text.count(".") > MAX_KEY_PARTS:  # cheap test first; the scan is linear
+        for m in _KEY_CHAIN.finditer(text):
+            chain = m.group()
+            if chain.count(".") >= MAX_KEY_PARTS and _key_parts(chain) > MAX_KEY_PARTS:
+                raise SceneError(f"invalid TOML: a dotted key with more than {MAX_KEY_PARTS} parts",
+                                 file=label, line=text.count("\n", 0, m.start()) + 1)
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         msg = str(exc)
         m = re.search(r"at line (\d+)", msg)
@@ -105,6 +189,32 @@ def _parse(text: str, label: str, *, source: str | None, default_name: str) -> S
         raise SceneError(f"invalid TOML: {msg}", file=label, line=line) from None
     except RecursionError:
         raise SceneError("invalid TOML: nesting too deep", file=label) from None
+    except ValueError as exc:  # e.g. an integer with more digits than Python converts (4300)
+        raise SceneError(f"invalid TOML: {' '.join(str(exc).split())[:200]}", file=label) from None
+
+
+def _key_parts(chain: str) -> int:
+    return sum(1 for _ in re.finditer(_KEY_PART, chain))
+
+
+def _clean_field(error: SceneError) -> SceneError:
+    """Make the field path safe to print on one line: control and format characters (a newline,
+    a terminal escape, a right-to-left override in a key) escaped, overlong paths cut."""
+    field = error.field
+    if field and (len(field) > _MAX_FIELD_CHARS or not field.isprintable()):
+        clean = "".join(c if c.isprintable() else repr(c)[1:-1] for c in field)
+        if len(clean) > _MAX_FIELD_CHARS:
+            clean = clean[: _MAX_FIELD_CHARS - 3] + "..."
+        error.field = clean
+        error.args = (str(error),)
+    return error
+
+
+def _parse(text: str, label: str, *, source: str | None, default_name: str) -> SceneSpec:
+    try:
+        data = toml_loads(text, label)
+    except SceneError as error:
+        raise _clean_field(error) from None
     locator: list[_Locator] = []
 
     def locate(path: str) -> int | None:  # built only when an error needs a line
@@ -116,6 +226,20 @@ def _parse(text: str, label: str, *, source: str | None, default_name: str) -> S
 
 
 def _from_data(
+    data: Any,
+    *,
+    label: str | None,
+    source: str | None,
+    default_name: str,
+    locate: Callable[[str], int | None] | None = None,
+) -> SceneSpec:
+    try:
+        return _from_data_checked(data, label=label, source=source, default_name=default_name, locate=locate)
+    except SceneError as error:
+        raise _clean_field(error) from None
+
+
+def _from_data_checked(
     data: Any,
     *,
     label: str | None,
@@ -178,8 +302,9 @@ def _strip(node: Any, path: str, learn: dict, label, locate) -> Any:
                 raise SceneError(f"field names must be strings (got {show(key)})", file=label, field=path or None, line=locate(path))
             out[key] = _strip(value, join_path(path, key), learn, label, locate)
         return out
-    if isinstance(node, (list, tuple)):
-        return [_strip(v, join_path(path, i), learn, label, locate) for i, v in enumerate(node)]
+    if isinstance(node, (list, tuple)):  # paths only for containers: a huge array of numbers stays cheap
+        return [_strip(v, join_path(path, i), learn, label, locate) if isinstance(v, (Mapping, list, tuple)) else v
+                for i, v in enumerate(node)]
     return node
 
 
@@ -326,6 +451,8 @@ def _model_for(tokens, data: Any) -> type[BaseModel] | None:
 # --------------------------------------------------------------------------------------------
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}\n#]*")
+_LOCATE_ELEMENTS = 1024  # array elements past this index are not given lines of their own
 
 
 class _Locator:
@@ -471,9 +598,12 @@ class _Locator:
                 if self.s[self.i] == "]":
                     self.i += 1
                     return
-                sub = join_path(path, index)
-                self._record(sub, self._line())
-                self._value(sub)
+                if index < _LOCATE_ELEMENTS:
+                    sub = join_path(path, index)
+                    self._record(sub, self._line())
+                    self._value(sub)
+                else:  # no line of its own; a path only where a nested table may record keys
+                    self._value(join_path(path, index) if self.s[self.i] in "[{" else path)
                 self._skip_blank()
                 if self.s[self.i] == ",":
                     self.i += 1
@@ -491,8 +621,7 @@ class _Locator:
                     self.i += 1
         else:
             start = self.i
-            while self.i < self.n and self.s[self.i] not in ",]}\n#":
-                self.i += 1
+            self.i = _SCALAR.match(self.s, self.i).end()
             if self.i == start:
                 raise ValueError(f"no value at {start}")
 

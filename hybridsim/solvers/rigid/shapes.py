@@ -91,27 +91,29 @@ def load_convex_mesh(source, scale: float = 1.0) -> dict:
     not watertight (a volume is needed for mass and inertia)."""
     import trimesh
 
-    name = str(source) if not isinstance(source, trimesh.Trimesh) else "<trimesh>"
+    from ...assets import load_mesh, require_watertight
+
     if isinstance(source, trimesh.Trimesh):
+        name = str(source.metadata.get("hybridsim_source", "<trimesh>"))
         mesh = source.copy()
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise AssetError("mesh file not found", file=str(path))
-        try:
-            mesh = trimesh.load(str(path), force="mesh")
-        except Exception as error:  # trimesh raises many types for unreadable files
-            raise AssetError(f"cannot read mesh: {error}", file=str(path)) from None
-        if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-            raise AssetError("file holds no triangle mesh", file=str(path))
-    if scale <= 0.0:
+    else:  # size and face limits, no side files, AssetError naming the file (hybridsim.assets)
+        name = str(source)
+        mesh = load_mesh(Path(source))
+    if not (scale > 0.0 and math.isfinite(scale)):
         raise SceneError(f"mesh scale must be > 0, got {scale}", file=name, field="scale")
     mesh.apply_scale(scale)
-    if not mesh.is_watertight:
-        raise AssetError("mesh is not watertight: mass and inertia need a closed surface "
-                         "(repair it, e.g. fill holes, or use a primitive shape)", file=name)
-    if mesh.volume <= 0.0:
+    require_watertight(mesh, name, purpose="its volume, mass and inertia are undefined",
+                       remedy="give the object a mass (its inertia then comes from the convex hull) or repair the "
+                              "mesh (e.g. fill holes)")
+    with np.errstate(invalid="ignore", divide="ignore"):  # trimesh divides by a zero volume
+        volume = float(mesh.volume)
+    if volume <= 0.0:
         mesh.invert()
+        volume = -volume
+    extent = float(np.ptp(np.asarray(mesh.vertices, dtype=float), axis=0).max())
+    if not volume > 1e-9 * extent**3:  # a closed but flat (two-sided) surface
+        raise AssetError(f"mesh encloses no volume (flat or degenerate, volume {volume:.3g} m^3): mass "
+                         "and inertia need a solid", file=name)
     mesh.density = 1.0
     props = mesh.mass_properties
     try:
