@@ -69,7 +69,30 @@ class AssetError(HybridsimError):
 
 
 class SimulationError(HybridsimError):
-    """A simulation produced non-finite or exploding values; names the step and quantity."""
+    """A simulation produced non-finite or exploding values; names the step and quantity.
+
+    Errors from the blow-up guards (``hybridsim.sim.guards``) also carry ``frame`` (the first bad
+    frame), ``substep`` (1-based within it, None when unknown) and ``partial``: the trajectory of
+    the good frames before it (frames 0 .. frame-1), so callers can keep what was simulated. Their
+    message already names frame, step, object and quantity, so ``str()`` is ``file: message``.
+    """
+
+    def __init__(self, message: str, *, frame: int | None = None, substep: int | None = None, partial=None,
+                 **kwargs):
+        self.frame = frame
+        self.substep = substep
+        self.partial = partial
+        super().__init__(message, **kwargs)
+
+    def __str__(self) -> str:
+        if getattr(self, "frame", None) is None:
+            return super().__str__()
+        text = " ".join(str(self.message).split())
+        return f"{self.file}: {text}" if self.file else text
+
+    def __reduce__(self):  # the partial trajectory (tensors) stays in this process
+        state = {k: v for k, v in self.__dict__.items() if k != "partial"}
+        return (_rebuild, (type(self), self.message, dict(state, partial=None)))
 
 
 class ResourceError(HybridsimError):

@@ -8,11 +8,12 @@ so buoyancy lifts density upwards.
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import torch
 
-from ..errors import SceneError
+from ..errors import SceneError, SimulationError
 
 __all__ = ["fluid_model", "fluid_rollout", "FLUID_LEARNABLE"]
 
@@ -59,25 +60,76 @@ def fluid_model(world, params: Mapping[str, torch.Tensor] | None = None):
 
 
 def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: int | None = None,
-                  checkpoint: bool | str = "auto", progress=None):
+                  checkpoint: bool | str = "auto", progress=None, check: bool = True):
     """Simulate the scene's fluid from rest for ``frames`` frames (default: the scene's); returns a
-    GridFluidTrajectory with one record per frame (record 0 = initial state)."""
+    GridFluidTrajectory with one record per frame (record 0 = initial state).
+
+    With ``check`` the blow-up guard (``hybridsim.sim.guards.FluidGuard``: non-finite fields, CFL
+    number above 5) runs at every frame boundary; a violation, or a non-finite step caught by the
+    solver, raises SimulationError naming frame, substep and quantity, with ``error.partial`` the
+    GridFluidTrajectory of the good frames before it."""
     from ..solvers.grid_fluid import SolverGridFluid, rollout_grid_fluid
 
     spec = world.spec
     frames = spec.frame_count if frames is None else int(frames)
+    from .resources import check_scene_memory
+
+    check_scene_memory(spec, frames=frames, grad=torch.is_grad_enabled(), precision=world.precision,
+                       device=world.device, world_count=world.world_count)
     model = fluid_model(world, params)
     solver = SolverGridFluid(model, backend=world.backend, device=world.device, dtype=world.dtype,
                              advection=spec.fluid.advection, density_advection=spec.fluid.density_advection)
     substeps = spec.time.substeps
+    steps = frames * substeps
+    if checkpoint == "auto":
+        checkpoint = torch.is_grad_enabled() and steps >= 16
+    # segments of whole frames (one frame without checkpointing: the same graph, checked per frame)
+    segment_steps = substeps * max(1, round(math.sqrt(steps) / substeps)) if checkpoint else substeps
 
     def control(step, state):
         if progress is not None and step % substeps == 0:
             progress(step // substeps)
         return None
 
-    trajectory = rollout_grid_fluid(model, model.state(), frames * substeps, dt=spec.dt, solver=solver,
-                                    control=control, record_every=substeps, checkpoint=checkpoint)
+    guard = None
+    if check:
+        from .guards import FluidGuard
+
+        guard = FluidGuard(dt=spec.dt, cell_size=spec.fluid.cell_size, substeps=substeps, cells=spec.fluid.cells)
+
+    def check_segment(first_step, velocity_x, velocity_y, density):
+        violation = guard.first_violation(velocity_x, velocity_y, density)
+        if violation is not None:
+            from .guards import blow_up
+
+            frame = first_step // substeps + violation.offset + 1
+            raise blow_up(spec, violation, frame=frame, substeps=substeps, what="fluid simulation")
+
+    try:
+        trajectory = rollout_grid_fluid(model, model.state(), steps, dt=spec.dt, solver=solver,
+                                        control=control, record_every=substeps, checkpoint=checkpoint,
+                                        segment_steps=segment_steps, check=check_segment if guard else None)
+    except SimulationError as error:
+        if error.frame is not None:
+            keep = error.frame  # records 0 .. frame-1 are good
+            partial = error.partial
+            if partial is not None and partial.density.shape[0] > keep:
+                partial = type(partial)(partial.velocity_x[:keep], partial.velocity_y[:keep], partial.density[:keep],
+                                        partial.times[:keep])
+            error.partial = partial
+            raise
+        # the solver's own per-step check (non-finite values): name the frame and substep
+        from .guards import Violation, blow_up
+
+        step = error.step or 0
+        frame, substep = (step - 1) // substeps + 1, (step - 1) % substeps + 1
+        cells = spec.fluid.cells
+        violation = Violation(error.quantity or "state", f"fluid (grid {cells[0]}x{cells[1]})",
+                              f"non-finite {error.quantity or 'state'} after the step",
+                              f"lower dt (raise [time] substeps from {substeps} to {4 * substeps}), the inflow rate or "
+                              "the buoyancy")
+        raise blow_up(spec, violation, frame=frame, substeps=substeps, substep=substep, partial=error.partial,
+                      what="fluid simulation") from None
     if progress is not None:
         progress(frames)
     return trajectory

@@ -19,7 +19,6 @@ from typing import Callable, Mapping
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
-from ..errors import SimulationError
 from .state import Control, State
 
 __all__ = ["Trajectory", "rollout", "MotionPrior"]
@@ -60,10 +59,17 @@ def rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: 
     Differentiable with respect to ``params`` (from ``world.parameters()``), ``control`` forces
     and the parameters of ``motion_prior``. ``checkpoint="auto"`` checkpoints segments of about
     sqrt(frames / substeps) frames whenever gradients are being recorded. ``progress(frames_done)`` is
-    called after each frame. Non-finite states raise SimulationError naming step and object.
+    called after each frame. ``check_finite`` runs the blow-up guards (``hybridsim.sim.guards``:
+    non-finite state, ground penetration, energy growth without external input) at every frame
+    boundary; a violation raises SimulationError naming frame, substep, object and quantity, with
+    ``error.partial`` the Trajectory of the good frames before it.
     """
     spec = world.spec
     frames = spec.frame_count if frames is None else int(frames)
+    from .resources import check_scene_memory
+
+    check_scene_memory(spec, frames=frames, grad=torch.is_grad_enabled(), precision=world.precision,
+                       device=world.device, world_count=world.world_count)
     substeps = spec.time.substeps
     dt = spec.dt
     model = world.model(params)
@@ -78,20 +84,29 @@ def rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: 
     if checkpoint and segment_frames is None:
         # stored states ~ frames / k (segment boundaries) + k * substeps (one segment re-run)
         segment_frames = max(1, round(math.sqrt(frames / substeps)))
-    segment_frames = frames if not checkpoint else max(1, int(segment_frames))
+    # without checkpointing a segment is one frame (the same graph), so guards see every frame
+    segment_frames = 1 if not checkpoint else max(1, int(segment_frames))
+    guard = None
+    if check_finite:
+        from .guards import SphereGuard
+
+        guard = SphereGuard(world, model, state.sphere_position, state.sphere_velocity,
+                            external_input=motion_prior is not None or control.sphere_force is not None)
+
+    def advance(current: State, step: int) -> State:
+        step_control = control
+        if motion_prior is not None:
+            extra = motion_prior(current, step * dt)
+            base = control.sphere_force
+            step_control = control.with_force(extra if base is None else base + extra)
+        return solver.step_differentiable(current, step_control, dt)
 
     def run_segment(first_frame: int, count: int, position: torch.Tensor, velocity: torch.Tensor):
         current = State(position, velocity)
         positions, velocities = [], []
         for frame in range(first_frame, first_frame + count):
             for sub in range(substeps):
-                step = frame * substeps + sub
-                step_control = control
-                if motion_prior is not None:
-                    extra = motion_prior(current, step * dt)
-                    base = control.sphere_force
-                    step_control = control.with_force(extra if base is None else base + extra)
-                current = solver.step_differentiable(current, step_control, dt)
+                current = advance(current, frame * substeps + sub)
             positions.append(current.sphere_position)
             velocities.append(current.sphere_velocity)
         return torch.stack(positions), torch.stack(velocities)
@@ -107,8 +122,8 @@ def rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: 
                                                     use_reentrant=False)
             else:
                 seg_pos, seg_vel = run_segment(frame, count, positions[-1], velocities[-1])
-            if check_finite:
-                _check_finite(world, seg_pos, seg_vel, frame, substeps)
+            if guard is not None:
+                _guard_segment(guard, world, advance, positions, velocities, seg_pos, seg_vel, frame, model)
             positions.extend(seg_pos.unbind(0))
             velocities.extend(seg_vel.unbind(0))
             frame += count
@@ -120,18 +135,29 @@ def rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: 
     return Trajectory(torch.stack(positions).reshape(shape), torch.stack(velocities).reshape(shape), times, model)
 
 
-def _check_finite(world, positions: torch.Tensor, velocities: torch.Tensor, first_frame: int, substeps: int):
-    for quantity, values in (("position", positions), ("velocity", velocities)):
-        finite = torch.isfinite(values.detach()).all(dim=-1)  # (frames, B)
-        if not bool(finite.all()):
-            frame_offset, body = (~finite).nonzero()[0].tolist()
-            sphere = body % max(world.sphere_count, 1)
-            name = world.spheres[sphere].name if world.spheres else None
-            frame = first_frame + frame_offset + 1
-            raise SimulationError(
-                f"non-finite {quantity} by the end of frame {frame} (world {body // max(world.sphere_count, 1)}); "
-                "lower dt (more substeps) or check forces and parameters",
-                file=world.spec.source, object=name, step=frame * substeps, quantity=quantity)
+def _guard_segment(guard, world, advance, positions: list, velocities: list, seg_pos: torch.Tensor,
+                   seg_vel: torch.Tensor, first_frame: int, model) -> None:
+    """Raise the guards' SimulationError for the first bad frame of a segment (with the substep
+    found by re-running that frame, and the good frames so far as ``error.partial``)."""
+    from .guards import blow_up, locate_substep
+
+    violation = guard.first_violation(seg_pos, seg_vel)
+    if violation is None:
+        return
+    k = violation.offset
+    good_pos = [t.detach() for t in positions] + [t.detach() for t in seg_pos[:k].unbind(0)]
+    good_vel = [t.detach() for t in velocities] + [t.detach() for t in seg_vel[:k].unbind(0)]
+    frame = first_frame + k + 1
+    substeps = world.spec.time.substeps
+    first_step = (frame - 1) * substeps
+    substep = locate_substep(lambda current, sub: advance(current, first_step + sub),
+                             State(good_pos[-1], good_vel[-1]), substeps,
+                             lambda current: guard.first_violation(current.sphere_position,
+                                                                   current.sphere_velocity) is not None)
+    shape = (len(good_pos), world.world_count, world.sphere_count, 3)
+    times = torch.arange(len(good_pos), dtype=world.dtype) / world.spec.time.fps
+    partial = Trajectory(torch.stack(good_pos).reshape(shape), torch.stack(good_vel).reshape(shape), times, model)
+    raise blow_up(world.spec, violation, frame=frame, substeps=substeps, substep=substep, partial=partial)
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from ...errors import SimulationError
 from .model import GridFluidControl, GridFluidModel, GridFluidState
 from .solver import SolverGridFluid
 
@@ -43,19 +44,23 @@ class GridFluidTrajectory:
 def rollout_grid_fluid(model: GridFluidModel, state: GridFluidState, steps: int, *, dt: float,
                        solver: SolverGridFluid | None = None, control: GridFluidControl | ControlFn | None = None,
                        record_every: int = 1, checkpoint: bool | str = "auto", segment_steps: int | None = None,
-                       **solver_options) -> GridFluidTrajectory:
+                       check: Callable | None = None, **solver_options) -> GridFluidTrajectory:
     """Run ``steps`` steps of ``dt`` seconds from ``state``; differentiable end to end.
 
     ``control`` is a fixed GridFluidControl or a callable ``(step, state) -> control`` (a torch
     module works: it joins the graph). ``solver`` defaults to ``SolverGridFluid(model,
     **solver_options)``. ``checkpoint="auto"`` checkpoints segments of about sqrt(steps) steps
     whenever gradients are recorded and steps >= 16. Records every ``record_every``-th state.
+    ``segment_steps`` also splits an uncheckpointed rollout (same graph). ``check(first_step,
+    velocity_x, velocity_y, density)``, given the records of each finished segment, may raise
+    SimulationError; any SimulationError leaves with ``error.partial`` = the records so far.
     """
     solver = solver or SolverGridFluid(model, **solver_options)
     steps, record_every = int(steps), max(1, int(record_every))
     if checkpoint == "auto":
         checkpoint = torch.is_grad_enabled() and steps >= 16
-    segment = steps if not checkpoint else max(1, int(segment_steps or round(math.sqrt(steps))))
+    segment = (max(1, int(segment_steps)) if segment_steps else steps) if not checkpoint else \
+        max(1, int(segment_steps or round(math.sqrt(steps))))
     control_at = control if callable(control) else (lambda step, current: control)
 
     def run_segment(first: int, count: int, step_count: int, u: torch.Tensor, v: torch.Tensor, rho: torch.Tensor):
@@ -73,13 +78,22 @@ def rollout_grid_fluid(model: GridFluidModel, state: GridFluidState, steps: int,
     current = state
     records = [[t] for t in state.tensors()]
     first = 0
-    while first < steps:
-        count = min(segment, steps - first)
-        args = (first, count, current.step_count, *current.tensors())
-        out = torch_checkpoint(run_segment, *args, use_reentrant=False) if checkpoint else run_segment(*args)
-        current = GridFluidState(*out[:3], step_count=current.step_count + count)
-        for group, stacked in zip(records, out[3:]):
-            group.extend(stacked.unbind(0))
-        first += count
+    try:
+        while first < steps:
+            count = min(segment, steps - first)
+            args = (first, count, current.step_count, *current.tensors())
+            out = torch_checkpoint(run_segment, *args, use_reentrant=False) if checkpoint else run_segment(*args)
+            if check is not None:
+                check(first, *out[3:])
+            current = GridFluidState(*out[:3], step_count=current.step_count + count)
+            for group, stacked in zip(records, out[3:]):
+                group.extend(stacked.unbind(0))
+            first += count
+    except SimulationError as error:
+        if getattr(error, "partial", None) is None:
+            kept = len(records[0])
+            error.partial = GridFluidTrajectory(*(torch.stack([t.detach() for t in group]) for group in records),
+                                                times=torch.arange(kept, dtype=torch.float64) * (dt * record_every))
+        raise
     times = torch.arange(0, steps + 1, record_every, dtype=torch.float64) * dt
     return GridFluidTrajectory(*(torch.stack(group) for group in records), times=times)
