@@ -415,6 +415,111 @@ def test_steps_are_pure_and_the_raw_step_equals_the_differentiable_one(backend):
     assert not torch.equal(plain.particle_velocity, differentiable.particle_velocity)  # the force acted
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_raw_step_with_a_grid_hook_equals_the_differentiable_one(backend):
+    model = mixed_scene(dtype=torch.float32)
+
+    def slow_down(grid, node_position, dt):
+        return grid.velocity * (node_position[:, :1] + 0.5)
+
+    solver = SolverMPM(model, backend=backend, grid_hooks=[slow_down])
+    state = run_steps(SolverMPM(model, backend=backend), model.state(), 3, 2e-3)
+    differentiable = solver.step_differentiable(state, None, 2e-3)
+    raw = state.empty_like()
+    solver.step(state, raw, None, 2e-3)
+    for a, b in zip(differentiable.tensors(), raw.tensors()):
+        assert torch.equal(a, b)
+    unhooked = state.empty_like()
+    SolverMPM(model, backend=backend).step(state, unhooked, None, 2e-3)
+    assert not torch.equal(unhooked.particle_velocity, raw.particle_velocity)
+
+
+def test_taichi_fast_launch_matches_taichis_own_kernel_call():
+    """The launch path that fills Taichi's launch context itself (launchers._TaichiCall) runs the same
+    compiled kernels as Taichi's ordinary call: bit-identical states and gradients."""
+    from hybridsim.solvers.mpm.launchers import _TaichiMPM
+
+    model = mixed_scene(resolution=24, dtype=torch.float32)
+    fast = SolverMPM(model, backend="taichi", deterministic=True)
+    ordinary = SolverMPM(model, backend="taichi", deterministic=True)
+    for solver, use_fast in ((fast, True), (ordinary, False)):  # HYBRIDSIM_TAICHI_FAST_LAUNCH set either way
+        solver._launch = _TaichiMPM("cpu", torch.float32, 2, deterministic=True)
+        for call in solver._launch.call.values():
+            call.fast = use_fast
+    runs, youngs = [], model.youngs_modulus.clone()
+    for solver in (fast, ordinary):
+        model.youngs_modulus = youngs.clone()  # _gradient_run replaces it
+        raw = [model.state(), model.state().empty_like()]
+        for k in range(6):
+            solver.step(raw[k % 2], raw[(k + 1) % 2], None, 2e-3)
+        runs.append(list(raw[0].tensors()) + _gradient_run(solver, model, steps=6))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    assert all(fast._launch.call[name].instances for name in ("substep", "p2g_update", "g2p_project", "p2g.grad",
+                                                                "grid_update.grad", "g2p.grad"))
+    assert not any(call.instances for call in ordinary._launch.call.values())
+
+
+@pytest.mark.parametrize("chunks", [2, 3])
+def test_taichi_chunked_cpu_scatter_matches_the_serial_one(chunks):
+    """Particle chunks scattering into private grid copies (no atomics) give the serial scatter's
+    result up to round-off, in the raw and the differentiable step alike."""
+    from hybridsim.solvers.mpm.launchers import _TaichiMPM
+
+    model = mixed_scene(resolution=24)
+    runs = []
+    for count in (1, chunks):
+        solver = SolverMPM(model, backend="taichi")
+        solver._launch = _TaichiMPM("cpu", F64, 2, deterministic=False)
+        solver._launch.scatter_chunks = lambda particles, nodes, count=count: count
+        state = run_steps(solver, model.state(), 10, 2e-3)
+        raw = state.empty_like()
+        solver.step(state, raw, None, 2e-3)
+        for a, b in zip(solver.step_differentiable(state, None, 2e-3).tensors(), raw.tensors()):
+            assert torch.equal(a, b)
+        with torch.no_grad():
+            grid = solver.grid(state, None, 2e-3)
+        runs.append((raw, grid))
+    (serial, serial_grid), (chunked, chunked_grid) = runs
+    assert float(chunked_grid.mass.sum()) == pytest.approx(float(model.particle_parameters().mass.sum()), rel=1e-13)
+    assert torch.allclose(chunked_grid.velocity, serial_grid.velocity, rtol=1e-10, atol=1e-12)
+    for a, b in zip(chunked.tensors(), serial.tensors()):
+        assert torch.allclose(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_taichi_scatter_chunks_follow_threads_and_grid_size():
+    from hybridsim.solvers.mpm.launchers import MAX_SCATTER_CHUNKS, _TaichiMPM
+
+    launch = _TaichiMPM("cpu", torch.float32, 2, deterministic=False)
+    launch.threads = 2
+    assert launch.scatter_chunks(8192, 128 * 128) == 2  # the mpm88 scene
+    assert launch.scatter_chunks(500, 16 * 16) == 1  # too few particles per chunk: serial, in particle order
+    assert launch.scatter_chunks(8192, 1024 * 1024) == 1  # sparse: copies would cost more than the scatter
+    launch.threads = 64
+    assert launch.scatter_chunks(1 << 20, 128 * 128) == MAX_SCATTER_CHUNKS
+    assert launch.scatter_chunks(8192, 1024 * 1024) == 0  # many threads, sparse: atomics
+    launch.deterministic = True
+    assert launch.scatter_chunks(8192, 128 * 128) == 0  # serialized atomic kernels
+
+
+def test_taichi_wheel_examples_load_headless_and_our_scenes_match_their_size():
+    """The benchmark against taichi's mpm88/mpm128 examples finds them in the wheel and strips the GUI."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_mpm.py"
+    spec = importlib.util.spec_from_file_location("bench_mpm_under_test", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for name, particles, dt in (("mpm88", 8192, 2e-4), ("mpm128", 9000, 1e-4)):
+        code = bench.headless_example(bench.example_path(name))
+        assert "gui" not in code.co_names and "substep" in code.co_names
+        model, scene_dt = bench.example_scene(name)
+        assert (model.particle_count, model.grid.resolution, scene_dt) == (particles, (128, 128), dt)
+        assert model.grid.dx == pytest.approx(1 / 128) and float(model.particle_volume[0]) == pytest.approx(
+            (0.5 / 128) ** 2)
+
+
 def _gradient_run(solver, model, steps=15):
     youngs = torch.tensor([3e3, 3e3, 1e3], dtype=model.youngs_modulus.dtype, requires_grad=True)
     model.youngs_modulus = youngs

@@ -3,14 +3,24 @@
 Arrays are torch tensors passed as external ndarrays; ``real`` (ti.f32/ti.f64) fixes the
 precision of every literal. The stencil is a ``ti.static`` loop over ``ti.ndrange(3, ..., 3)``
 in the same (row-major) node order as Warp's nested loops, and every expression keeps Warp's
-operation order, so the two backends agree to round-off. Branches on the material kind are
-``ti.select`` so that Taichi's reverse mode sees straight-line code.
+operation order, so the two backends agree to round-off.
 
-``serialize=True`` builds the particle loops of ``p2g`` and ``g2p`` with
-``ti.loop_config(serialize=True)``: their scatters (P2G forward, G2P reverse) then run on one
+Two kinds of kernels share the per-particle and per-node ``ti.func`` s:
+
+* differentiated by Taichi (``p2g``, ``grid_update``, ``g2p``; their ``.grad`` are the adjoints):
+  branches on the material kind are ``ti.select`` so that the reverse mode sees straight-line code.
+* forward-only, fused (``p2g_update``: zero the grid, p2g, grid_update; ``g2p_project``: g2p and
+  the plasticity projection per particle; ``substep``: all of it in one launch). They branch on the
+  material kind and on empty nodes (``branch=True``), which evaluates only the taken side of the
+  same expressions: bit-identical values, less work. ``p2g_update_chunked`` and
+  ``substep_chunked`` scatter without atomics: particle chunk c adds into its own grid copy with
+  plain read-add-writes, then the copies are summed per node (see
+  hybridsim/solvers/mpm/launchers.py, ``_TaichiMPM.scatter_chunks``).
+
+``serialize=True`` builds the particle loops of ``p2g`` and ``g2p`` (and of the fused kernels)
+with ``ti.loop_config(serialize=True)``: their scatters (P2G forward, G2P reverse) then run on one
 thread in particle order, which makes results and gradients bit-reproducible.
 """
-
 
 import functools
 
@@ -95,17 +105,76 @@ def mpm_kernels(real, dim: int, serialize: bool = False):
             offset[2] if ti.static(dim == 3) else 0)
 
     @ti.func
-    def kirchhoff_stress(kind, F, C, Jp, mu, lam, viscosity, hardening):
+    def liquid_stress(F, C, mu, lam, viscosity):
         identity = ti.Matrix.identity(real, dim)
         J = F.determinant()
         viscous = (J * viscosity) * (C + C.transpose())
-        h_snow = ti.math.clamp(ti.exp(hardening * (ti.cast(1.0, real) - Jp)), ti.cast(HARDENING_MIN, real), ti.cast(HARDENING_MAX, real))
-        h = ti.select(kind == MATERIAL_SNOW, h_snow, ti.cast(1.0, real))
-        log_j = ti.log(ti.max(J, ti.cast(J_MIN, real)))
-        tau_solid = h * (mu * (F @ F.transpose() - identity) + (lam * log_j) * identity) + viscous
         bulk = lam + ti.cast(2.0 / dim, real) * mu
-        tau_liquid = (bulk * J * (J - ti.cast(1.0, real))) * identity + viscous
-        return ti.select(kind == MATERIAL_LIQUID, tau_liquid, tau_solid)
+        return (bulk * J * (J - ti.cast(1.0, real))) * identity + viscous
+
+    @ti.func
+    def solid_stress(F, C, h, mu, lam, viscosity):
+        identity = ti.Matrix.identity(real, dim)
+        J = F.determinant()
+        viscous = (J * viscosity) * (C + C.transpose())
+        log_j = ti.log(ti.max(J, ti.cast(J_MIN, real)))
+        return h * (mu * (F @ F.transpose() - identity) + (lam * log_j) * identity) + viscous
+
+    @ti.func
+    def snow_hardening(Jp, hardening):
+        return ti.math.clamp(ti.exp(hardening * (ti.cast(1.0, real) - Jp)), ti.cast(HARDENING_MIN, real),
+                             ti.cast(HARDENING_MAX, real))
+
+    @ti.func
+    def kirchhoff_stress(kind, F, C, Jp, mu, lam, viscosity, hardening, branch: ti.template()):
+        # branch=False: straight-line ti.select code for Taichi's reverse mode (every material's
+        # stress is evaluated); branch=True: forward-only kernels evaluate only the particle's own
+        # material, with the same expressions, so the value is bit-identical
+        tau = mat(0)
+        if ti.static(branch):
+            if kind == MATERIAL_LIQUID:
+                tau = liquid_stress(F, C, mu, lam, viscosity)
+            else:
+                h = ti.cast(1.0, real)
+                if kind == MATERIAL_SNOW:
+                    h = snow_hardening(Jp, hardening)
+                tau = solid_stress(F, C, h, mu, lam, viscosity)
+        else:
+            h = ti.select(kind == MATERIAL_SNOW, snow_hardening(Jp, hardening), ti.cast(1.0, real))
+            tau = ti.select(kind == MATERIAL_LIQUID, liquid_stress(F, C, mu, lam, viscosity),
+                            solid_stress(F, C, h, mu, lam, viscosity))
+        return tau
+
+    @ti.func
+    def scatter_particle(p, position: ti.template(), velocity: ti.template(), affine: ti.template(),
+                         deformation: ti.template(), plastic_volume: ti.template(), kind: ti.template(),
+                         mass: ti.template(), volume: ti.template(), mu: ti.template(), lam: ti.template(),
+                         viscosity: ti.template(), hardening: ti.template(), force: ti.template(), origin, dx, res, dt,
+                         grid_momentum: ti.template(), grid_mass: ti.template(), branch: ti.template(),
+                         first_node, private: ti.template()):
+        # scatters into nodes first_node + index; private=True: the caller owns those nodes (a chunk's
+        # private grid), so plain read-add-writes replace the atomic adds
+        inv_dx = ti.cast(1.0, real) / dx
+        x = position[p]
+        base = stencil_base(x, origin, inv_dx, res)
+        fx, w = stencil_weights(x, origin, inv_dx, base)
+        m = mass[p]
+        tau = kirchhoff_stress(kind[p], deformation[p], affine[p], plastic_volume[p], mu[p], lam[p],
+                               viscosity[p], hardening[p], branch)
+        # MLS-MPM: stress impulse and APIC affine momentum share one matrix
+        stress_scale = -dt * volume[p] * ti.cast(4.0, real) * inv_dx * inv_dx
+        apic = stress_scale * tau + m * affine[p]
+        momentum = m * velocity[p] + dt * force[p]
+        for offset in ti.static(ti.grouped(ti.ndrange(*stencil))):
+            dpos = (ti.cast(offset, real) - fx) * dx
+            weight = node_weight(w, offset)
+            node = first_node + node_index(base, offset, res)
+            if ti.static(private):
+                grid_momentum[node] = grid_momentum[node] + weight * (momentum + apic @ dpos)
+                grid_mass[node] = grid_mass[node] + weight * m
+            else:
+                grid_momentum[node] += weight * (momentum + apic @ dpos)
+                grid_mass[node] += weight * m
 
     @ti.kernel
     def p2g(position: vec_arr, velocity: vec_arr, affine: mat_arr, deformation: mat_arr, plastic_volume: real_arr,
@@ -114,45 +183,132 @@ def mpm_kernels(real, dim: int, serialize: bool = False):
             grid_momentum: vec_arr, grid_mass: real_arr):
         ti.loop_config(serialize=serialize)
         for p in range(position.shape[0]):
-            inv_dx = ti.cast(1.0, real) / dx
-            x = position[p]
-            base = stencil_base(x, origin, inv_dx, res)
-            fx, w = stencil_weights(x, origin, inv_dx, base)
-            m = mass[p]
-            tau = kirchhoff_stress(kind[p], deformation[p], affine[p], plastic_volume[p], mu[p], lam[p],
-                                   viscosity[p], hardening[p])
-            # MLS-MPM: stress impulse and APIC affine momentum share one matrix
-            stress_scale = -dt * volume[p] * ti.cast(4.0, real) * inv_dx * inv_dx
-            apic = stress_scale * tau + m * affine[p]
-            momentum = m * velocity[p] + dt * force[p]
-            for offset in ti.static(ti.grouped(ti.ndrange(*stencil))):
-                dpos = (ti.cast(offset, real) - fx) * dx
-                weight = node_weight(w, offset)
-                node = node_index(base, offset, res)
-                grid_momentum[node] += weight * (momentum + apic @ dpos)
-                grid_mass[node] += weight * m
+            scatter_particle(p, position, velocity, affine, deformation, plastic_volume, kind, mass, volume, mu, lam,
+                             viscosity, hardening, force, origin, dx, res, dt, grid_momentum, grid_mass, False, 0,
+                             False)
+
+    @ti.func
+    def wall_velocity(n, v, res, boundary_cells, wall_mode):
+        # walls: a band of boundary_cells nodes on every face of the domain (n >= 0: raw division)
+        node = ti.Vector([ti.raw_div(n, res[1] * res[2]), ti.raw_mod(ti.raw_div(n, res[2]), res[1]),
+                          ti.raw_mod(n, res[2])])
+        identity = ti.Matrix.identity(real, dim)
+        in_band = ti.cast(0.0, real)
+        for a in ti.static(range(dim)):
+            lower = node[a] < boundary_cells
+            upper = node[a] >= res[a] - boundary_cells
+            separating = (lower & (v[a] < ti.cast(0.0, real))) | (upper & (v[a] > ti.cast(0.0, real)))
+            hit = ti.select(wall_mode == WALL_SEPARATE, ti.select(separating, ti.cast(1.0, real), ti.cast(0.0, real)),
+                            ti.select(lower | upper, ti.cast(1.0, real), ti.cast(0.0, real)))
+            in_band = ti.max(in_band, hit)
+            e_a = vec([identity[a, k] for k in ti.static(range(dim))])
+            v = v - e_a * (v[a] * hit)
+        return ti.select(wall_mode == WALL_NO_SLIP, v * (ti.cast(1.0, real) - in_band), v)
+
+    @ti.func
+    def update_node(n, grid_momentum: ti.template(), grid_mass: ti.template(), gravity, res, boundary_cells, wall_mode,
+                    dt, grid_velocity: ti.template(), branch: ti.template()):
+        m = grid_mass[n]
+        if ti.static(branch):
+            # an empty node's velocity is exactly zero through the walls too: skip them
+            v = vec(0)
+            if m > ti.cast(0.0, real):
+                v = wall_velocity(n, grid_momentum[n] / m + dt * gravity, res, boundary_cells, wall_mode)
+            grid_velocity[n] = v
+        else:
+            v = ti.select(m > ti.cast(0.0, real),
+                          grid_momentum[n] / ti.select(m > ti.cast(0.0, real), m, ti.cast(1.0, real)) + dt * gravity,
+                          vec(0))
+            grid_velocity[n] = wall_velocity(n, v, res, boundary_cells, wall_mode)
 
     @ti.kernel
     def grid_update(grid_momentum: vec_arr, grid_mass: real_arr, gravity: vec, res: ti.types.vector(3, ti.i32),
                     boundary_cells: ti.i32, wall_mode: ti.i32, dt: real, grid_velocity: vec_arr):
         for n in range(grid_mass.shape[0]):
-            m = grid_mass[n]
-            v = ti.select(m > ti.cast(0.0, real), grid_momentum[n] / ti.select(m > ti.cast(0.0, real), m, ti.cast(1.0, real)) + dt * gravity,
-                          vec(0))
-            node = ti.Vector([n // (res[1] * res[2]), (n // res[2]) % res[1], n % res[2]])
-            identity = ti.Matrix.identity(real, dim)
-            # walls: a band of boundary_cells nodes on every face of the domain
-            in_band = ti.cast(0.0, real)
-            for a in ti.static(range(dim)):
-                lower = node[a] < boundary_cells
-                upper = node[a] >= res[a] - boundary_cells
-                separating = (lower & (v[a] < ti.cast(0.0, real))) | (upper & (v[a] > ti.cast(0.0, real)))
-                hit = ti.select(wall_mode == WALL_SEPARATE, ti.select(separating, ti.cast(1.0, real), ti.cast(0.0, real)),
-                                ti.select(lower | upper, ti.cast(1.0, real), ti.cast(0.0, real)))
-                in_band = ti.max(in_band, hit)
-                e_a = vec([identity[a, k] for k in ti.static(range(dim))])
-                v = v - e_a * (v[a] * hit)
-            grid_velocity[n] = ti.select(wall_mode == WALL_NO_SLIP, v * (ti.cast(1.0, real) - in_band), v)
+            update_node(n, grid_momentum, grid_mass, gravity, res, boundary_cells, wall_mode, dt, grid_velocity, False)
+
+    @ti.kernel
+    def p2g_update(position: vec_arr, velocity: vec_arr, affine: mat_arr, deformation: mat_arr,
+                   plastic_volume: real_arr, kind: int_arr, mass: real_arr, volume: real_arr, mu: real_arr,
+                   lam: real_arr, viscosity: real_arr, hardening: real_arr, force: vec_arr, origin: vec, dx: real,
+                   res: ti.types.vector(3, ti.i32), dt: real, gravity: vec, boundary_cells: ti.i32, wall_mode: ti.i32,
+                   grid_momentum: vec_arr, grid_mass: real_arr, grid_velocity: vec_arr):
+        # forward only (never differentiated by Taichi): zero the grid, p2g, grid_update in one launch
+        for n in range(grid_mass.shape[0]):
+            grid_momentum[n] = vec(0)
+            grid_mass[n] = ti.cast(0.0, real)
+        ti.loop_config(serialize=serialize)
+        for p in range(position.shape[0]):
+            scatter_particle(p, position, velocity, affine, deformation, plastic_volume, kind, mass, volume, mu, lam,
+                             viscosity, hardening, force, origin, dx, res, dt, grid_momentum, grid_mass, True, 0,
+                             False)
+        for n in range(grid_mass.shape[0]):
+            update_node(n, grid_momentum, grid_mass, gravity, res, boundary_cells, wall_mode, dt, grid_velocity, True)
+
+    @ti.func
+    def sum_chunks(n, chunks, private_momentum: ti.template(), private_mass: ti.template(),
+                   grid_momentum: ti.template(), grid_mass: ti.template()):
+        # node n of the grid = its private copies summed in chunk order (copy 0 first: exact for one chunk)
+        node_count = grid_mass.shape[0]
+        momentum = private_momentum[n]
+        m = private_mass[n]
+        for c in range(1, chunks):
+            momentum = momentum + private_momentum[c * node_count + n]
+            m = m + private_mass[c * node_count + n]
+        grid_momentum[n] = momentum
+        grid_mass[n] = m
+
+    @ti.kernel
+    def p2g_update_chunked(position: vec_arr, velocity: vec_arr, affine: mat_arr, deformation: mat_arr,
+                           plastic_volume: real_arr, kind: int_arr, mass: real_arr, volume: real_arr, mu: real_arr,
+                           lam: real_arr, viscosity: real_arr, hardening: real_arr, force: vec_arr, origin: vec,
+                           dx: real, res: ti.types.vector(3, ti.i32), dt: real, gravity: vec, boundary_cells: ti.i32,
+                           wall_mode: ti.i32, grid_momentum: vec_arr, grid_mass: real_arr, grid_velocity: vec_arr,
+                           chunks: ti.i32, private_momentum: vec_arr, private_mass: real_arr):
+        # forward only, CPU: p2g_update without atomics. Particle chunk c scatters, in particle order on
+        # one thread, into its own grid copy (nodes c * G ...); the copies are then summed per node.
+        # With chunks = 1 the private copy may be the grid itself.
+        for n in range(private_mass.shape[0]):
+            private_momentum[n] = vec(0)
+            private_mass[n] = ti.cast(0.0, real)
+        ti.loop_config(block_dim=1)
+        for c in range(chunks):
+            count = position.shape[0]
+            for p in range(c * count // chunks, (c + 1) * count // chunks):
+                scatter_particle(p, position, velocity, affine, deformation, plastic_volume, kind, mass, volume, mu,
+                                 lam, viscosity, hardening, force, origin, dx, res, dt, private_momentum,
+                                 private_mass, True, c * grid_mass.shape[0], True)
+        for n in range(grid_mass.shape[0]):
+            sum_chunks(n, chunks, private_momentum, private_mass, grid_momentum, grid_mass)
+            update_node(n, grid_momentum, grid_mass, gravity, res, boundary_cells, wall_mode, dt, grid_velocity, True)
+
+    @ti.func
+    def gather_particle(p, grid_velocity: ti.template(), position: ti.template(), deformation: ti.template(),
+                        kind: ti.template(), origin, dx, res, dt, position_out: ti.template(),
+                        velocity_out: ti.template(), affine_out: ti.template()):
+        # writes x, v, C of particle p and returns its trial deformation gradient
+        inv_dx = ti.cast(1.0, real) / dx
+        x = position[p]
+        base = stencil_base(x, origin, inv_dx, res)
+        fx, w = stencil_weights(x, origin, inv_dx, base)
+        v_new = vec(0)
+        b_matrix = mat(0)
+        for offset in ti.static(ti.grouped(ti.ndrange(*stencil))):
+            dpos = (ti.cast(offset, real) - fx) * dx
+            weight = node_weight(w, offset)
+            gv = grid_velocity[node_index(base, offset, res)]
+            v_new = v_new + weight * gv
+            b_matrix = b_matrix + weight * gv.outer_product(dpos)
+        c_new = (ti.cast(4.0, real) * inv_dx * inv_dx) * b_matrix
+        f_new = matmul(ti.Matrix.identity(real, dim) + dt * c_new, deformation[p])
+        # a liquid remembers only its volume ratio: F = diag(J, 1, ...)
+        identity = ti.Matrix.identity(real, dim)
+        e_0 = vec([identity[0, k] for k in ti.static(range(dim))])
+        f_liquid = identity + (f_new.determinant() - ti.cast(1.0, real)) * e_0.outer_product(e_0)
+        position_out[p] = x + dt * v_new
+        velocity_out[p] = v_new
+        affine_out[p] = c_new
+        return ti.select(kind[p] == MATERIAL_LIQUID, f_liquid, f_new)
 
     @ti.kernel
     def g2p(grid_velocity: vec_arr, position: vec_arr, deformation: mat_arr, kind: int_arr, origin: vec, dx: real,
@@ -160,28 +316,8 @@ def mpm_kernels(real, dim: int, serialize: bool = False):
             affine_out: mat_arr, deformation_trial: mat_arr):
         ti.loop_config(serialize=serialize)
         for p in range(position.shape[0]):
-            inv_dx = ti.cast(1.0, real) / dx
-            x = position[p]
-            base = stencil_base(x, origin, inv_dx, res)
-            fx, w = stencil_weights(x, origin, inv_dx, base)
-            v_new = vec(0)
-            b_matrix = mat(0)
-            for offset in ti.static(ti.grouped(ti.ndrange(*stencil))):
-                dpos = (ti.cast(offset, real) - fx) * dx
-                weight = node_weight(w, offset)
-                gv = grid_velocity[node_index(base, offset, res)]
-                v_new = v_new + weight * gv
-                b_matrix = b_matrix + weight * gv.outer_product(dpos)
-            c_new = (ti.cast(4.0, real) * inv_dx * inv_dx) * b_matrix
-            f_new = matmul(ti.Matrix.identity(real, dim) + dt * c_new, deformation[p])
-            # a liquid remembers only its volume ratio: F = diag(J, 1, ...)
-            identity = ti.Matrix.identity(real, dim)
-            e_0 = vec([identity[0, k] for k in ti.static(range(dim))])
-            f_liquid = identity + (f_new.determinant() - ti.cast(1.0, real)) * e_0.outer_product(e_0)
-            position_out[p] = x + dt * v_new
-            velocity_out[p] = v_new
-            affine_out[p] = c_new
-            deformation_trial[p] = ti.select(kind[p] == MATERIAL_LIQUID, f_liquid, f_new)
+            deformation_trial[p] = gather_particle(p, grid_velocity, position, deformation, kind, origin, dx, res, dt,
+                                                   position_out, velocity_out, affine_out)
 
     @ti.func
     def jacobi_svd(F):
@@ -222,29 +358,113 @@ def mpm_kernels(real, dim: int, serialize: bool = False):
     def column(matrix, i):
         return vec([matrix[r, i] for r in ti.static(range(dim))])
 
+    @ti.func
+    def project_particle(F, jp, kind, low, high):
+        if kind == MATERIAL_SNOW:
+            u_rot, sigma, v_rot = jacobi_svd(F)
+            ratio = ti.cast(1.0, real)
+            clamped = 0
+            projected = mat(0)
+            for i in ti.static(range(dim)):
+                s = sigma[i]
+                g = ti.math.clamp(s, low, high)
+                if g != s:
+                    clamped = 1
+                ratio = ratio * (s / g)
+                projected = projected + g * column(u_rot, i).outer_product(column(v_rot, i))
+            if clamped == 1:
+                F = projected
+                jp = jp * ratio
+        return F, jp
+
     @ti.kernel
     def project_plasticity(deformation_trial: mat_arr, plastic_volume: real_arr, kind: int_arr, clamp_low: real_arr,
                            clamp_high: real_arr, deformation_out: mat_arr, plastic_volume_out: real_arr):
         for p in range(deformation_trial.shape[0]):
-            F = deformation_trial[p]
-            jp = plastic_volume[p]
-            if kind[p] == MATERIAL_SNOW:
-                u_rot, sigma, v_rot = jacobi_svd(F)
-                ratio = ti.cast(1.0, real)
-                clamped = 0
-                projected = mat(0)
-                for i in ti.static(range(dim)):
-                    s = sigma[i]
-                    g = ti.math.clamp(s, clamp_low[p], clamp_high[p])
-                    if g != s:
-                        clamped = 1
-                    ratio = ratio * (s / g)
-                    projected = projected + g * column(u_rot, i).outer_product(column(v_rot, i))
-                if clamped == 1:
-                    F = projected
-                    jp = jp * ratio
+            F, jp = project_particle(deformation_trial[p], plastic_volume[p], kind[p], clamp_low[p], clamp_high[p])
             deformation_out[p] = F
             plastic_volume_out[p] = jp
+
+    @ti.func
+    def gather_project(p, grid_velocity: ti.template(), position: ti.template(), deformation: ti.template(),
+                       plastic_volume: ti.template(), kind: ti.template(), clamp_low: ti.template(),
+                       clamp_high: ti.template(), origin, dx, res, dt, position_out: ti.template(),
+                       velocity_out: ti.template(), affine_out: ti.template(), deformation_trial: ti.template(),
+                       deformation_out: ti.template(), plastic_volume_out: ti.template(), keep_trial: ti.template()):
+        trial = gather_particle(p, grid_velocity, position, deformation, kind, origin, dx, res, dt, position_out,
+                                velocity_out, affine_out)
+        if ti.static(keep_trial):  # the adjoint of the projection needs it
+            deformation_trial[p] = trial
+        F, jp = project_particle(trial, plastic_volume[p], kind[p], clamp_low[p], clamp_high[p])
+        deformation_out[p] = F
+        plastic_volume_out[p] = jp
+
+    @ti.kernel
+    def g2p_project(grid_velocity: vec_arr, position: vec_arr, deformation: mat_arr, plastic_volume: real_arr,
+                    kind: int_arr, clamp_low: real_arr, clamp_high: real_arr, origin: vec, dx: real,
+                    res: ti.types.vector(3, ti.i32), dt: real, position_out: vec_arr, velocity_out: vec_arr,
+                    affine_out: mat_arr, deformation_trial: mat_arr, deformation_out: mat_arr,
+                    plastic_volume_out: real_arr):
+        # forward only (never differentiated by Taichi): g2p then project_plasticity, one loop
+        ti.loop_config(serialize=serialize)
+        for p in range(position.shape[0]):
+            gather_project(p, grid_velocity, position, deformation, plastic_volume, kind, clamp_low, clamp_high,
+                           origin, dx, res, dt, position_out, velocity_out, affine_out, deformation_trial,
+                           deformation_out, plastic_volume_out, True)
+
+    @ti.kernel
+    def substep(position: vec_arr, velocity: vec_arr, affine: mat_arr, deformation: mat_arr,
+                plastic_volume: real_arr, kind: int_arr, mass: real_arr, volume: real_arr, mu: real_arr,
+                lam: real_arr, viscosity: real_arr, hardening: real_arr, force: vec_arr, clamp_low: real_arr,
+                clamp_high: real_arr, origin: vec, dx: real, res: ti.types.vector(3, ti.i32), dt: real, gravity: vec,
+                boundary_cells: ti.i32, wall_mode: ti.i32, grid_momentum: vec_arr, grid_mass: real_arr,
+                grid_velocity: vec_arr, position_out: vec_arr, velocity_out: vec_arr, affine_out: mat_arr,
+                deformation_out: mat_arr, plastic_volume_out: real_arr):
+        # forward only: a whole raw substep without grid hooks (p2g_update then g2p_project) in one
+        # launch; the trial F is not kept (no adjoint follows)
+        for n in range(grid_mass.shape[0]):
+            grid_momentum[n] = vec(0)
+            grid_mass[n] = ti.cast(0.0, real)
+        ti.loop_config(serialize=serialize)
+        for p in range(position.shape[0]):
+            scatter_particle(p, position, velocity, affine, deformation, plastic_volume, kind, mass, volume, mu, lam,
+                             viscosity, hardening, force, origin, dx, res, dt, grid_momentum, grid_mass, True, 0,
+                             False)
+        for n in range(grid_mass.shape[0]):
+            update_node(n, grid_momentum, grid_mass, gravity, res, boundary_cells, wall_mode, dt, grid_velocity, True)
+        ti.loop_config(serialize=serialize)
+        for p in range(position.shape[0]):
+            gather_project(p, grid_velocity, position, deformation, plastic_volume, kind, clamp_low, clamp_high,
+                           origin, dx, res, dt, position_out, velocity_out, affine_out, deformation_out,
+                           deformation_out, plastic_volume_out, False)
+
+    @ti.kernel
+    def substep_chunked(position: vec_arr, velocity: vec_arr, affine: mat_arr, deformation: mat_arr,
+                        plastic_volume: real_arr, kind: int_arr, mass: real_arr, volume: real_arr, mu: real_arr,
+                        lam: real_arr, viscosity: real_arr, hardening: real_arr, force: vec_arr, clamp_low: real_arr,
+                        clamp_high: real_arr, origin: vec, dx: real, res: ti.types.vector(3, ti.i32), dt: real,
+                        gravity: vec, boundary_cells: ti.i32, wall_mode: ti.i32, grid_momentum: vec_arr,
+                        grid_mass: real_arr, grid_velocity: vec_arr, position_out: vec_arr, velocity_out: vec_arr,
+                        affine_out: mat_arr, deformation_out: mat_arr, plastic_volume_out: real_arr, chunks: ti.i32,
+                        private_momentum: vec_arr, private_mass: real_arr):
+        # substep with the scatter of p2g_update_chunked
+        for n in range(private_mass.shape[0]):
+            private_momentum[n] = vec(0)
+            private_mass[n] = ti.cast(0.0, real)
+        ti.loop_config(block_dim=1)
+        for c in range(chunks):
+            count = position.shape[0]
+            for p in range(c * count // chunks, (c + 1) * count // chunks):
+                scatter_particle(p, position, velocity, affine, deformation, plastic_volume, kind, mass, volume, mu,
+                                 lam, viscosity, hardening, force, origin, dx, res, dt, private_momentum,
+                                 private_mass, True, c * grid_mass.shape[0], True)
+        for n in range(grid_mass.shape[0]):
+            sum_chunks(n, chunks, private_momentum, private_mass, grid_momentum, grid_mass)
+            update_node(n, grid_momentum, grid_mass, gravity, res, boundary_cells, wall_mode, dt, grid_velocity, True)
+        for p in range(position.shape[0]):
+            gather_project(p, grid_velocity, position, deformation, plastic_volume, kind, clamp_low, clamp_high,
+                           origin, dx, res, dt, position_out, velocity_out, affine_out, deformation_out,
+                           deformation_out, plastic_volume_out, False)
 
     @ti.kernel
     def project_plasticity_adjoint(deformation_trial: mat_arr, plastic_volume: real_arr, kind: int_arr,
@@ -295,4 +515,6 @@ def mpm_kernels(real, dim: int, serialize: bool = False):
             adj_plastic_volume[p] = adj_jp
 
     return types.SimpleNamespace(p2g=p2g, grid_update=grid_update, g2p=g2p, project_plasticity=project_plasticity,
-                                 project_plasticity_adjoint=project_plasticity_adjoint)
+                                 project_plasticity_adjoint=project_plasticity_adjoint, p2g_update=p2g_update,
+                                 g2p_project=g2p_project, substep=substep,
+                                 p2g_update_chunked=p2g_update_chunked, substep_chunked=substep_chunked)

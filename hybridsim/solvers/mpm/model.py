@@ -217,7 +217,9 @@ class MPMState:
     """Plastic volume ratio Jp of snow [1], shape (N,) (1 for other materials)."""
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return tuple(getattr(self, f.name) for f in fields(self))
+        """(position, velocity, affine, deformation, plastic_volume), the field order."""
+        return (self.particle_position, self.particle_velocity, self.particle_affine, self.particle_deformation,
+                self.particle_plastic_volume)
 
     def clone(self) -> "MPMState":
         return MPMState(*(t.clone() for t in self.tensors()))

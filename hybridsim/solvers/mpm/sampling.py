@@ -59,21 +59,17 @@ def load_watertight_mesh(mesh):
     """Load a mesh (path or trimesh.Trimesh) and check that it is watertight; AssetError otherwise."""
     import trimesh
 
-    file = None
-    if not isinstance(mesh, trimesh.Trimesh):
+    from ...assets import load_mesh, require_watertight
+
+    if isinstance(mesh, trimesh.Trimesh):
+        file = mesh.metadata.get("hybridsim_source")
+        if len(mesh.faces) == 0:
+            raise AssetError("mesh holds no triangles", file=file or "<mesh>")
+    else:  # size and face limits, no side files, AssetError naming the file (hybridsim.assets)
         file = str(mesh)
-        if not Path(file).is_file():
-            raise AssetError("mesh file not found", file=file)
-        try:
-            mesh = trimesh.load(file, force="mesh")
-        except Exception as exc:  # trimesh raises many types for unreadable files
-            raise AssetError(f"cannot read mesh: {exc}", file=file) from exc
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise AssetError("file holds no triangle mesh", file=file or "<mesh>")
-    if not mesh.is_watertight:
-        raise AssetError("mesh is not watertight (open boundary or non-manifold edges), so its inside is undefined; "
-                         "repair it (e.g. trimesh.repair.fill_holes) before sampling particles",
-                         file=file or "<mesh>")
+        mesh = load_mesh(Path(file))
+    require_watertight(mesh, file, purpose="its inside is undefined, so it cannot be filled with particles",
+                       remedy="repair it (e.g. trimesh.repair.fill_holes) or fill a box or sphere instead")
     return mesh
 
 
@@ -212,6 +208,15 @@ class MPMBuilder:
         spacing = spacing or 0.5 * self.dx
         return self._add(lattice_sphere(center, radius, spacing, jitter=jitter, seed=seed), material, velocity, color,
                          spacing)
+
+    def add_particles(self, points, *, material: int, velocity=0.0, color=(0.8, 0.8, 0.8),
+                      spacing: float | None = None) -> range:
+        """Add particles at given positions [m], shape (n, d), each of volume spacing^d (default
+        spacing dx / 2); e.g. to reproduce another code's random initial positions."""
+        points = np.asarray(points, np.float64)
+        if points.ndim != 2 or points.shape[1] != self.dim:
+            raise HybridsimError(f"particle positions need shape (n, {self.dim}), got {points.shape}", field="points")
+        return self._add(points, material, velocity, color, spacing or 0.5 * self.dx)
 
     def add_mesh(self, mesh, *, material: int, scale: float = 1.0, translate=(0.0, 0.0, 0.0), velocity=0.0,
                  color=(0.8, 0.8, 0.8), spacing: float | None = None, jitter: float = 0.5, seed: int = 0) -> range:

@@ -34,15 +34,20 @@ GridHook = Callable[[MPMGrid, torch.Tensor, float], torch.Tensor]
 """hook(grid, node_position [m] (G, d), dt [s]) -> node velocity [m/s] (G, d)."""
 
 
+def _grid_buffers(launch, node_count: int, dim: int, like: torch.Tensor):
+    # momentum and mass must be zero on entry unless the launcher zeroes them itself
+    alloc = torch.empty if launch.zeroes_grid else torch.zeros
+    momentum = alloc((node_count, dim), dtype=like.dtype, device=like.device)
+    mass = alloc(node_count, dtype=like.dtype, device=like.device)
+    return momentum, mass, torch.empty((node_count, dim), dtype=like.dtype, device=like.device)
+
+
 class _ParticleToGrid(torch.autograd.Function):
     @staticmethod
     def forward(ctx, launch, grid, gravity, dt, kind, *inputs):
         inputs = tuple(t.detach().contiguous() for t in inputs)
         node_count, dim = grid.node_count, grid.dim
-        like = inputs[0]
-        momentum = torch.zeros((node_count, dim), dtype=like.dtype, device=like.device)
-        mass = torch.zeros(node_count, dtype=like.dtype, device=like.device)
-        velocity = torch.empty_like(momentum)
+        momentum, mass, velocity = _grid_buffers(launch, node_count, dim, inputs[0])
         launch.particle_to_grid(grid, gravity, kind, inputs, dt, momentum, mass, velocity)
         ctx.launch, ctx.grid, ctx.gravity, ctx.dt = launch, grid, gravity, dt
         ctx.save_for_backward(kind, momentum, mass, *inputs)
@@ -161,18 +166,33 @@ class SolverMPM:
 
     def step(self, state_in: MPMState, state_out: MPMState, control: MPMControl | None, dt: float, *,
              parameters: MPMParticleParameters | None = None) -> None:
-        """Advance ``state_in`` by ``dt`` [s] into ``state_out`` (no autograd; state_in untouched)."""
+        """Advance ``state_in`` by ``dt`` [s] into ``state_out`` (no autograd; state_in untouched).
+
+        The raw launch path: no autograd Function; on Taichi one kernel launch without grid hooks
+        (two with them). ``state_out`` must hold contiguous tensors of the model's dtype. Pass ``parameters``
+        (``model.particle_parameters()``) when stepping in a loop; otherwise they are gathered
+        from the material tensors on every call.
+        """
         with torch.no_grad():
             p = parameters or self.model.particle_parameters()
-            grid = self.grid(state_in, control, dt, parameters=p)
-            velocity = self._apply_hooks(grid, dt).contiguous()
+            x, v, affine, deformation, plastic = (t.detach().contiguous() for t in state_in.tensors())
+            inputs = (x, v, affine, deformation, plastic, p.mass.detach(), p.volume.detach(), p.mu.detach(),
+                      p.lam.detach(), p.viscosity.detach(), p.hardening.detach(),
+                      self._force(state_in, control).detach().contiguous())
+            grid = self.model.grid
+            momentum, mass, velocity = _grid_buffers(self._launch, grid.node_count, grid.dim, x)
+            if not self.grid_hooks:  # one launch on Taichi
+                self._launch.substep(grid, self.model.gravity, p.kind, inputs, p.clamp_low, p.clamp_high, float(dt),
+                                     momentum, mass, velocity, state_out.tensors())
+                return
+            self._launch.particle_to_grid(grid, self.model.gravity, p.kind, inputs, float(dt), momentum, mass,
+                                          velocity)
+            velocity = self._apply_hooks(MPMGrid(velocity, mass), dt).contiguous()
             trial = torch.empty_like(state_out.particle_deformation)
             self._launch.grid_to_particle(
-                self.model.grid, p.kind, p.clamp_low, p.clamp_high, velocity,
-                state_in.particle_position.contiguous(), state_in.particle_deformation.contiguous(),
-                state_in.particle_plastic_volume.contiguous(), float(dt), state_out.particle_position,
-                state_out.particle_velocity, state_out.particle_affine, trial, state_out.particle_deformation,
-                state_out.particle_plastic_volume)
+                grid, p.kind, p.clamp_low, p.clamp_high, velocity, x, deformation, plastic, float(dt),
+                state_out.particle_position, state_out.particle_velocity, state_out.particle_affine, trial,
+                state_out.particle_deformation, state_out.particle_plastic_volume)
 
     # -- checks -------------------------------------------------------------------------------
     def check_state(self, state: MPMState, step: int) -> None:
