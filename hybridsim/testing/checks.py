@@ -44,9 +44,9 @@ def contact_count(trajectory, resting_speed: float = 1e-6) -> int:
 
 
 def scene_evaluator(world, *, frames: int | None = None, pixel: bool = False, seed: int = 0) -> Callable:
-    """``evaluate(params) -> (loss, trajectory)`` for any scene: spheres, rigid bodies or a grid
-    fluid. The loss mixes every frame's state (positions and velocities, or density) with fixed
-    random weights, or with ``pixel=True`` every rendered pixel."""
+    """``evaluate(params) -> (loss, trajectory)`` for any scene: spheres, rigid bodies, a grid
+    fluid or MPM particles. The loss mixes every frame's state (positions and velocities, or
+    density) with fixed random weights, or with ``pixel=True`` every rendered pixel."""
     generator = torch.Generator().manual_seed(seed)
     weights: dict = {}
 
@@ -67,6 +67,18 @@ def scene_evaluator(world, *, frames: int | None = None, pixel: bool = False, se
                 layers = render_fluid_frames(Camera.from_spec(spec.camera), spec.fluid, trajectory, 1.0 / spec.time.fps)
                 return weighted("rgb", layers["rgb"]), trajectory
             return weighted("density", trajectory.density) + weighted("u", trajectory.velocity_x), trajectory
+
+        return evaluate
+    if getattr(spec, "mpm", None) is not None:
+        from ..render.particles import render_mpm
+        from ..sim.mpm import mpm_rollout
+
+        def evaluate(values):
+            trajectory = mpm_rollout(world, values, frames=frames)
+            if pixel:
+                return weighted("rgb", render_mpm(world, trajectory, values)["rgb"]), None
+            # no contact events to count among particles (contact_count of None is 0)
+            return weighted("x", trajectory.positions) + 0.1 * weighted("v", trajectory.velocities), None
 
         return evaluate
     if getattr(world, "rigid", False):
