@@ -94,6 +94,7 @@ class RigidBuilder:
         self.bodies: list[dict] = []
         self.shapes: list[ShapeSpec] = []
         self.springs: list[dict] = []
+        self.joints: list[dict] = []
 
     @property
     def body_count(self) -> int:
@@ -176,6 +177,21 @@ class RigidBuilder:
         self.springs.append(dict(body=(body_a, body_b), anchor_a=_vec3(anchor_a, "anchor_a"), anchor_b=_vec3(anchor_b, "anchor_b"),
                                  stiffness=float(stiffness), damping=float(damping), rest_length=rest_length))
         return len(self.springs) - 1
+
+    def add_joint(self, kind: str, body_a: int, body_b: int = -1, *, anchor, axis=(0.0, 0.0, 1.0)) -> int:
+        """A ``"ball"`` or ``"hinge"`` joint between body_a and body_b (-1: the world) at the world
+        point ``anchor`` [m] (where the bodies are when added); a hinge turns about the world
+        direction ``axis``. Joints hold by position projection after every step (``joints.py``)."""
+        if kind not in ("ball", "hinge"):
+            raise SceneError(f"joint type must be 'ball' or 'hinge', got {kind!r}", field="type")
+        if not (0 <= body_a < len(self.bodies)) or not (-1 <= body_b < len(self.bodies)) or body_a == body_b:
+            raise SceneError(f"joint between unknown or equal bodies {body_a}, {body_b}", field="joint")
+        axis = _vec3(axis, "axis")
+        if not np.linalg.norm(axis) > 0:
+            raise SceneError("joint axis must be a non-zero vector", field="axis")
+        self.joints.append(dict(kind=kind, body=(body_a, body_b), anchor=_vec3(anchor, "anchor"),
+                                axis=axis / np.linalg.norm(axis)))
+        return len(self.joints) - 1
 
     # -- finalize --------------------------------------------------------------------------
     def _body_mass_properties(self):
@@ -348,7 +364,22 @@ class RigidBuilder:
         spring.update(anchor_a=real(np.reshape(anchors_a, (-1, 3))), anchor_b=real(np.reshape(anchors_b, (-1, 3))),
                       stiffness=real([s["stiffness"] for s in springs]), damping=real([s["damping"] for s in springs]),
                       rest_length=real(rest))
+        joint = dict(body=torch.as_tensor([j["body"] for j in self.joints], dtype=torch.int64, device=device).reshape(-1, 2),
+                     kind=torch.as_tensor([0 if j["kind"] == "ball" else 1 for j in self.joints], dtype=torch.int64,
+                                          device=device))
+        locals_ = {"anchor_a": [], "anchor_b": [], "axis_a": [], "axis_b": []}
+        for j in self.joints:  # world anchor and axis -> each body's centre-of-mass frame
+            for side, b in zip("ab", j["body"]):
+                if b < 0:
+                    locals_[f"anchor_{side}"].append(j["anchor"])
+                    locals_[f"axis_{side}"].append(j["axis"])
+                else:
+                    rot = _quat_matrix(orientations[b])
+                    locals_[f"anchor_{side}"].append(rot.T @ (j["anchor"] - positions[b]))
+                    locals_[f"axis_{side}"].append(rot.T @ j["axis"])
+        joint.update({k: real(np.reshape(v, (-1, 3))) for k, v in locals_.items()})
         return RigidModel(
+            joint_count=len(self.joints), joint=joint,
             body_count=len(self.bodies), shape_count=len(shapes), contact_count=contact["count"], spring_count=len(springs),
             body_mass=real([p[0] for p in props]), body_inertia=real(np.reshape([p[2] for p in props], (-1, 3))),
             body_inertia_rotation=real(np.reshape([p[3] for p in props], (-1, 4))),

@@ -8,7 +8,7 @@ of mass.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -98,6 +98,13 @@ class RigidModel:
     """Gap [m] below which a contact is speculative-active (it lets the gap close, never cross)."""
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
+    joint_count: int = 0
+    joint: dict = field(default_factory=dict)
+    """Joint arrays (see ``joints.py``): body (J, 2) int64 (-1: the world), kind (J,) int64
+    (0 ball, 1 hinge), anchor_a / anchor_b (J, 3) in the bodies' centre-of-mass frames (world
+    point for the world), axis_a / axis_b (J, 3) unit hinge axes likewise."""
+    joint_iterations: int = 4
+    """Gauss-Seidel sweeps over the joints per step."""
 
     def state(self, requires_grad: bool = False) -> "RigidState":
         """A fresh state holding the initial body poses and velocities and zero contact impulses."""

@@ -139,7 +139,9 @@ class _WarpRigid:
         self._launch_all(phases, {name: self._view(t) for name, t in buf.items()})
 
     def backward(self, model, phases, buf, grad_outputs):
-        grads = {name: torch.zeros_like(t) for name, t in buf.items() if t.is_floating_point()}
+        # plain contiguous gradients: zeros_like would copy a size-1 dimension's stride 0, which Warp rejects
+        grads = {name: torch.zeros(t.shape, dtype=t.dtype, device=t.device) for name, t in buf.items()
+                 if t.is_floating_point()}
         arrays = {name: self._view(t, grads.get(name)) for name, t in buf.items()}
         tape = self.wp.Tape()
         with tape:
@@ -232,7 +234,8 @@ class _RigidStep(torch.autograd.Function):
 
 
 class SolverRigid:
-    """Rigid bodies with ground/static-box/body contact, restitution, Coulomb friction and springs.
+    """Rigid bodies with ground/static-box/body contact, restitution, Coulomb friction, springs
+    and ball / hinge joints.
 
     Args:
         model: the scene's constants (tensors may carry gradients).
@@ -295,6 +298,17 @@ class SolverRigid:
         if model.spring_count:
             spring_force, spring_torque = self.spring_loads(state, dt)
             force, torque = force + spring_force, torque + spring_torque
+        if model.joint_count:
+            from .joints import joint_loads
+
+            # at the mid-step pose predicted from the current velocities, as the springs
+            w = state.body_angular_velocity
+            q = state.body_orientation
+            q = q + 0.25 * dt * quat_multiply(torch.cat([w, torch.zeros_like(w[:, :1])], dim=1), q)
+            joint_force, joint_torque = joint_loads(model, state.body_position + 0.5 * dt * state.body_velocity,
+                                                    q / q.norm(dim=1, keepdim=True), state.body_velocity, w,
+                                                    force, torque)
+            force, torque = force + joint_force, torque + joint_torque
         friction, restitution = model.slot_materials()
         return (state.body_position, state.body_orientation, state.body_velocity, state.body_angular_velocity,
                 state.contact_impulse, force, torque, 1.0 / model.body_mass, 1.0 / model.body_inertia,
@@ -307,13 +321,22 @@ class SolverRigid:
             inputs = tuple(t.detach().contiguous() for t in self._inputs(state_in, control, dt))
             buf = _buffers(self.model, dict(zip(_INPUTS, inputs)))
             self._launcher.forward(self.model, _phases(self.model, float(dt)), buf)
-            for dst, src in zip(state_out.tensors(), _outputs(self.model, buf)):
+            outputs = self._joints(_outputs(self.model, buf), dt)
+            for dst, src in zip(state_out.tensors(), outputs):
                 dst.copy_(src)
 
     def step_differentiable(self, state: RigidState, control: RigidControl | None, dt: float) -> RigidState:
         """Advance ``state`` by ``dt``; a torch autograd op over state, control and model tensors."""
         outputs = _RigidStep.apply(self._launcher, self.model, float(dt), *self._inputs(state, control, dt))
-        return RigidState(*outputs)
+        return RigidState(*self._joints(outputs, dt))
+
+    def _joints(self, outputs: tuple, dt: float) -> tuple:
+        """Project the stepped poses onto the ball / hinge joints (torch ops, both backends)."""
+        if not self.model.joint_count:
+            return tuple(outputs)
+        from .joints import project_joints
+
+        return (*project_joints(self.model, *outputs[:4], float(dt)), *outputs[4:])
 
     def rollout(self, state: RigidState, steps: int, dt: float, control: RigidControl | None = None, *,
                 differentiable: bool = True, record: bool = False):
