@@ -23,6 +23,10 @@ from .target import Target, load_camera_json, load_target_frames, prepare_target
 
 __all__ = ["fit", "FitResult", "FitSettings"]
 
+BACKGROUND_AGREEMENT = 0.9
+"""Fraction of pixels where the target's median background must match the scene's rendered
+background (mean |difference| < APPEARANCE_TOLERANCE) for the scene's background to be used in
+background subtraction."""
 CAMERA_FIELDS = ("position", "look_at", "up", "fovy_deg", "width", "height", "principal_point", "projection",
                  "ortho_height")
 
@@ -49,6 +53,8 @@ class FitSettings:
     """... and the window grows linearly to all frames by this iteration."""
     candidates: int = 64
     """Restart k >= 1 starts from the best (by centroid loss) of this many random draws in the ranges."""
+    rigid_candidates: int = 12
+    """The same for rigid-body scenes (their rollouts are not batched, so fewer draws)."""
     weights: tuple = tuple(sorted(DEFAULT_WEIGHTS.items()))
     """Loss weights (name, weight)."""
     rgb: str = "auto"
@@ -140,24 +146,24 @@ class _Problem:
     """Scene + target + loss: evaluates the loss of a window of frames for given values."""
 
     def __init__(self, world, camera, target: Target, weights: dict[str, float]):
+        from .scenes import fit_scene
+
         self.world, self.camera, self.weights = world, camera, weights
+        self.scene = fit_scene(world)
         self.target = dataclasses.replace(  # on the simulation's device
             target, rgb=target.rgb.to(world.device), mask=target.mask.to(world.device),
             centroid=target.centroid.to(world.device), visible=target.visible.to(world.device))
 
     def render(self, values: dict, frames: int):
-        from ..render.scene import render_trajectory
-        from ..sim.rollout import rollout
-
-        trajectory = rollout(self.world, values, frames=frames - 1)
-        out = render_trajectory(self.world, trajectory, values, camera=self.camera)
+        trajectory = self.scene.rollout(values, frames - 1)
+        out = self.scene.render(trajectory, values, self.camera)
         return trajectory, out
 
     def loss(self, values: dict, frames: int) -> tuple[torch.Tensor, dict[str, float]]:
         trajectory, out = self.render(values, frames)
         t = self.target
-        alpha = out["alpha"]
-        projected = self.camera.project(trajectory.positions[:, 0])[0].mean(dim=1)
+        alpha = out["coverage"]
+        projected = self.camera.project(self.scene.centres(trajectory))[0].mean(dim=1)
         terms = {
             "silhouette": silhouette_loss(alpha, t.mask[:frames]),
             "centroid": centroid_loss(rendered_centroids(alpha, projected), t.centroid[:frames], t.visible[:frames]),
@@ -168,31 +174,19 @@ class _Problem:
         return total, {name: float(term.detach()) for name, term in terms.items()}
 
 
-def _appearance_gap(world, camera, target: Target) -> float:
-    """Mean |target median background - scene background rendered without spheres|."""
-    from ..render.scene import scene_render_options
-    from ..render.spheres import render_spheres
-
-    empty = torch.zeros((0, 3), dtype=torch.float32)
-    with torch.no_grad():
-        out = render_spheres(camera, empty, torch.zeros(0), empty, **scene_render_options(world))
-    return float((out["rgb"].float().cpu() - target.background).abs().mean())
+def _appearance_gap(scene, camera, target: Target) -> float:
+    """Mean |target median background - scene background rendered without its moving objects|."""
+    return float((scene.background(camera) - target.background).abs().mean())
 
 
-def _screen(spec, world_kwargs, camera, target: Target, specs: list[ParamSpec], seed: int, count: int):
-    """Best of ``count`` random value sets by the centroid loss of projected sphere centres
-    (one batched rollout of ``count`` worlds, no rendering)."""
-    from ..sim.rollout import rollout
-    from ..sim.world import World
-
+def _screen(scene, camera, target: Target, specs: list[ParamSpec], seed: int, count: int):
+    """Best of ``count`` random value sets by the centroid loss of projected object centres
+    (rollouts without rendering: one batched rollout of ``count`` worlds for spheres)."""
     generator = torch.Generator().manual_seed(seed)
     draws = {s.path: s.sample(generator, count) for s in specs}
-    world = World(spec, world_count=count, **world_kwargs)
     frames = target.frame_count
     with torch.no_grad():
-        trajectory = rollout(world, {k: v.to(world.dtype) for k, v in draws.items()}, frames=frames - 1,
-                             check_finite=False)
-        positions = trajectory.positions.cpu()  # (T, M, N, 3)
+        positions = scene.screen_centres(draws, count, frames - 1)  # (T, M, N, 3)
         pixels, depth = camera.project(positions.double())
         centre = pixels.mean(dim=2)  # (T, M, 2)
         behind = (depth <= 1e-3).any(dim=2)
@@ -312,6 +306,7 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
          settings, max_render_height, backend, device, uncertainty, outputs, callback, stack) -> FitResult:
     from ..scene import load_scene
     from ..sim.world import World
+    from .scenes import fit_scene
 
     started = time.perf_counter()
     if not hasattr(spec, "learnable"):
@@ -349,7 +344,18 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     world_kwargs = {"backend": backend, "device": device}
     world = World(spec, **world_kwargs)
     weights = dict(settings.weights)
-    gap = _appearance_gap(world, cam, prepared)
+    problem_scene = fit_scene(world)
+    # When the target shows the scene's own background on most pixels, subtract that (exact)
+    # background instead of the temporal median, which misses objects resting for half the clip.
+    scene_background = problem_scene.background(cam)
+    agree = float(((scene_background - prepared.background).abs().mean(dim=-1) < APPEARANCE_TOLERANCE).float().mean())
+    background_source = "median"
+    if agree >= BACKGROUND_AGREEMENT:
+        prepared = prepare_target(target, height=cam.height, width=cam.width, scene_fps=spec.time.fps,
+                                  target_fps=target_fps, max_frames=max_images, source=source,
+                                  background=scene_background)
+        background_source = "scene"
+    gap = _appearance_gap(problem_scene, cam, prepared)
     use_rgb = settings.rgb == "on" or (settings.rgb == "auto" and gap <= APPEARANCE_TOLERANCE)
     if not use_rgb:
         weights.pop("rgb", None)
@@ -358,6 +364,7 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     specs = param_specs(spec)
 
     config = {"settings": settings.to_json(), "frames": images, "render_size": [cam.width, cam.height],
+              "background": background_source,
               "backend": world.backend, "precision": world.precision, "weights_used": weights, "seed": spec.seed}
     header = {"scene_sha256": _scene_digest(spec), "target_sha256": prepared.digest, "config": config}
 
@@ -415,8 +422,9 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                     initial = {s.path: torch.tensor(s.initial if s.size > 1 else s.initial[0], dtype=torch.float64)
                                for s in specs}
                 else:
-                    initial, _ = _screen(spec, world_kwargs, cam, prepared, specs,
-                                         seed=spec.seed * 1_000_003 + r, count=settings.candidates)
+                    count = settings.candidates if problem.scene.kind == "spheres" else settings.rigid_candidates
+                    initial, _ = _screen(problem.scene, cam, prepared, specs,
+                                         seed=spec.seed * 1_000_003 + r, count=count)
                 states[r] = _RestartState(r, specs, initial, settings.lr, settings.betas)
             state = states[r]
             while state.iteration < iterations:
@@ -480,6 +488,7 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                  "terms": list(best_state.terms), "laplace": {k: v for k, v in laplace.items() if k.startswith("_")},
                  "curvature": {s.path: laplace.get(s.path, {}).get("curvature") for s in specs},
                  "render_size": [cam.width, cam.height], "settings": settings.to_json(),
+                 "background": background_source, "background_agreement": agree,
                  "wall_time_this_run_s": time.perf_counter() - started, "source": source,
                  "ranges": {s.path: None if not s.bounded else [s.lo, s.hi] for s in specs}},
     )

@@ -65,13 +65,16 @@ class Target:
 
 
 def load_target_frames(path) -> tuple[np.ndarray, float | None]:
-    """Read an mp4 (or other video), a folder of png/jpg frames or one image -> (uint8 frames, fps)."""
+    """Read an mp4 (or other video), a folder of png/jpg frames or one image -> (uint8 frames, fps).
+
+    A frame folder is read strictly: only png/jpg frames, numbered without gaps or duplicates
+    (:func:`hybridsim.assets.frame_files`); a truncated video is an AssetError too."""
     from ..render.video import read_frames
 
     path = Path(path)
     if not path.exists():
         raise AssetError("target not found", file=path)
-    frames, fps = read_frames(path)
+    frames, fps = read_frames(path, strict=True)
     if frames.ndim != 4 or frames.shape[0] < 2:
         raise AssetError(f"target needs at least 2 frames, got {frames.shape[0] if frames.ndim == 4 else 0}", file=path)
     return frames, (fps if fps else None)
@@ -192,8 +195,12 @@ def mask_moments(mask: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, t
 
 def prepare_target(frames, *, height: int, width: int, scene_fps: float, target_fps: float | None = None,
                    max_frames: int | None = None, source: str | None = None,
-                   min_threshold: float = MIN_THRESHOLD) -> Target:
+                   min_threshold: float = MIN_THRESHOLD, background: torch.Tensor | None = None) -> Target:
     """Prepare target frames (F, h, w, 3), uint8 or float in [0, 1], for a render of height x width.
+
+    ``background`` (height, width, 3) in [0, 1] is the clip's empty background when it is known
+    (the scene's own render, when the target shares the scene's appearance); by default it is the
+    per-pixel temporal median, which misses objects that rest in one place for half the clip.
 
     Frame k of the result is the target frame nearest in time to scene time k / scene_fps (when
     ``target_fps`` is None the target is taken to run at the scene's rate). At most ``max_frames``
@@ -238,7 +245,12 @@ def prepare_target(frames, *, height: int, width: int, scene_fps: float, target_
 
     all_frames = torch.from_numpy(raw).to(torch.float32) / 255.0
     all_frames = resample_frames(all_frames, height, width)
-    mask_all, background, threshold, noise = foreground_mask(all_frames, min_threshold=min_threshold)
+    if background is not None:
+        background = torch.as_tensor(background, dtype=torch.float32).cpu()
+        if tuple(background.shape) != (height, width, 3):
+            raise AssetError(f"background must be ({height}, {width}, 3), got {tuple(background.shape)}", file=source)
+        digest.update(b"background" + background.numpy().tobytes())
+    mask_all, background, threshold, noise = foreground_mask(all_frames, background, min_threshold=min_threshold)
     pick = torch.tensor(index)
     rgb, mask = all_frames[pick].contiguous(), mask_all[pick].contiguous()
     area, centroid = mask_moments(mask.double())

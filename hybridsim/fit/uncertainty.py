@@ -33,8 +33,9 @@ def laplace_uncertainty(world64, camera, target, specs, values: dict, frames: in
 
     ``world64`` is a float64 World of the fitted scene; ``values`` the fitted values (path -> number or list).
     """
-    from ..render.scene import render_trajectory
-    from ..sim.rollout import rollout
+    from .scenes import fit_scene
+
+    scene = fit_scene(world64)
 
     flat, index = [], []  # flat parameter vector and (spec, component) per entry
     for spec in specs:
@@ -55,8 +56,8 @@ def laplace_uncertainty(world64, camera, target, specs, values: dict, frames: in
 
     def alpha_of(theta):
         with torch.no_grad():
-            trajectory = rollout(world64, params_of(theta), frames=frames - 1, check_finite=False)
-            return render_trajectory(world64, trajectory, params_of(theta), camera=camera)["alpha"].cpu()
+            trajectory = scene.rollout(params_of(theta), frames - 1, check=False)
+            return scene.render(trajectory, params_of(theta), camera)["coverage"].cpu()
 
     alpha0 = alpha_of(theta0)
     res_c0, res_a0, ok = moment_residuals(alpha0, target, frames)

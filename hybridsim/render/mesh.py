@@ -54,6 +54,7 @@ def render_meshes(
     softness=0.5,
     shadows: bool = True,
     tiled: bool = True,
+    coverage_weights: torch.Tensor | None = None,
 ) -> dict:
     """Render K rigid meshes already placed in the world.
 
@@ -70,6 +71,11 @@ def render_meshes(
         softness: silhouette blur in pixels (> 0).
         shadows: cast hard shadows of all triangles onto the ground (not differentiable).
         tiled: False renders every face against every pixel in one dense chunk (reference only).
+        coverage_weights: optional (K,) per-object weights; adds a ``coverage`` layer (H, W), the
+            soft-composited weight (e.g. 1 for moving objects, 0 for static ones: the soft
+            coverage of the moving objects, hidden where a static object is in front), plus, with
+            ``shadows``, the ground shadow cast by the weighted objects where no object covers
+            it (hard, no gradient): what background subtraction finds in a video of the scene.
 
     Returns a dict of layers (H = camera.height, W = camera.width, dtype of ``vertices``):
         ``rgb`` (H, W, 3) shaded colour in [0, 1] and ``albedo`` (H, W, 3) unlit colour, both
@@ -117,6 +123,10 @@ def render_meshes(
         shade = ground_shadow(points.detach(), hit_ground, tri_world.detach()[occluder], light.detach(),
                               float(ground_height), screen_tiles(height, width, device))
         bg_rgb = torch.where(shade[:, None], bg_dark, bg_lit)
+        if coverage_weights is not None:  # the shadow of the weighted (moving) objects alone
+            heavy = torch.as_tensor(coverage_weights).to(device).reshape(-1)[face_object] > 0
+            moving_shade = ground_shadow(points.detach(), hit_ground, tri_world.detach()[occluder & heavy],
+                                         light.detach(), float(ground_height), screen_tiles(height, width, device))
     else:
         bg_rgb = bg_lit
     with torch.no_grad():
@@ -137,6 +147,13 @@ def render_meshes(
     lit = albedo * (amb + intensity * torch.relu(-(unit @ light)))[:, None]
     feat = torch.cat([lit, albedo], dim=1)
     bg = torch.cat([bg_rgb, bg_albedo], dim=1)
+    if coverage_weights is not None:
+        weights = torch.as_tensor(coverage_weights).to(device=device, dtype=dtype).reshape(-1)
+        if weights.shape[0] != object_colors.shape[0]:
+            raise AssetError(f"coverage_weights needs {object_colors.shape[0]} entries, got {weights.shape[0]}",
+                             field="coverage_weights")
+        feat = torch.cat([feat, weights[face_object][:, None]], dim=1)
+        bg = torch.cat([bg, torch.zeros_like(bg[:, :1])], dim=1)
 
     ids = drawn.nonzero()[:, 0]
     reach = CULL_SIGMAS * float(sigma) + 1.0
@@ -168,15 +185,21 @@ def render_meshes(
             local = ((world - poses[k, :3])[:, None, :] @ rots[k])[:, 0]  # R^T (p - t)
             coords = torch.where(won[:, None], local, coords)
         coords = torch.where(torch.isfinite(depth)[:, None], coords, torch.zeros_like(coords))
-    return {
+    layers = {
         "rgb": out[:, :3].clamp(0.0, 1.0).reshape(height, width, 3),
-        "albedo": out[:, 3:].clamp(0.0, 1.0).reshape(height, width, 3),
+        "albedo": out[:, 3:6].clamp(0.0, 1.0).reshape(height, width, 3),
         "alpha": alpha.clamp(0.0, 1.0).reshape(height, width),
         "depth": depth.reshape(height, width),
         "normal": n_cam.reshape(height, width, 3),
         "segmentation": seg.reshape(height, width),
         "object_coordinates": coords.reshape(height, width, 3),
     }
+    if coverage_weights is not None:
+        coverage = out[:, 6].clamp(0.0, 1.0)
+        if shadows:  # what background subtraction sees: the objects and the shadows they cast
+            coverage = coverage + (1.0 - alpha.clamp(0.0, 1.0)) * moving_shade.to(dtype)
+        layers["coverage"] = coverage.reshape(height, width)
+    return layers
 
 
 def mesh_flow(camera_t: Camera, camera_t1: Camera, layers_t: dict, layers_t1: dict, poses_t: torch.Tensor,

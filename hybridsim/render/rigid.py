@@ -26,6 +26,7 @@ def rigid_object_meshes(world, model, dtype=torch.float64) -> list[tuple[torch.T
     """Per scene object: (vertices (V, 3) in the object's pose frame [m], faces (T, 3) long)."""
     import trimesh
 
+    from ..assets import load_mesh
     from ..sim.rigid import mesh_file, rigid_body_objects
 
     spec = world.spec
@@ -40,7 +41,7 @@ def rigid_object_meshes(world, model, dtype=torch.float64) -> list[tuple[torch.T
         elif obj.type == "capsule":
             verts, faces = capsule_mesh(obj.radius, obj.half_height, dtype=dtype)
         elif obj.type == "mesh":
-            loaded = trimesh.load(str(mesh_file(spec, i)), force="mesh")
+            loaded = load_mesh(mesh_file(spec, i))  # limits, no side files, AssetError naming the file
             loaded.apply_scale(obj.scale)
             if loaded.volume < 0:
                 loaded.invert()
@@ -80,11 +81,11 @@ def _colors(world, params, dtype) -> torch.Tensor:
                         for i in range(len(world.spec.objects))])
 
 
-def _render_frame(world, camera, meshes, poses, colors, softness) -> dict:
+def _render_frame(world, camera, meshes, poses, colors, softness, coverage_weights=None) -> dict:
     spec = world.spec
     verts, faces, owner = transform_meshes([m[0] for m in meshes], [m[1] for m in meshes], poses)
     ground, light = spec.ground, spec.light
-    return render_meshes(camera, verts, faces, owner, colors, poses=poses,
+    return render_meshes(camera, verts, faces, owner, colors, poses=poses, coverage_weights=coverage_weights,
                          ground_height=ground.height, checker_size=ground.checker_size,
                          checker_colors=ground.colors, sky_color=light.sky_color, light_direction=light.direction,
                          light_intensity=light.intensity, ambient=light.ambient, softness=softness,
@@ -95,7 +96,8 @@ def render_rigid(world, trajectory, params: Mapping[str, torch.Tensor] | None = 
                  frames: slice | None = None, softness: float = 0.5, camera: Camera | None = None) -> dict:
     """Render (a slice of) the frames of a rigid trajectory; layers stacked over frames
     (``rgb`` (F, H, W, 3) etc., as ``render_meshes``), differentiable w.r.t. the trajectory (poses)
-    and the learnable colours in ``params``."""
+    and the learnable colours in ``params``. ``coverage`` (F, H, W) is the soft coverage of the
+    moving objects alone (static boxes excluded, but hiding what is behind them)."""
     dtype = trajectory.positions.dtype
     meshes = rigid_object_meshes(world, trajectory.model, dtype)
     poses = rigid_poses(world, trajectory)
@@ -104,7 +106,8 @@ def render_rigid(world, trajectory, params: Mapping[str, torch.Tensor] | None = 
     if frames is not None:
         poses, cameras = poses[frames], cameras[frames]
     colors = _colors(world, params, dtype)
-    layers = [_render_frame(world, cam, meshes, pose, colors, softness) for cam, pose in zip(cameras, poses)]
+    moving = torch.tensor([float(obj.type != "static_box") for obj in world.spec.objects], dtype=dtype)
+    layers = [_render_frame(world, cam, meshes, pose, colors, softness, moving) for cam, pose in zip(cameras, poses)]
     return {key: torch.stack([layer[key] for layer in layers]) for key in layers[0]}
 
 

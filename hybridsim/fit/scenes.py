@@ -1,0 +1,139 @@
+"""What the fit needs from a scene, for each kind of scene it can fit.
+
+The fit loop (``hybridsim.fit.optimize``), the restart screening and the Laplace uncertainty only
+talk to a :class:`FitScene`: roll out with given values, render the frames differentiably, give the
+soft coverage of the moving objects (what background subtraction finds in the target) and the
+projected centres of the moving objects.
+
+* ``spheres``: the sphere solver and the analytic sphere renderer; coverage is the sphere alpha.
+* ``rigid``: the rigid-body solver and the mesh renderer; coverage is the soft coverage of the
+  moving bodies (static boxes excluded, but hiding what is behind them, as they do in the
+  target's background).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import HybridsimError
+
+__all__ = ["FitScene", "fit_scene"]
+
+
+class FitScene:
+    """Adapter between the fit and one world's simulator and renderer."""
+
+    kind = "spheres"
+
+    def __init__(self, world):
+        self.world = world
+
+    def rollout(self, values: dict, frames: int, *, check: bool = True):
+        """Trajectory of ``frames`` simulated frames (frames + 1 images), differentiable w.r.t. ``values``."""
+        from ..sim.rollout import rollout
+
+        return rollout(self.world, values, frames=frames, check_finite=check)
+
+    def render(self, trajectory, values: dict, camera) -> dict:
+        """``rgb`` (T, H, W, 3) and ``coverage`` (T, H, W) of the moving objects, differentiable."""
+        from ..render.scene import render_trajectory
+
+        out = render_trajectory(self.world, trajectory, values, camera=camera)
+        out["coverage"] = out["alpha"]
+        return out
+
+    def centres(self, trajectory) -> torch.Tensor:
+        """World centres (T, N, 3) of the moving objects of world 0."""
+        return trajectory.positions[:, 0]
+
+    def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
+        """Centres (T, M, N, 3) of the moving objects for ``count`` value sets (no gradients)."""
+        from ..sim.rollout import rollout
+        from ..sim.world import World
+
+        world = World(self.world.spec, world_count=count, backend=self.world.backend, device=self.world.device)
+        with torch.no_grad():
+            trajectory = rollout(world, {k: v.to(world.dtype) for k, v in draws.items()}, frames=frames,
+                                 check_finite=False)
+        return trajectory.positions.cpu()
+
+    def background(self, camera) -> torch.Tensor:
+        """The scene rendered without its moving objects (H, W, 3)."""
+        from ..render.scene import scene_render_options
+        from ..render.spheres import render_spheres
+
+        empty = torch.zeros((0, 3), dtype=torch.float32)
+        with torch.no_grad():
+            out = render_spheres(camera, empty, torch.zeros(0), empty, **scene_render_options(self.world))
+        return out["rgb"].float().cpu()
+
+
+class RigidFitScene(FitScene):
+    kind = "rigid"
+
+    def rollout(self, values: dict, frames: int, *, check: bool = True):
+        from ..sim.rigid import rigid_rollout
+
+        return rigid_rollout(self.world, values, frames=frames, check=check)
+
+    def render(self, trajectory, values: dict, camera) -> dict:
+        from ..render.rigid import render_rigid
+
+        return render_rigid(self.world, trajectory, values, camera=camera)
+
+    def centres(self, trajectory) -> torch.Tensor:
+        return trajectory.positions
+
+    def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
+        # the rigid solver runs one world at a time: one rollout per value set
+        out = []
+        with torch.no_grad():
+            for m in range(count):
+                values = {k: v[m].to(self.world.dtype) for k, v in draws.items()}
+                try:
+                    out.append(self.rollout(values, frames, check=False).positions.cpu())
+                except HybridsimError:  # a draw that blows up is simply a bad candidate
+                    out.append(None)
+        shape = next((x.shape for x in out if x is not None), None)
+        if shape is None:
+            raise HybridsimError("every screened value set failed to simulate", file=self.world.spec.source)
+        out = [x if x is not None else torch.full(shape, float("nan"), dtype=torch.float64) for x in out]
+        return torch.stack([x.double() for x in out], dim=1)
+
+    def background(self, camera) -> torch.Tensor:
+        """Ground, sky and static boxes (with their shadows), no moving bodies."""
+        from ..render.mesh import box_mesh, quaternion_to_matrix, render_meshes, rotation_vector_to_quaternion
+
+        spec = self.world.spec
+        statics = [obj for obj in spec.objects if obj.type == "static_box"]
+        ground, light = spec.ground, spec.light
+        verts, faces, owner, colors = [], [], [], []
+        offset = 0
+        for k, obj in enumerate(statics):
+            v, f = box_mesh(obj.half_extents, torch.float64)
+            rot = quaternion_to_matrix(rotation_vector_to_quaternion(torch.tensor(obj.orientation, dtype=torch.float64)))
+            verts.append(v @ rot.T + torch.tensor(obj.position, dtype=torch.float64))
+            faces.append(f + offset)
+            owner.append(torch.full((f.shape[0],), k, dtype=torch.long))
+            colors.append(torch.tensor(obj.color, dtype=torch.float64))
+            offset += v.shape[0]
+        if not statics:  # one invisible triangle below the ground keeps the renderer's shapes simple
+            verts = [torch.tensor([[0.0, 0.0, -1e3], [1e-3, 0.0, -1e3], [0.0, 1e-3, -1e3]], dtype=torch.float64)]
+            faces, owner = [torch.tensor([[0, 1, 2]])], [torch.zeros(1, dtype=torch.long)]
+            colors = [torch.zeros(3, dtype=torch.float64)]
+        with torch.no_grad():
+            out = render_meshes(camera, torch.cat(verts), torch.cat(faces), torch.cat(owner), torch.stack(colors),
+                                ground_height=ground.height, checker_size=ground.checker_size,
+                                checker_colors=ground.colors, sky_color=light.sky_color,
+                                light_direction=light.direction, light_intensity=light.intensity,
+                                ambient=light.ambient, shadows=True)
+        return out["rgb"].float().cpu()
+
+
+def fit_scene(world) -> FitScene:
+    """The adapter for ``world``: spheres or rigid bodies; other scenes cannot be fitted yet."""
+    spec = world.spec
+    if getattr(spec, "fluid", None) is not None or getattr(spec, "mpm", None) is not None:
+        raise HybridsimError("fit works on sphere and rigid-body scenes; fluid and MPM scenes cannot be fitted yet",
+                             file=spec.source)
+    return RigidFitScene(world) if world.rigid else FitScene(world)

@@ -1,0 +1,158 @@
+"""Fitting rigid-body scenes: moving-object coverage (static boxes and shadows), the scene's own
+background in background subtraction, and a fit of a sliding box's push and friction."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from hybridsim.fit import fit
+from hybridsim.fit.target import prepare_target
+from hybridsim.render.camera import Camera
+from hybridsim.render.mesh import box_mesh, render_meshes, transform_meshes
+from hybridsim.render.spheres import to_uint8
+from hybridsim.scene import parse_scene
+from hybridsim.sim.world import World
+
+D64 = torch.float64
+
+SLIDE = """
+name = "slide"
+precision = "float64"
+[time]
+fps = 30
+frames = 20
+substeps = 8
+[camera]
+position = [0.0, -3.5, 1.6]
+look_at = [0.0, 0.0, 0.2]
+fovy_deg = 40.0
+width = 96
+height = 72
+[ground]
+friction = 0.5
+restitution = 0.0
+[[objects]]
+type = "box"
+name = "slider"
+position = [-1.0, 0.0, 0.1]
+half_extents = [0.15, 0.15, 0.1]
+velocity = { value = [2.0, 0.0, 0.0], learn = true, range = [-6.0, 6.0] }
+friction = { value = 0.3, learn = true, range = [0.05, 1.5] }
+restitution = 0.0
+mass = 1.0
+color = [0.9, 0.35, 0.2]
+[[objects]]
+type = "static_box"
+name = "wall"
+position = [0.9, 0.4, 0.2]
+half_extents = [0.1, 0.3, 0.2]
+color = [0.5, 0.55, 0.6]
+"""
+TRUTH = {"objects[0].velocity": [2.6, 0.0, 0.0], "objects[0].friction": 0.55}
+
+
+@functools.lru_cache(maxsize=4)
+def _target_cached(text: str):
+    return _target(parse_scene(text))
+
+
+def _target(spec):
+    from hybridsim.render.rigid import render_rigid
+    from hybridsim.sim.rigid import rigid_rollout
+
+    world = World(spec.with_values(TRUTH))
+    with torch.no_grad():
+        out = render_rigid(world, rigid_rollout(world, frames=spec.time.frames))
+    return to_uint8(out["rgb"].numpy()), out
+
+
+def _two_boxes(front_static: bool):
+    cam = Camera(position=(0.0, -4.0, 1.0), look_at=(0.0, 0.0, 0.5), up=(0, 0, 1), fovy_deg=40, width=48, height=36)
+    v, f = box_mesh((0.3, 0.3, 0.3), D64)
+    poses = torch.tensor([[0.0, 0.0, 0.5, 0, 0, 0, 1], [0.25, -1.0, 0.5, 0, 0, 0, 1]], dtype=D64)
+    verts, faces, owner = transform_meshes([v, v], [f, f], poses)
+    colors = torch.tensor([[0.9, 0.2, 0.2], [0.2, 0.2, 0.9]], dtype=D64)
+    weights = torch.tensor([1.0, 0.0 if front_static else 1.0], dtype=D64)
+    return render_meshes(cam, verts, faces, owner, colors, coverage_weights=weights, shadows=False)
+
+
+def test_coverage_is_alpha_of_the_moving_objects_hidden_by_static_ones():
+    both = _two_boxes(front_static=False)
+    assert torch.allclose(both["coverage"], both["alpha"], atol=1e-12)
+    out = _two_boxes(front_static=True)
+    front = out["segmentation"] == 2  # the static box, in front of part of the moving one
+    assert front.sum() > 20
+    # 3 px inside its outline (the soft edge blends with what is behind) nothing of the moving box shows
+    outside = (~front).double()[None, None]
+    inner = torch.nn.functional.max_pool2d(outside, 7, stride=1, padding=3)[0, 0] == 0
+    assert inner.sum() > 10 and float(out["coverage"][inner].max()) < 5e-3
+    moving = out["segmentation"] == 1
+    assert float(out["coverage"][moving].min()) > 0.4
+
+
+def test_coverage_counts_the_moving_objects_shadow_like_background_subtraction():
+    from hybridsim.fit.scenes import fit_scene
+    from hybridsim.render.rigid import render_rigid
+    from hybridsim.sim.rigid import rigid_rollout
+
+    spec = parse_scene(SLIDE)
+    world = World(spec)
+    with torch.no_grad():
+        out = render_rigid(world, rigid_rollout(world, frames=3))
+    scene = fit_scene(world)
+    background = scene.background(Camera.from_spec(spec.camera))
+    # pixels that differ from the empty scene = the box and its shadow = the coverage
+    differs = ((out["rgb"].float() - background).abs().max(-1).values > 0.05)
+    hard = out["coverage"] > 0.5
+    assert (differs ^ hard).float().mean() < 0.01
+    assert (hard & (out["segmentation"] == 0)).sum() > 5  # the shadow on the ground is counted
+
+
+def test_scene_background_finds_an_object_that_rests_for_most_of_the_clip():
+    from hybridsim.fit.scenes import fit_scene
+
+    spec = _friction_only(SLIDE, 14)
+    rgb, out = _target_cached(spec.to_toml())
+    background = fit_scene(World(spec)).background(Camera.from_spec(spec.camera))
+    median = prepare_target(rgb, height=72, width=96, scene_fps=30)
+    exact = prepare_target(rgb, height=72, width=96, scene_fps=30, background=background)
+    coverage = out["coverage"].numpy()
+    assert median.mask[13].sum() < 0.6 * coverage[13].sum()  # the slowing box is half "background" to the median
+    err = np.abs(exact.mask.numpy() - coverage).sum((1, 2)) / coverage.sum((1, 2))
+    assert err.max() < 0.15
+    assert exact.digest != median.digest
+
+
+def _friction_only(spec_text: str, frames: int):
+    text = spec_text.replace("velocity = { value = [2.0, 0.0, 0.0], learn = true, range = [-6.0, 6.0] }",
+                             "velocity = [2.6, 0.0, 0.0]").replace("frames = 20", f"frames = {frames}")
+    return parse_scene(text)
+
+
+def test_fit_recovers_the_friction_of_a_sliding_box(tmp_path):
+    spec = _friction_only(SLIDE, 14)
+    rgb, _ = _target_cached(spec.to_toml())
+    result = fit(spec, rgb, iterations=10, lr=0.2, progress=False, max_render_height=None, threads=1, uncertainty=False,
+                 run_dir=tmp_path / "run")
+    assert result.details["background"] == "scene"
+    assert abs(result.values["objects[0].friction"] - 0.55) < 0.03, result.values
+    assert (tmp_path / "run" / "side_by_side.mp4").exists()
+
+
+@pytest.mark.slow
+def test_fit_friction_accurately_and_push_with_friction_jointly(tmp_path):
+    spec = _friction_only(SLIDE, 20)
+    rgb, _ = _target(spec)
+    result = fit(spec, rgb, iterations=30, progress=False, max_render_height=None, threads=1, uncertainty=True)
+    assert abs(result.values["objects[0].friction"] - 0.55) < 0.005, result.values
+    # push and friction together: the stop distance fixes v^2 / mu, the stop time the rest; the
+    # loss falls well below its start though the valley is long (see README: rigid fits)
+    spec = parse_scene(SLIDE)
+    rgb, _ = _target(spec)
+    joint = fit(spec, rgb, iterations=40, progress=False, max_render_height=None, threads=1, uncertainty=False)
+    assert joint.final_loss < 0.25 * joint.losses[0]
+    assert abs(joint.values["objects[0].velocity"][0] - 2.6) < 0.35
