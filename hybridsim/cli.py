@@ -17,16 +17,85 @@ def _default_scene_path() -> Path:
     return Path(str(files("hybridsim.scenes") / DEFAULT_SCENE))
 
 
+_PYTHON_SCENES = False  # set by ``hybridsim --python``: scene arguments are Python scripts to run
+
+
+def _load_scene(path):
+    """A scene argument: TOML data, or with ``--python`` a Python scene script (executed)."""
+    from .scene.loader import load_python_scene, load_scene
+
+    return load_python_scene(path) if _PYTHON_SCENES else load_scene(path)
+
+
 def _build_world(args, precision=None):
-    from .scene import load_scene
     from .sim.world import World
 
     scene = Path(args.scene) if args.scene else _default_scene_path()
-    spec = load_scene(scene)
-    return World(spec, backend=args.backend, device=args.device, precision=precision)
+    spec = _load_scene(scene)
+    return World(spec, backend=args.backend, device=args.device, precision=precision,
+                 frames=getattr(args, "frames", None))
 
 
 def cmd_render(args) -> int:
+    from .errors import SimulationError
+    from .sim.resources import check_scene_memory
+
+    world = _build_world(args)
+    spec = world.spec
+    frames = args.frames if args.frames is not None else spec.frame_count
+    out = Path(args.output)
+    # the simulation plus every rendered layer kept in memory: refused before anything is allocated
+    check_scene_memory(spec, frames=frames, render=True, precision=world.precision, device=world.device)
+    try:
+        code = _render_scene(args, world, frames, out, args.quiet)
+    except SimulationError as error:  # a blow-up: keep the frames simulated so far, exit 1
+        return _render_partial(args, world, out, error)
+    _remove_partial_outputs(out)
+    return code
+
+
+def _partial_path(out: Path) -> Path:
+    """Where a failed render keeps its good frames: OUT.partial.mp4 (side files beside it)."""
+    return out.with_name(f"{out.stem}.partial{out.suffix}")
+
+
+def _remove_partial_outputs(out: Path) -> None:
+    """After a successful render, drop the partial outputs an earlier failed run left."""
+    partial = _partial_path(out)
+    for path in [partial] + [partial.with_suffix(s) for s in (".layers.npz", ".flow.mp4", ".states.npz",
+                                                              ".camera.json", ".plain.mp4")]:
+        if path.is_file():
+            path.unlink()
+
+
+def _render_partial(args, world, out: Path, error) -> int:
+    """Render the good frames a SimulationError carries (``error.partial``) to OUT.partial.mp4 and
+    its side files; print the error and where they are on one line; return 1."""
+    import argparse
+    import contextlib
+    import io
+
+    partial = getattr(error, "partial", None)
+    kept = 0 if partial is None else int(partial.times.shape[0])
+    if kept == 0:  # this simulator keeps no frames on failure
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    path = _partial_path(out)
+    plain = argparse.Namespace(**{**vars(args), "refiner": None})
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            _render_scene(plain, world, kept - 1, path, True, trajectory=partial)
+    except Exception as failure:  # noqa: BLE001 - the blow-up is the error to report
+        print(f"error: {error}; the {kept} good frames could not be written ({failure})", file=sys.stderr)
+        return 1
+    frames = "frame 0" if kept == 1 else f"frames 0-{kept - 1}"
+    print(f"error: {error}; kept {frames} simulated before it in {path} (+ .layers.npz, .flow.mp4, "
+          ".states.npz, .camera.json beside it)", file=sys.stderr)
+    return 1
+
+
+def _render_scene(args, world, frames: int, out: Path, quiet: bool, trajectory=None) -> int:
+    """Simulate ``frames`` frames (or take ``trajectory``) and write the video, layers and states."""
     import numpy as np
     from tqdm import tqdm
 
@@ -35,19 +104,22 @@ def cmd_render(args) -> int:
     from .render import write_layers, write_video
     from .render.flow import flow_to_color
 
-    world = _build_world(args)
     spec = world.spec
-    frames = args.frames if args.frames is not None else spec.frame_count
-    out = Path(args.output)
-    quiet = args.quiet
     if spec.fluid is not None:
         return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out,
-                                                                          _render_fluid(world, frames, out, quiet)))
+                                                                          _render_fluid(world, frames, out, quiet,
+                                                                                        trajectory)))
+    if getattr(spec, "mpm", None) is not None:
+        return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out,
+                                                                          _render_mpm(world, frames, out, quiet,
+                                                                                      trajectory)))
     if world.rigid:
         return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out,
-                                                                          _render_rigid(world, frames, out, quiet)))
-    with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
-        trajectory = simulate(world, frames, progress=lambda done: bar.update(done - bar.n))
+                                                                          _render_rigid(world, frames, out, quiet,
+                                                                                        trajectory)))
+    if trajectory is None:
+        with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
+            trajectory = simulate(world, frames, progress=lambda done: bar.update(done - bar.n))
     with tqdm(total=trajectory.frame_count, desc="render", unit="frame", disable=quiet, leave=False) as bar:
         rendering = render_layers(world, trajectory, progress=lambda done: bar.update(done - bar.n))
     rgb, stacked = rendering.rgb, rendering.layers
@@ -108,14 +180,14 @@ def _refine_written(args, out: Path, fps: float, code: int) -> int:
     from .render import read_frames
 
     rgb, _ = read_frames(out)
-    with np.load(out.with_suffix(".layers.npz")) as data:
+    with np.load(out.with_suffix(".layers.npz"), allow_pickle=False) as data:
         layers = {key: data[key] for key in ("depth", "normal", "segmentation", "alpha", "flow_backward",
                                              "occlusion_backward")}
     _apply_refiner(args.refiner, out, rgb, layers, fps)
     return code
 
 
-def _render_fluid(world, frames: int, out: Path, quiet: bool) -> int:
+def _render_fluid(world, frames: int, out: Path, quiet: bool, trajectory=None) -> int:
     """``hybridsim render`` for a scene with a 2D grid fluid: smoke video, layers, states."""
     import numpy as np
     import torch
@@ -136,7 +208,8 @@ def _render_fluid(world, frames: int, out: Path, quiet: bool) -> int:
                          file=spec.source, field="camera.keyframes")
     with torch.no_grad():
         with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
-            trajectory = fluid_rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
+            trajectory = trajectory if trajectory is not None else \
+                fluid_rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
         camera = Camera.from_spec(spec.camera)
         layers = render_fluid_frames(camera, spec.fluid, trajectory, 1.0 / spec.time.fps)
     rgb = to_uint8(layers.pop("rgb").numpy())
@@ -158,7 +231,53 @@ def _render_fluid(world, frames: int, out: Path, quiet: bool) -> int:
     return 0
 
 
-def _render_rigid(world, frames: int, out: Path, quiet: bool) -> int:
+def _render_mpm(world, frames: int, out: Path, quiet: bool, trajectory=None) -> int:
+    """``hybridsim render`` for a scene with ``[mpm]`` particles: splat video, layers, states."""
+    import numpy as np
+    import torch
+    from tqdm import tqdm
+
+    from .data.sample import camera_layers
+    from .fileio import atomic_path
+    from .render import write_layers, write_video
+    from .render.camera_io import scene_cameras
+    from .render.flow import flow_to_color
+    from .render.particles import render_mpm_layers
+    from .sim.mpm import mpm_rollout
+
+    spec = world.spec
+    with torch.no_grad():
+        with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
+            trajectory = trajectory if trajectory is not None else \
+                mpm_rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
+        cameras = scene_cameras(spec.camera, trajectory.frame_count, spec.time.fps)
+        with tqdm(total=trajectory.frame_count, desc="render", unit="frame", disable=quiet, leave=False) as bar:
+            rgb, stacked = render_mpm_layers(world, trajectory, cameras=cameras,
+                                             progress=lambda done: bar.update(done - bar.n))
+    stacked.update(camera_layers(cameras))
+    write_video(out, rgb, fps=spec.time.fps)
+    layers_path, flow_path, states_path = (out.with_suffix(s) for s in (".layers.npz", ".flow.mp4", ".states.npz"))
+    write_layers(layers_path, stacked)
+    write_video(flow_path, flow_to_color(stacked["flow_forward"]), fps=spec.time.fps)
+    model = trajectory.model
+    with atomic_path(states_path) as tmp:
+        np.savez_compressed(tmp, positions=trajectory.positions.cpu().numpy(),
+                            velocities=trajectory.velocities.cpu().numpy(), times=trajectory.times.numpy(),
+                            particle_material=model.particle_material.cpu().numpy(),
+                            particle_body=trajectory.particle_body.cpu().numpy(),
+                            particle_color=model.particle_color.detach().cpu().numpy().astype(np.float32),
+                            particle_volume=model.particle_volume.cpu().numpy())
+    print(f"wrote {out} ({rgb.shape[0]} frames, {rgb.shape[2]}x{rgb.shape[1]}, {spec.time.fps:g} fps, "
+          f"MPM {spec.mpm.dim}D {model.particle_count} particles, {trajectory.substeps} substeps/frame, "
+          f"backend {world.backend}, device {world.device})")
+    print(f"wrote {layers_path} (depth, segmentation = material + 1, normal, alpha, flow_forward/backward + occlusion, "
+          "camera)")
+    print(f"wrote {flow_path} (forward flow, colour wheel)")
+    print(f"wrote {states_path} (particle positions, velocities, times, materials, bodies, colours, volumes)")
+    return 0
+
+
+def _render_rigid(world, frames: int, out: Path, quiet: bool, trajectory=None) -> int:
     """``hybridsim render`` for a scene with rigid objects (boxes, capsules, meshes, static boxes)."""
     import numpy as np
     import torch
@@ -173,7 +292,8 @@ def _render_rigid(world, frames: int, out: Path, quiet: bool) -> int:
     spec = world.spec
     with torch.no_grad():
         with tqdm(total=frames, desc="simulate", unit="frame", disable=quiet, leave=False) as bar:
-            trajectory = rigid_rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
+            trajectory = trajectory if trajectory is not None else \
+                rigid_rollout(world, frames=frames, progress=lambda done: bar.update(done - bar.n))
         with tqdm(total=frames + 1, desc="render", unit="frame", disable=quiet, leave=False) as bar:
             rgb, stacked = render_rigid_layers(world, trajectory, progress=lambda done: bar.update(done - bar.n))
     write_video(out, rgb, fps=spec.time.fps)
@@ -236,9 +356,7 @@ def cmd_camera(args) -> int:
             print(f"# fps = {fields['fps']:g} (the target's frame rate; set [time] fps to match)")
         print(camera_toml(camera), end="")
         return 0
-    from .scene import load_scene
-
-    spec = load_scene(Path(args.scene) if args.scene else _default_scene_path())
+    spec = _load_scene(Path(args.scene) if args.scene else _default_scene_path())
     count = (args.frames if args.frames is not None else spec.frame_count) + 1
     cameras = scene_cameras(spec.camera, count, spec.time.fps)
     out = Path(args.export)
@@ -291,7 +409,7 @@ def cmd_metrics(args) -> int:
     layers_path = Path(args.layers) if args.layers else Path(str(args.video)).with_suffix(".layers.npz")
     if layers_path.exists():
         try:
-            layers = np.load(layers_path)
+            layers = np.load(layers_path, allow_pickle=False)
             forward, occlusion = torch.from_numpy(layers["flow_forward"]), torch.from_numpy(layers["occlusion_forward"])
             backward = torch.from_numpy(layers["flow_backward"])
         except (KeyError, ValueError, OSError) as error:
@@ -304,11 +422,9 @@ def cmd_metrics(args) -> int:
     states_path = Path(args.states) if args.states else Path(str(args.video)).with_suffix(".states.npz")
     if states_path.exists() and args.scene:
         from .sim.world import World
-        from .scene import load_scene
-
-        world = World(load_scene(args.scene), precision="float64")
+        world = World(_load_scene(args.scene), precision="float64")
         model = world.model()
-        states = np.load(states_path)
+        states = np.load(states_path, allow_pickle=False)
         result.update(sphere_physics_metrics(torch.from_numpy(states["positions"]).double(),
                                              torch.from_numpy(states["velocities"]).double(), model.mass, model.radius,
                                              gravity=world.spec.gravity, ground_height=world.spec.ground.height))
@@ -342,9 +458,8 @@ def cmd_generate(args) -> int:
 def cmd_fit(args) -> int:
     from .fit import fit
     from .fit.report import OUTPUT_FILES
-    from .scene import load_scene
 
-    spec = load_scene(Path(args.scene))
+    spec = _load_scene(Path(args.scene))
     try:
         result = fit(spec, Path(args.target), iterations=args.iterations, restarts=args.restarts, lr=args.lr,
                      frames=args.frames, camera=Path(args.camera) if args.camera else None,
@@ -410,6 +525,11 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridsim", description="Differentiable physics and neural video generation.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--python", action="store_true",
+                        help="the scene arguments are Python scene scripts: run them (they define `scene` or "
+                             "`build()`); without it scene files are TOML data and never executed")
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="let scene files name files outside their own folder (off by default)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def scene_args(p, scene_required=False):
@@ -536,10 +656,33 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help()
         return 0
-    from .errors import HybridsimError
+    global _PYTHON_SCENES
+    _PYTHON_SCENES = bool(args.python)
+    if args.allow_outside_paths:  # for this command only (main() may run inside a longer process)
+        import os
+
+        from .assets import ALLOW_OUTSIDE_ENV
+
+        previous = os.environ.get(ALLOW_OUTSIDE_ENV)
+        os.environ[ALLOW_OUTSIDE_ENV] = "1"
+        try:
+            return _run(args)
+        finally:
+            if previous is None:
+                os.environ.pop(ALLOW_OUTSIDE_ENV, None)
+            else:
+                os.environ[ALLOW_OUTSIDE_ENV] = previous
+    return _run(args)
+
+
+def _run(args) -> int:
+    from .errors import HybridsimError, SimulationError
 
     try:
         return int(args.run(args) or 0)
+    except SimulationError as error:  # the run failed part way (1); bad input and usage give 2
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except HybridsimError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -33,6 +33,8 @@ __all__ = [
     "TimeSpec",
     "CameraSpec",
     "CameraKeyframeSpec",
+    "JointSpec",
+    "SpringSpec",
     "GroundSpec",
     "LightSpec",
     "SphereSpec",
@@ -43,6 +45,9 @@ __all__ = [
     "FluidSpec",
     "FluidInflowSpec",
     "FluidShapeSpec",
+    "MPMSpec",
+    "MPMMaterialSpec",
+    "MPMBodySpec",
     "ObjectSpec",
     "OBJECT_TYPES",
     "Learnable",
@@ -525,13 +530,18 @@ PosVec3 = Annotated[tuple[float, float, float], BeforeValidator(_positive_vec3)]
 
 def _relative_file(v: Any):
     """A path relative to the scene file's folder that cannot leave it (no absolute paths, no ``..``
-    climbing out); checked again against the real folder when the mesh is loaded."""
+    climbing out) unless the user allows it; checked again against the real folder (symbolic
+    links resolved) when the mesh is loaded (``hybridsim.assets.resolve_asset_path``)."""
     import posixpath
 
     if not isinstance(v, str) or not v.strip():
         fail(f"must be a non-empty path relative to the scene file (got {show(v)})")
     if any(ord(c) < 32 for c in v):
         fail("must not contain control characters")
+    from ..assets import outside_paths_allowed
+
+    if outside_paths_allowed():  # the user opted in (HYBRIDSIM_ALLOW_OUTSIDE_PATHS=1, --allow-outside-paths)
+        return v
     unix = v.replace("\\", "/")
     if unix.startswith("/") or re.match(r"^[A-Za-z]:", unix):
         fail(f"must be relative to the scene file's folder (got the absolute path {show(v)})")
@@ -749,6 +759,281 @@ class FluidSpec(_Spec):
 
 
 # --------------------------------------------------------------------------------------------
+# MPM: particles of liquids, elastic solids and snow (hybridsim.solvers.mpm)
+# --------------------------------------------------------------------------------------------
+
+MPM_MAX_NODES = 1 << 24
+MPM_MAX_PARTICLES = 4_000_000
+#: Colour of a material's particles when neither the body nor the material gives one.
+MPM_DEFAULT_COLORS = {"liquid": (0.2, 0.45, 0.9), "elastic": (0.9, 0.35, 0.25), "snow": (0.92, 0.94, 0.97)}
+#: Snow defaults (Stomakhin et al. 2013): hardening xi, critical compression / stretch.
+MPM_SNOW_DEFAULTS = {"hardening": 10.0, "critical_compression": 2.5e-2, "critical_stretch": 7.5e-3}
+MPM_DEFAULT_POISSON = 0.3
+
+
+def _to_vec23(v: Any, subpath: str = "") -> tuple[float, ...]:
+    v = _maybe_list(v)
+    if not isinstance(v, (list, tuple)) or len(v) not in (2, 3):
+        fail(f"must be a list of 2 (x, z) or 3 (x, y, z) numbers (got {show(v)})", subpath)
+    return tuple(_to_float(c, f"{subpath}[{i}]") for i, c in enumerate(v))
+
+
+OptVec23 = Annotated[tuple[float, ...] | None, BeforeValidator(lambda v: None if v is None else _to_vec23(v))]
+OptColor = Annotated[tuple[float, float, float] | None, BeforeValidator(lambda v: None if v is None else _to_color(v))]
+
+
+def _mpm_resolution(v: Any):
+    v = _maybe_list(v)
+    is_int = lambda c: isinstance(c, numbers.Integral) and not isinstance(c, bool)  # noqa: E731
+    if is_int(v):
+        if not 5 <= int(v) <= 4096:
+            fail(f"must be in [5, 4096] nodes per axis (got {show(v)})")
+        return int(v)
+    if not isinstance(v, (list, tuple)) or len(v) not in (2, 3) or not all(is_int(c) for c in v):
+        fail(f"must be an integer or a list of 2 or 3 integers (nodes per axis) (got {show(v)})")
+    for i, c in enumerate(v):
+        if not 5 <= int(c) <= 4096:
+            fail(f"must be in [5, 4096] (got {c})", f"[{i}]")
+    return tuple(int(c) for c in v)
+
+
+class MPMMaterialSpec(_Spec):
+    """``[[mpm.materials]]``: a named material. Liquids take ``bulk_modulus`` K [Pa] (or
+    ``youngs_modulus`` and ``poisson_ratio``), elastic solids (neo-Hookean) and snow take
+    ``youngs_modulus`` E [Pa] and ``poisson_ratio``; snow also ``hardening``,
+    ``critical_compression`` and ``critical_stretch``. ``viscosity`` [Pa s] applies to every kind."""
+
+    name: Name
+    kind: _choice_type("liquid", "elastic", "snow")  # type: ignore[valid-type]
+    youngs_modulus: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    poisson_ratio: _num_type(ge=0.0, lt=0.5, optional=True) = None  # type: ignore[valid-type]
+    bulk_modulus: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    viscosity: NonNegFloat = 0.0
+    density: PosFloat = 1000.0
+    hardening: _num_type(ge=0.0, optional=True) = None  # type: ignore[valid-type]
+    critical_compression: _num_type(gt=0.0, lt=1.0, optional=True) = None  # type: ignore[valid-type]
+    critical_stretch: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    color: OptColor = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "MPMMaterialSpec":
+        if self.kind == "liquid":
+            if self.bulk_modulus is not None and self.youngs_modulus is not None:
+                fail("give bulk_modulus or youngs_modulus, not both", "bulk_modulus")
+            if self.bulk_modulus is None and self.youngs_modulus is None:
+                fail("a liquid needs bulk_modulus [Pa] (or youngs_modulus and poisson_ratio)", "bulk_modulus")
+            if self.bulk_modulus is not None and self.poisson_ratio is not None:
+                fail("is not used with bulk_modulus (a liquid resists only volume change)", "poisson_ratio")
+        else:
+            if self.bulk_modulus is not None:
+                fail(f"is for liquids; a {self.kind} material takes youngs_modulus and poisson_ratio", "bulk_modulus")
+            if self.youngs_modulus is None:
+                fail(f"required field is missing (the Young's modulus [Pa] of a {self.kind} material)",
+                     "youngs_modulus")
+        if self.kind != "snow":
+            for key in MPM_SNOW_DEFAULTS:
+                if getattr(self, key) is not None:
+                    fail(f"is a snow parameter (this material has kind = {self.kind!r})", key)
+        return self
+
+    @property
+    def poisson(self) -> float:
+        """The Poisson ratio the solver uses (0 for a liquid given by its bulk modulus)."""
+        if self.bulk_modulus is not None:
+            return 0.0
+        return MPM_DEFAULT_POISSON if self.poisson_ratio is None else self.poisson_ratio
+
+    def snow(self, key: str) -> float:
+        """A snow parameter, or its default (also for other kinds, where the solver ignores it)."""
+        value = getattr(self, key)
+        return MPM_SNOW_DEFAULTS[key] if value is None else value
+
+    @property
+    def display_color(self) -> tuple[float, float, float]:
+        return self.color if self.color is not None else MPM_DEFAULT_COLORS[self.kind]
+
+
+class MPMBodySpec(_Spec):
+    """``[[mpm.bodies]]``: particles filling a ``box`` (``center``, ``half_size``), a ``sphere`` (a
+    disc in 2D; ``center``, ``radius``) or a watertight ``mesh`` (3D only; ``file`` relative to the
+    scene file, ``scale``, ``position`` of the mesh origin), made of ``material`` (a material name)."""
+
+    name: OptName = None
+    shape: _choice_type("box", "sphere", "mesh") = "box"  # type: ignore[valid-type]
+    material: Name
+    center: OptVec23 = None
+    half_size: OptVec23 = None
+    radius: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    file: Annotated[str | None, BeforeValidator(lambda v: None if v is None else _relative_file(v))] = None
+    scale: PosFloat = 1.0
+    position: OptVec23 = None
+    velocity: OptVec23 = None
+    color: OptColor = None
+    spacing: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
+    particles_per_cell: _num_type(ge=1.0, le=512.0, optional=True) = None  # type: ignore[valid-type]
+    jitter: _num_type(ge=0.0, le=1.0) = 0.5  # type: ignore[valid-type]
+    seed: _int_type(ge=0, le=MAX_SEED, optional=True) = None  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _check(self) -> "MPMBodySpec":
+        needs = {"box": ("center", "half_size"), "sphere": ("center", "radius"), "mesh": ("file",)}[self.shape]
+        for key in needs:
+            if getattr(self, key) is None:
+                fail(f"required field is missing (a {self.shape} body needs {' and '.join(needs)})", key)
+        for key in ("center", "half_size", "radius", "file", "position"):
+            used = key in needs or (self.shape == "mesh" and key == "position")
+            if not used and getattr(self, key) is not None:
+                fail(f"is not used by a {self.shape} body (it takes {', '.join(needs)})", key)
+        if self.half_size is not None:
+            for i, h in enumerate(self.half_size):
+                if not h > 0.0:
+                    fail(f"must be > 0 (got {fmt_num(h)})", f"half_size[{i}]")
+        if self.spacing is not None and self.particles_per_cell is not None:
+            fail("give spacing or particles_per_cell, not both", "spacing")
+        return self
+
+
+class MPMSpec(_Spec):
+    """``[mpm]``: an MLS-MPM domain. ``dim = 2`` lives in the world's x-z plane (vectors are
+    (x, z), gravity is the scene's (x, z) part), ``dim = 3`` in world coordinates. The grid has
+    ``resolution`` nodes per axis from ``origin``; ``size`` is its length along x [m], so
+    dx = size / (resolution_x - 1). Walls (``boundary_cells`` nodes thick) close every face."""
+
+    dim: _int_type(ge=2, le=3) = 2  # type: ignore[valid-type]
+    resolution: Annotated[int | tuple[int, ...], BeforeValidator(_mpm_resolution)] = 64
+    size: PosFloat = 1.0
+    origin: OptVec23 = None
+    boundary_cells: _int_type(ge=1, le=32) = 3  # type: ignore[valid-type]
+    wall_mode: _choice_type("separate", "slip", "no_slip") = "separate"  # type: ignore[valid-type]
+    substeps: _int_type(ge=1, le=MAX_SUBSTEPS, optional=True) = None  # type: ignore[valid-type]
+    cfl: _num_type(gt=0.0, le=1.0) = 0.4  # type: ignore[valid-type]
+    splat_scale: _num_type(gt=0.0, le=10.0) = 0.6  # type: ignore[valid-type]
+    liquid_render: _choice_type("surface", "splats") = "surface"  # type: ignore[valid-type]
+    background: Color = (0.08, 0.09, 0.12)
+    materials: tuple[MPMMaterialSpec, ...]
+    bodies: tuple[MPMBodySpec, ...]
+
+    @model_validator(mode="after")
+    def _check(self) -> "MPMSpec":
+        dim = self.dim
+        axes = "(x, z)" if dim == 2 else "(x, y, z)"
+
+        def check_len(value, where):
+            if value is not None and len(value) != dim:
+                fail(f"needs {dim} components {axes} in a {dim}D [mpm] (got {len(value)})", where)
+
+        check_len(self.origin, "origin")
+        if isinstance(self.resolution, tuple) and len(self.resolution) != dim:
+            fail(f"needs {dim} entries {axes} in a {dim}D [mpm] (got {len(self.resolution)})", "resolution")
+        res = self.resolution_tuple
+        smallest = 2 * self.boundary_cells + 3
+        if min(res) < smallest:
+            fail(f"needs at least {smallest} nodes per axis for {self.boundary_cells} wall cells (got {min(res)})",
+                 "resolution")
+        if math.prod(res) > MPM_MAX_NODES:
+            fail(f"{math.prod(res)} grid nodes is more than {MPM_MAX_NODES}", "resolution")
+        if not self.materials:
+            fail("needs at least one [[mpm.materials]] table", "materials")
+        if not self.bodies:
+            fail("needs at least one [[mpm.bodies]] table", "bodies")
+        names: dict[str, int] = {}
+        for i, material in enumerate(self.materials):
+            if material.name in names:
+                fail(f"duplicate material name {material.name!r} (also materials[{names[material.name]}])",
+                     f"materials[{i}].name")
+            names[material.name] = i
+        lower = [o + self.dx for o in self.origin_tuple]
+        upper = [u - self.dx for u in self.upper]
+        total = 0.0
+        for i, body in enumerate(self.bodies):
+            where = f"bodies[{i}]"
+            if body.material not in names:
+                close = difflib.get_close_matches(body.material, list(names), n=1, cutoff=0.5)
+                hint = f"; did you mean {close[0]!r}?" if close else f" (materials: {', '.join(map(repr, names))})"
+                fail(f"unknown material {body.material!r}{hint}", f"{where}.material")
+            for key in ("center", "half_size", "position", "velocity"):
+                check_len(getattr(body, key), f"{where}.{key}")
+            if body.shape == "mesh" and dim != 3:
+                fail("mesh bodies need a 3D [mpm] (dim = 3)", f"{where}.shape")
+            spacing = self.body_spacing(body)
+            if body.shape == "box":
+                extent = [h for h in body.half_size]
+                volume = math.prod(2.0 * h for h in body.half_size)
+            elif body.shape == "sphere":
+                extent = [body.radius] * dim
+                volume = math.pi * body.radius ** 2 if dim == 2 else 4.0 / 3.0 * math.pi * body.radius ** 3
+            else:
+                continue
+            lo = [c - e for c, e in zip(body.center, extent)]
+            hi = [c + e for c, e in zip(body.center, extent)]
+            if any(a < b - 1e-9 for a, b in zip(lo, lower)) or any(a > b + 1e-9 for a, b in zip(hi, upper)):
+                box = "[" + ", ".join(fmt_num(round(x, 6)) for x in lower) + "] to [" + \
+                      ", ".join(fmt_num(round(x, 6)) for x in upper) + "]"
+                fail(f"the {body.shape} reaches outside the MPM grid interior {box} m", f"{where}.center")
+            total += volume / spacing ** dim
+            if total > MPM_MAX_PARTICLES:
+                fail(f"the bodies would hold about {int(total)} particles, more than {MPM_MAX_PARTICLES}; "
+                     "use a larger spacing or fewer particles_per_cell", f"{where}.spacing")
+        return self
+
+    @property
+    def resolution_tuple(self) -> tuple[int, ...]:
+        return self.resolution if isinstance(self.resolution, tuple) else (self.resolution,) * self.dim
+
+    @property
+    def dx(self) -> float:
+        """Grid node spacing [m]."""
+        return self.size / (self.resolution_tuple[0] - 1)
+
+    @property
+    def origin_tuple(self) -> tuple[float, ...]:
+        return self.origin if self.origin is not None else (0.0,) * self.dim
+
+    @property
+    def upper(self) -> tuple[float, ...]:
+        """Position of the last grid node [m] per axis."""
+        return tuple(o + (n - 1) * self.dx for o, n in zip(self.origin_tuple, self.resolution_tuple))
+
+    def body_spacing(self, body: MPMBodySpec) -> float:
+        """Particle lattice spacing [m]: ``spacing``, else dx / particles_per_cell^(1/dim), else dx / 2."""
+        if body.spacing is not None:
+            return body.spacing
+        if body.particles_per_cell is not None:
+            return self.dx / body.particles_per_cell ** (1.0 / self.dim)
+        return 0.5 * self.dx
+
+    def material(self, name: str) -> int:
+        """Index of the material called ``name``."""
+        return [m.name for m in self.materials].index(name)
+
+
+class JointSpec(_Spec):
+    """``[[joints]]``: a ball or hinge joint between object ``a`` and object ``b`` (left out, or a
+    static box: the world), pinned at the world point ``anchor`` where the objects stand in the
+    scene; a hinge turns only about the world direction ``axis`` (at the start)."""
+
+    type: _choice_type("ball", "hinge")  # type: ignore[valid-type]
+    a: Name
+    b: OptName = None
+    anchor: Vec3
+    axis: NonZeroVec3 = (0.0, 0.0, 1.0)
+
+
+class SpringSpec(_Spec):
+    """``[[springs]]``: a spring-damper between a point of object ``a`` and one of object ``b``
+    (left out: the world point ``anchor_b``); anchors are world points where the objects stand
+    in the scene; ``rest_length`` defaults to their initial distance."""
+
+    a: Name
+    b: OptName = None
+    anchor_a: Vec3
+    anchor_b: Vec3
+    stiffness: NonNegFloat
+    damping: NonNegFloat = 0.0
+    rest_length: _num_type(ge=0.0, optional=True) = None  # type: ignore[valid-type]
+
+
+# --------------------------------------------------------------------------------------------
 # The scene
 # --------------------------------------------------------------------------------------------
 
@@ -772,6 +1057,9 @@ class SceneSpec(_Spec):
     light: LightSpec = Field(default_factory=LightSpec)
     objects: Annotated[tuple[ObjectSpec, ...], BeforeValidator(_objects_list)] = ()  # type: ignore[valid-type]
     fluid: FluidSpec | None = None
+    mpm: MPMSpec | None = None
+    joints: tuple[JointSpec, ...] = ()
+    springs: tuple[SpringSpec, ...] = ()
     learnable: dict[str, Learnable] = Field(default_factory=dict)
     source: str | None = None
 
@@ -803,6 +1091,20 @@ class SceneSpec(_Spec):
             if obj.name in seen:
                 fail(f"duplicate object name {obj.name!r} (also objects[{seen[obj.name]}])", f"objects[{i}].name")
             seen[obj.name] = i
+        for table, items in (("joints", self.joints), ("springs", self.springs)):
+            for i, item in enumerate(items):
+                for side in ("a", "b"):
+                    name = getattr(item, side)
+                    if name is None:
+                        continue
+                    if name not in seen:
+                        close = difflib.get_close_matches(name, list(seen), n=1, cutoff=0.5)
+                        hint = f"; did you mean {close[0]!r}?" if close else ""
+                        fail(f"no object named {name!r}{hint}", f"{table}[{i}].{side}")
+                    if side == "a" and self.objects[seen[name]].type == "static_box":
+                        fail("must be a moving object (a static box can only be b)", f"{table}[{i}].a")
+                if item.b is not None and item.b == item.a:
+                    fail("a and b must be different objects", f"{table}[{i}].b")
         for key, item in self.learnable.items():
             self._check_learnable(key, item)
         return self

@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from ..errors import HybridsimError, SceneError, SimulationError
+from ..errors import AssetError, HybridsimError, SceneError, SimulationError
 
 __all__ = ["RigidTrajectory", "rigid_model", "rigid_initial_state", "rigid_rollout", "rigid_body_objects",
            "mesh_file", "SPHERE_FRICTION", "RIGID_LEARNABLE"]
@@ -66,14 +66,35 @@ def rigid_body_objects(spec) -> tuple[int, ...]:
 
 def mesh_file(spec, index: int) -> Path:
     """The mesh file of ``objects[index]``, resolved against the scene file's folder (SceneError if
-    it leaves that folder, e.g. through a symbolic link)."""
-    obj = spec.objects[index]
-    base = Path(spec.source).parent if spec.source else Path.cwd()
-    path = base / obj.file
-    if not path.resolve().is_relative_to(base.resolve()):
-        raise SceneError(f"must stay inside the scene file's folder (got {obj.file!r})", file=spec.source,
-                         field=f"objects[{index}].file")
-    return path
+    it leaves that folder, e.g. through a symbolic link, unless HYBRIDSIM_ALLOW_OUTSIDE_PATHS=1;
+    see :func:`hybridsim.assets.resolve_asset_path`)."""
+    from ..assets import resolve_asset_path
+
+    return resolve_asset_path(spec.source, spec.objects[index].file, field=f"objects[{index}].file")
+
+
+def _mesh_source(spec, index: int):
+    """What ``add_shape_mesh`` gets for ``objects[index]``: the file, or, when the object gives
+    ``mass``, the loaded mesh, replaced by its convex hull if it is not closed (its volume is then
+    undefined, but a mass plus the hull's inertia still make a body)."""
+    from ..assets import load_mesh
+
+    path = mesh_file(spec, index)
+    if spec.objects[index].mass is None:
+        return str(path)
+    mesh = load_mesh(path)
+    if mesh.is_watertight:
+        return mesh
+    import numpy as np
+
+    try:
+        with np.errstate(all="ignore"):  # trimesh divides by the zero volume of a flat hull
+            hull = mesh.convex_hull
+    except Exception as error:  # qhull fails on flat or degenerate point sets
+        raise AssetError(f"mesh is not watertight and has no solid convex hull (flat or degenerate?): {error}"[:300],
+                         file=str(path)) from None
+    hull.metadata["hybridsim_source"] = str(path)
+    return hull
 
 
 def _check_learnable(spec) -> None:
@@ -93,6 +114,37 @@ def _quat_numpy(rotation_vector) -> tuple[float, float, float, float]:
     from ..solvers.rigid import quat_from_rotation_vector
 
     return tuple(quat_from_rotation_vector(torch.tensor(rotation_vector, dtype=torch.float64)).tolist())
+
+
+def _add_joints_and_springs(spec, builder, body_objects) -> None:
+    """``[[joints]]`` and ``[[springs]]``: object names -> body indices (static boxes and a missing
+    ``b`` are the world); anchors are world points where the objects stand in the scene."""
+    import numpy as np
+
+    names = {obj.name: i for i, obj in enumerate(spec.objects)}
+    body_of = {i: b for b, i in enumerate(body_objects)}
+
+    def body(name):
+        return -1 if name is None else body_of.get(names[name], -1)
+
+    for j, joint in enumerate(spec.joints):
+        try:
+            builder.add_joint(joint.type, body(joint.a), body(joint.b), anchor=joint.anchor, axis=joint.axis)
+        except HybridsimError as error:
+            raise SceneError(getattr(error, "message", str(error)), file=spec.source, field=f"joints[{j}]") from None
+    for k, spring in enumerate(spec.springs):
+        a, b = body(spring.a), body(spring.b)
+        local = []
+        for index, point in ((a, spring.anchor_a), (b, spring.anchor_b)):
+            if index < 0:
+                local.append(point)
+                continue
+            record = builder.bodies[index]  # the builder's frame: add_body position and orientation
+            from ..solvers.rigid.builder import _quat_matrix
+
+            local.append(_quat_matrix(record["orientation"]).T @ (np.asarray(point, float) - np.asarray(record["position"], float)))
+        builder.add_spring(a, b, anchor_a=local[0], anchor_b=local[1], stiffness=spring.stiffness,
+                           damping=spring.damping, rest_length=spring.rest_length)
 
 
 def rigid_model(world, params: Mapping[str, torch.Tensor] | None = None):
@@ -133,11 +185,12 @@ def rigid_model(world, params: Mapping[str, torch.Tensor] | None = None):
             elif obj.type == "capsule":
                 builder.add_shape_capsule(body, obj.radius, obj.half_height, **material)
             elif obj.type == "mesh":
-                builder.add_shape_mesh(body, str(mesh_file(spec, i)), scale=obj.scale, **material)
+                builder.add_shape_mesh(body, _mesh_source(spec, i), scale=obj.scale, **material)
             else:  # a new object type added to the schema but not here
                 raise SceneError(f"object type {obj.type!r} is not supported by the rigid solver", field=f"{field}.type")
             shape_objects.append(i)
             body_objects.append(i)
+        _add_joints_and_springs(spec, builder, body_objects)
         model = builder.finalize(device=world.device, dtype=world.dtype)
     except HybridsimError as error:
         if error.file is None:
@@ -201,14 +254,21 @@ def rigid_initial_state(model):
 
 
 def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: int | None = None,
-                  progress: Callable[[int], None] | None = None) -> RigidTrajectory:
+                  progress: Callable[[int], None] | None = None, check: bool = True) -> RigidTrajectory:
     """Simulate the scene's rigid objects for ``frames`` frames (default: the scene's) and return
     per-frame body states, differentiable w.r.t. ``params``. ``progress(frames_done)`` is called
-    after each frame; a non-finite state raises SimulationError naming the object and frame."""
+    after each frame. With ``check`` the blow-up guards (``hybridsim.sim.guards``: non-finite
+    state, penetration, energy growth) run at every frame boundary; a violation raises
+    SimulationError naming frame, substep, object and quantity, with ``error.partial`` the
+    RigidTrajectory of the good frames before it."""
     from ..solvers.rigid import SolverRigid
 
     spec = world.spec
     frames = spec.frame_count if frames is None else int(frames)
+    from .resources import check_scene_memory
+
+    check_scene_memory(spec, frames=frames, grad=torch.is_grad_enabled(), precision=world.precision,
+                       device=world.device, world_count=world.world_count)
     substeps, dt = spec.time.substeps, spec.dt
     model = rigid_model(world, params)
     solver = SolverRigid(model, backend=world.backend, device=world.device)
@@ -216,16 +276,36 @@ def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
     bodies = rigid_body_objects(spec)
     record = {"positions": [state.body_position], "orientations": [state.body_orientation],
               "velocities": [state.body_velocity], "angular_velocities": [state.body_angular_velocity]}
+    guard = None
+    if check:
+        from .guards import RigidGuard, describe_object
+
+        guard = RigidGuard(model, state, substeps=substeps, spec=spec,
+                           body_names=[describe_object(spec, i) for i in bodies],
+                           shape_names=[describe_object(spec, i) for i in range(len(spec.objects))])
     for frame in range(1, frames + 1):
-        for _ in range(substeps):
-            state = solver.step_differentiable(state, None, dt)
-        for quantity, tensor in (("position", state.body_position), ("velocity", state.body_velocity)):
-            finite = torch.isfinite(tensor.detach()).all(dim=-1)
-            if not bool(finite.all()):
-                body = int((~finite).nonzero()[0, 0])
-                raise SimulationError(f"non-finite {quantity} by the end of frame {frame}; lower dt (more substeps) "
-                                      "or check masses and parameters", file=spec.source,
-                                      object=spec.objects[bodies[body]].name, step=frame * substeps, quantity=quantity)
+        start = state
+        try:
+            for _ in range(substeps):
+                state = solver.step_differentiable(state, None, dt)
+            violation = guard.check(state) if guard is not None else None
+        except SimulationError as error:  # a solver check: name the frame, keep the good frames
+            if error.frame is not None:
+                raise
+            from .guards import Violation
+
+            violation = Violation(error.quantity or "state", "rigid bodies", error.message,
+                                  "lower dt (more substeps) or check masses and parameters")
+        if violation is not None:
+            from .guards import blow_up, locate_substep
+
+            substep = None if guard is None else locate_substep(
+                lambda current, _: solver.step_differentiable(current, None, dt), start, substeps,
+                lambda current: guard.check(current) is not None)
+            times = torch.arange(frame, dtype=world.dtype) / spec.time.fps
+            partial = RigidTrajectory(**{k: torch.stack(v).detach() for k, v in record.items()}, times=times,
+                                      model=model, body_objects=bodies)
+            raise blow_up(spec, violation, frame=frame, substeps=substeps, substep=substep, partial=partial)
         record["positions"].append(state.body_position)
         record["orientations"].append(state.body_orientation)
         record["velocities"].append(state.body_velocity)

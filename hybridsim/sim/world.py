@@ -25,7 +25,10 @@ class World:
     """A scene ready to simulate: spec, backend, device, dtype and a batch of ``world_count`` copies."""
 
     def __init__(self, spec, *, backend: str | None = None, device: str | None = None,
-                 precision: str | None = None, world_count: int = 1, deterministic: bool | None = None):
+                 precision: str | None = None, world_count: int = 1, deterministic: bool | None = None,
+                 frames: int | None = None):
+        # ``frames``: how many frames the caller means to simulate (default: the scene's), for the
+        # memory check below; a scene that cannot fit is refused here, before anything is allocated.
         self.spec = spec
         self.backend = backend or spec.backend
         if self.backend not in backends.BACKENDS:
@@ -48,10 +51,21 @@ class World:
 
         #: True when the scene has a box, capsule, mesh or static box: then every object (spheres
         #: too) is simulated by the rigid-body solver (``hybridsim.sim.rigid``), not the sphere solver.
-        self.rigid = any(obj.type in RIGID_TYPES for obj in spec.objects)
+        self.rigid = any(obj.type in RIGID_TYPES for obj in spec.objects) or bool(spec.joints) or bool(spec.springs)
         if spec.fluid is not None and spec.objects:
             raise SceneError("a scene with [fluid] cannot have objects yet (fluid-body coupling is not built)",
                              file=spec.source, field="objects")
+        if getattr(spec, "mpm", None) is not None:
+            if spec.objects:
+                raise SceneError("a scene with [mpm] cannot have objects yet (MPM-rigid coupling is not built yet)",
+                                 file=spec.source, field="objects")
+            if spec.fluid is not None:
+                raise SceneError("a scene cannot have both [mpm] and [fluid] (they are not coupled)",
+                                 file=spec.source, field="fluid")
+        from .resources import check_scene_memory
+
+        check_scene_memory(spec, frames=frames, precision=self.precision, device=self.device,
+                           world_count=self.world_count)
 
     # ----------------------------------------------------------------- parameters
     @property
@@ -158,6 +172,12 @@ class World:
         from .fluid import fluid_model
 
         return fluid_model(self, params)
+
+    def mpm_model(self, params: Mapping[str, torch.Tensor] | None = None):
+        """The scene's ``[mpm]`` particles as an MPMModel (see ``hybridsim.sim.mpm``)."""
+        from .mpm import mpm_model
+
+        return mpm_model(self, params)
 
     def colors(self, params: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
         """Sphere albedo colours, shape (N, 3) (first world's values)."""
