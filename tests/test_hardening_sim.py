@@ -6,6 +6,7 @@ import pickle
 import time
 import tracemalloc
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -352,3 +353,23 @@ particles_per_cell = 1
     assert "MPM with 33" in estimate.subject and "2048x2048 grid" in estimate.subject
     with pytest.raises(ResourceError, match="sand.toml: mpm.bodies: MPM with 33"):
         World(spec)
+
+
+def test_mpm_scene_blow_up_names_the_frame_and_keeps_the_good_frames(tmp_path):
+    """An [mpm] scene whose explicit substeps break the particle CFL bound: caught at a frame
+    boundary by MPMGuard, with the frames before it kept."""
+    import torch
+
+    from hybridsim.errors import SimulationError
+    from hybridsim.scene import parse_scene
+    from hybridsim.sim.mpm import mpm_rollout
+    from hybridsim.sim.world import World
+
+    text = (Path(__file__).resolve().parent.parent / "scenes" / "dam_break.toml").read_text()
+    spec = parse_scene(text.replace("\n[mpm]\n", "\n[mpm]\nsubsteps = 1\n", 1))
+    with torch.no_grad(), pytest.warns(UserWarning), pytest.raises(SimulationError) as info:
+        mpm_rollout(World(spec), frames=20)
+    error = info.value
+    assert error.frame is not None and error.frame >= 1
+    assert "CFL" in str(error) or "nan" in str(error) or "left the grid" in str(error)
+    assert error.partial is not None and error.partial.positions.shape[0] == error.frame

@@ -88,19 +88,10 @@ def lift_positions(positions: torch.Tensor) -> torch.Tensor:
 def mpm_body_file(spec, index: int) -> Path:
     """The mesh file of ``mpm.bodies[index]``, resolved against the scene file's folder (SceneError
     if it leaves that folder, e.g. through a symbolic link; see ``hybridsim.assets``)."""
+    from ..assets import resolve_asset_path
+
     body = spec.mpm.bodies[index]
-    try:
-        from ..assets import resolve_asset_path
-    except ImportError:  # the shared asset checks are absent: the same folder check, here
-        resolve_asset_path = None
-    if resolve_asset_path is not None:
-        return resolve_asset_path(spec.source, body.file, field=f"mpm.bodies[{index}].file")
-    base = Path(spec.source).parent if spec.source else Path.cwd()
-    path = base / body.file
-    if not path.resolve().is_relative_to(base.resolve()):
-        raise SceneError(f"must stay inside the scene file's folder (got {body.file!r})", file=spec.source,
-                         field=f"mpm.bodies[{index}].file")
-    return path
+    return resolve_asset_path(spec.source, body.file, field=f"mpm.bodies[{index}].file")
 
 
 def _check_learnable(spec) -> None:
@@ -318,16 +309,23 @@ def mpm_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fram
     solver = SolverMPM(model, backend=world.backend, deterministic=world.deterministic)
     state = mpm_initial_state(model)
     positions, velocities = [state.particle_position], [state.particle_velocity]
+    from .guards import MPMGuard
+
+    guard = MPMGuard(model, dt=dt, substeps=substeps, spec=scene)  # CFL, non-finite, leaving the grid
     try:
         if torch.is_grad_enabled():
             trajectory = rollout_mpm(solver, state, frames=frames, substeps=substeps, dt=dt, checkpoint=checkpoint,
-                                     segment_frames=segment_frames, warn_dt=False, progress=progress)
+                                     segment_frames=segment_frames, warn_dt=False, progress=progress,
+                                     control=guard.control())
             positions, velocities = [trajectory.positions], [trajectory.velocities]
             state = trajectory.final_state
         else:  # one frame per call, so progress moves every frame (no graph to checkpoint)
             for frame in range(frames):
                 part = rollout_mpm(solver, state, frames=1, substeps=substeps, dt=dt, checkpoint=False,
                                    first_step=frame * substeps, warn_dt=False)
+                violation = guard.check(part.positions[1], part.velocities[1])
+                if violation is not None:
+                    raise guard.error(violation, frame + 1)
                 positions.append(part.positions[1])
                 velocities.append(part.velocities[1])
                 state = part.final_state
@@ -335,8 +333,15 @@ def mpm_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fram
                     progress(frame + 1)
             positions, velocities = [torch.stack(positions)], [torch.stack(velocities)]
     except SimulationError as error:
-        if error.file is None:
-            error = SimulationError(error.message, file=scene.source, step=error.step, quantity=error.quantity)
+        if error.frame is None and not torch.is_grad_enabled():  # the solver's own check, inside a frame
+            frame = len(positions)
+            step = f"step {error.step}, " if error.step is not None else ""
+            error = SimulationError(f"MPM simulation blew up in frame {frame} ({step}t <= {frame / scene.time.fps:.3g} s): "
+                                    f"{error.message}", file=scene.source or error.file, step=error.step,
+                                    quantity=error.quantity, frame=frame)
+        elif error.file is None:
+            error = SimulationError(error.message, file=scene.source, step=error.step, quantity=error.quantity,
+                                    frame=error.frame)
         if not torch.is_grad_enabled():  # keep the good frames (one per list entry) for the caller
             error.partial = MPMSceneTrajectory(
                 torch.stack(positions), torch.stack(velocities),
