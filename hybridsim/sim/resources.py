@@ -272,7 +272,12 @@ def estimate_scene(spec, *, frames: int | None = None, grad: bool = False, rende
         est = MemoryEstimate(f"{bodies} rigid bod{'ies' if bodies != 1 else 'y'}, {what}", "time.frames",
                              "reduce frames", device)
         est.add("per-frame records", RECORD_COPIES * kept * bodies * 13 * s)
-        est.add("solver", RIGID_BODY_FLOATS * bodies * s * (steps if grad else 1))
+        if grad:  # checkpointed like the sphere rollout (hybridsim.sim.rigid.rigid_rollout)
+            alive = _checkpoint_segment(steps, substeps, 64)
+            est.add("solver and autograd tape", RIGID_BODY_FLOATS * bodies * s * alive
+                    + math.ceil(steps / alive) * bodies * 16 * s)
+        else:
+            est.add("solver", RIGID_BODY_FLOATS * bodies * s)
         kind = "rigid"
     else:
         bodies = world_count * sum(obj.type == "sphere" for obj in spec.objects)

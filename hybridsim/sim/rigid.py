@@ -16,6 +16,8 @@ boxes cannot be learned: the contact slots are built from them once (SceneError 
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
@@ -254,28 +256,43 @@ def rigid_initial_state(model):
 
 
 def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: int | None = None,
-                  progress: Callable[[int], None] | None = None, check: bool = True) -> RigidTrajectory:
+                  progress: Callable[[int], None] | None = None, check: bool = True,
+                  checkpoint: bool | str = "auto", segment_frames: int | None = None) -> RigidTrajectory:
     """Simulate the scene's rigid objects for ``frames`` frames (default: the scene's) and return
     per-frame body states, differentiable w.r.t. ``params``. ``progress(frames_done)`` is called
-    after each frame. With ``check`` the blow-up guards (``hybridsim.sim.guards``: non-finite
-    state, penetration, energy growth) run at every frame boundary; a violation raises
+    after each segment of frames. With ``check`` the blow-up guards (``hybridsim.sim.guards``:
+    non-finite state, penetration, energy growth) run at every frame boundary; a violation raises
     SimulationError naming frame, substep, object and quantity, with ``error.partial`` the
-    RigidTrajectory of the good frames before it."""
-    from ..solvers.rigid import SolverRigid
+    RigidTrajectory of the good frames before it.
+
+    ``checkpoint="auto"`` (when recording gradients and the rollout has at least 64 steps) keeps
+    only the states at segment boundaries of ``segment_frames`` frames (default about
+    sqrt(frames / substeps)) and re-runs each segment in backward (``torch.utils.checkpoint``), so
+    autograd memory grows with sqrt(steps) instead of steps. Gradients are the same.
+    """
+    from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+    from ..solvers.rigid import RigidState, SolverRigid
 
     spec = world.spec
     frames = spec.frame_count if frames is None else int(frames)
+    substeps, dt = spec.time.substeps, spec.dt
+    recording = torch.is_grad_enabled()
+    if checkpoint == "auto":
+        checkpoint = recording and frames * substeps >= 64
+    if checkpoint and segment_frames is None:
+        segment_frames = max(1, round(math.sqrt(frames / substeps)))
+    segment_frames = 1 if not checkpoint else max(1, int(segment_frames))
     from .resources import check_scene_memory
 
-    check_scene_memory(spec, frames=frames, grad=torch.is_grad_enabled(), precision=world.precision,
+    check_scene_memory(spec, frames=frames, grad=recording, precision=world.precision,
                        device=world.device, world_count=world.world_count)
-    substeps, dt = spec.time.substeps, spec.dt
     model = rigid_model(world, params)
     solver = SolverRigid(model, backend=world.backend, device=world.device)
     state = rigid_initial_state(model)
     bodies = rigid_body_objects(spec)
-    record = {"positions": [state.body_position], "orientations": [state.body_orientation],
-              "velocities": [state.body_velocity], "angular_velocities": [state.body_angular_velocity]}
+    keys = ("positions", "orientations", "velocities", "angular_velocities")
+    record = {key: [tensor] for key, tensor in zip(keys, state.tensors()[:4])}
     guard = None
     if check:
         from .guards import RigidGuard, describe_object
@@ -283,33 +300,55 @@ def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
         guard = RigidGuard(model, state, substeps=substeps, spec=spec,
                            body_names=[describe_object(spec, i) for i in bodies],
                            shape_names=[describe_object(spec, i) for i in range(len(spec.objects))])
-    for frame in range(1, frames + 1):
+
+    def run_segment(count: int, *tensors):
+        current = RigidState(*tensors)
+        per_frame = []
+        for _ in range(count):
+            for _ in range(substeps):
+                current = solver.step_differentiable(current, None, dt)
+            per_frame.append(current.tensors())
+        stacked = tuple(torch.stack([f[k] for f in per_frame]) for k in range(4))
+        return (*stacked, current.contact_impulse)
+
+    def fail(frame: int, start, violation):
+        from .guards import blow_up, locate_substep
+
+        substep = None if guard is None else locate_substep(
+            lambda current, _: solver.step_differentiable(current, None, dt), start, substeps,
+            lambda current: guard.check(current) is not None)
+        times = torch.arange(frame, dtype=world.dtype) / spec.time.fps
+        partial = RigidTrajectory(**{k: torch.stack(v).detach() for k, v in record.items()}, times=times,
+                                  model=model, body_objects=bodies)
+        raise blow_up(spec, violation, frame=frame, substeps=substeps, substep=substep, partial=partial)
+
+    frame = 0
+    while frame < frames:
+        count = min(segment_frames, frames - frame)
         start = state
         try:
-            for _ in range(substeps):
-                state = solver.step_differentiable(state, None, dt)
-            violation = guard.check(state) if guard is not None else None
+            if checkpoint:
+                outputs = torch_checkpoint(run_segment, count, *state.tensors(), use_reentrant=False)
+            else:
+                outputs = run_segment(count, *state.tensors())
         except SimulationError as error:  # a solver check: name the frame, keep the good frames
             if error.frame is not None:
                 raise
             from .guards import Violation
 
-            violation = Violation(error.quantity or "state", "rigid bodies", error.message,
-                                  "lower dt (more substeps) or check masses and parameters")
-        if violation is not None:
-            from .guards import blow_up, locate_substep
-
-            substep = None if guard is None else locate_substep(
-                lambda current, _: solver.step_differentiable(current, None, dt), start, substeps,
-                lambda current: guard.check(current) is not None)
-            times = torch.arange(frame, dtype=world.dtype) / spec.time.fps
-            partial = RigidTrajectory(**{k: torch.stack(v).detach() for k, v in record.items()}, times=times,
-                                      model=model, body_objects=bodies)
-            raise blow_up(spec, violation, frame=frame, substeps=substeps, substep=substep, partial=partial)
-        record["positions"].append(state.body_position)
-        record["orientations"].append(state.body_orientation)
-        record["velocities"].append(state.body_velocity)
-        record["angular_velocities"].append(state.body_angular_velocity)
+            fail(frame + 1, start, Violation(error.quantity or "state", "rigid bodies", error.message,
+                                             "lower dt (more substeps) or check masses and parameters"))
+        impulse = outputs[4]
+        for k in range(count):
+            frame_state = RigidState(*(outputs[i][k] for i in range(4)), impulse)
+            violation = guard.check(frame_state) if guard is not None else None
+            if violation is not None:
+                fail(frame + k + 1, start, violation)
+            for key, i in zip(keys, range(4)):
+                record[key].append(outputs[i][k])
+            start = frame_state  # the next frame's start (its warm-start impulses are approximate)
+        state = RigidState(*(outputs[i][count - 1] for i in range(4)), impulse)
+        frame += count
         if progress is not None:
             progress(frame)
     times = torch.arange(frames + 1, dtype=world.dtype) / spec.time.fps
