@@ -386,11 +386,14 @@ def cmd_gradcheck(args) -> int:
     print(f"{'parameter':<{width}}  {'autodiff':>14}  {'finite diff':>14}  {'rel. error':>10}")
     worst = 0.0
     for row in rows:
-        flag = "  (contacts changed)" if row.contacts_changed else ""
-        print(f"{row.name:<{width}}  {row.autodiff:>14.6e}  {row.finite_difference:>14.6e}  {row.error:>10.2e}{flag}")
+        print(f"{row.name:<{width}}  {row.autodiff:>14.6e}  {row.finite_difference:>14.6e}  {row.error:>10.2e}{row.note}")
         worst = max(worst, row.error)
     verdict = "PASS" if worst <= args.tolerance else "FAIL"
-    print(f"{verdict}: worst relative error {worst:.2e} (tolerance {args.tolerance:g}, backend {world.backend}, float64)")
+    jumps = [row.name for row in rows if row.kind == "jump"]
+    kinks = [row.name for row in rows if row.kind == "kink"]
+    print(f"{verdict}: worst relative error {worst:.2e} (tolerance {args.tolerance:g}, backend {world.backend}, float64)"
+          + (f"; kinks (checked against one side): {', '.join(kinks)}" if kinks else "")
+          + (f"; not differentiable here (the loss jumps): {', '.join(jumps)}" if jumps else ""))
     return 0 if verdict == "PASS" else 1
 
 

@@ -115,12 +115,34 @@ class GradcheckRow:
     finite_difference: float
     step: float
     contacts_changed: bool
+    kind: str = "smooth"
+    """"smooth"; "kink" (the one-sided derivatives converge but differ: a contact switching on at
+    exactly this point); "jump" (the loss itself jumps across the point: no derivative exists)."""
+    one_sided: tuple[float, float] | None = None
+    """(forward, backward) one-sided differences at the smaller step, for kinks and jumps."""
+
+    @staticmethod
+    def _relative(a: float, b: float) -> float:
+        return abs(a - b) / max(abs(a), abs(b), 1e-8)
 
     @property
     def error(self) -> float:
-        """Relative error |ad - fd| / max(|ad|, |fd|, 1e-8)."""
-        scale = max(abs(self.autodiff), abs(self.finite_difference), 1e-8)
-        return abs(self.autodiff - self.finite_difference) / scale
+        """Relative error |ad - fd| / max(|ad|, |fd|, 1e-8); at a kink, against the nearer one-sided
+        derivative (autodiff follows one branch); 0 at a jump (nothing to compare with)."""
+        if self.kind == "jump":
+            return 0.0
+        if self.kind == "kink" and self.one_sided is not None:
+            return min(self._relative(self.autodiff, d) for d in self.one_sided)
+        return self._relative(self.autodiff, self.finite_difference)
+
+    @property
+    def note(self) -> str:
+        if self.kind == "kink":
+            return (f"  (kink: one-sided derivatives {self.one_sided[0]:.4g} / {self.one_sided[1]:.4g}; autodiff "
+                    "follows one branch)")
+        if self.kind == "jump":
+            return "  (the loss jumps at this point, e.g. the contact set changes: no derivative to check)"
+        return "  (contacts changed)" if self.contacts_changed else ""
 
     @property
     def name(self) -> str:
@@ -129,11 +151,17 @@ class GradcheckRow:
 
 def finite_difference_gradcheck(world, loss_fn: LossFn | None = None, *, params: Mapping[str, torch.Tensor] | None = None,
                                 relative_step: float = 1e-6, frames: int | None = None,
-                                evaluate: Callable | None = None) -> list[GradcheckRow]:
+                                evaluate: Callable | None = None, classify_above: float = 1e-4) -> list[GradcheckRow]:
     """Compare autodiff gradients of ``loss_fn(rollout)`` with central differences, per component.
 
     The step is shrunk (up to 4 times by 10x) until the number of ground contacts is the same at
-    ``x - h`` and ``x + h`` as at ``x``; a row whose contacts still change is flagged.
+    ``x - h`` and ``x + h`` as at ``x``; a row whose contacts still change is flagged. A row whose
+    error exceeds ``classify_above`` is examined with one-sided differences at h/10 and h/100:
+    where both sides agree at a smaller step (a jump of the loss lay within the first step) that
+    step's central difference is used; where the loss has a kink (a contact switching on exactly
+    here: autodiff follows one branch) the error is taken against the nearer one-sided
+    derivative; and where the loss jumps at the point itself (the contact set changes
+    discontinuously) the row is marked ``kind="jump"``: there is no derivative.
     ``evaluate(params) -> (loss, trajectory)`` replaces the default rollout + ``loss_fn``
     (e.g. to add rendering for a pixel loss).
     """
@@ -174,8 +202,47 @@ def finite_difference_gradcheck(world, loss_fn: LossFn | None = None, *, params:
                         break
                 fd = (losses[0] - losses[1]) / (2 * h)  # the step the losses were taken with
                 ad = 0.0 if grad is None else float(grad.reshape(-1)[flat_index])
-                rows.append(GradcheckRow(path, component, ad, fd, h, changed))
+                row = GradcheckRow(path, component, ad, fd, h, changed)
+                if row.error > classify_above:  # is the loss smooth here at all?
+                    row = _classify(row, float(loss), losses, h, lambda sign, step: float(run(
+                        _shifted(base, path, flat_index, sign * step))[0]))
+                rows.append(row)
     return rows
+
+
+def _shifted(base, path, flat_index, delta):
+    shifted = {k: v.clone() for k, v in base.items()}
+    shifted[path].reshape(-1)[flat_index] += delta
+    return shifted
+
+
+def _classify(row: GradcheckRow, f0: float, losses: list[float], h: float, evaluate) -> GradcheckRow:
+    """Look closer where central differences disagree with autodiff, with one-sided differences
+    at h/10 and h/100: if both sides agree at a smaller step the loss is smooth there (a jump lay
+    within the first step) and the smaller step's central difference is used; otherwise the point
+    is a jump of the loss (its change does not shrink with the step) or a kink (each side
+    converges to its own slope)."""
+    from dataclasses import replace
+
+    scale = max(abs(f0), 1e-12) * 1e-12  # round-off floor of a loss difference
+    rise_h, fall_h, step = losses[0] - f0, f0 - losses[1], h
+    for _ in range(2):
+        small = step / 10.0
+        plus, minus = evaluate(+1, small), evaluate(-1, small)
+        rise_s, fall_s = plus - f0, f0 - minus
+        one_sided = (rise_s / small, fall_s / small)
+        if GradcheckRow._relative(*one_sided) < 1e-4:  # smooth at this scale
+            return replace(row, finite_difference=(plus - minus) / (2 * small), step=small)
+        jump = any(abs(d_s) > 0.5 * abs(d_h) + scale and abs(d_h) > 1e3 * scale
+                   for d_h, d_s in ((rise_h, rise_s), (fall_h, fall_s)))
+        converged = all(GradcheckRow._relative(d_h / step, d_s / small) < 1e-2
+                        for d_h, d_s in ((rise_h, rise_s), (fall_h, fall_s)))
+        if jump and not converged:
+            return replace(row, kind="jump", one_sided=one_sided, step=small)
+        if converged:
+            return replace(row, kind="kink", one_sided=one_sided, step=small)
+        rise_h, fall_h, step = rise_s, fall_s, small
+    return row
 
 
 def compare_backends(spec, *, precision: str = "float64", frames: int | None = None,
