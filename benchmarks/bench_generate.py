@@ -4,6 +4,7 @@ a bare loop that draws, simulates, renders and writes the same files with no pip
 As a case of ``hybridsim bench`` (``generate_pool_vs_loop``) or standalone, with sizes of your choice:
 
     python benchmarks/bench_generate.py --count 32 --workers 1 2 [--ray local] [--frames 24]
+    python benchmarks/bench_generate.py --distribution scenes/boxes_random.toml --count 20 --workers 2   # rigid
 
 Both sides use one torch thread per process; wall times include worker start-up.
 """
@@ -26,7 +27,7 @@ from hybridsim.bench import Record, case
 DISTRIBUTION = Path(__file__).resolve().parent.parent / "scenes" / "bounce_random.toml"
 
 
-def bare_loop(count: int, frames: int | None, out: Path) -> float:
+def bare_loop(count: int, frames: int | None, out: Path, distribution: Path = DISTRIBUTION) -> float:
     """Seconds for ``count`` samples drawn, simulated, rendered and written as plain files."""
     import torch
 
@@ -36,7 +37,7 @@ def bare_loop(count: int, frames: int | None, out: Path) -> float:
     from hybridsim.sim.world import World
 
     torch.set_num_threads(1)
-    dist = load_distribution(DISTRIBUTION)
+    dist = load_distribution(distribution)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for index in range(count):
@@ -47,10 +48,11 @@ def bare_loop(count: int, frames: int | None, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def run_generate(count: int, workers: int, frames: int | None, out: Path, ray: str | None = None) -> dict:
+def run_generate(count: int, workers: int, frames: int | None, out: Path, ray: str | None = None,
+                 distribution: Path = DISTRIBUTION) -> dict:
     from hybridsim.data import generate
 
-    return generate(DISTRIBUTION, count, out, workers=workers, ray=ray, frames=frames, shard_size=max(1, count // 4),
+    return generate(distribution, count, out, workers=workers, ray=ray, frames=frames, shard_size=max(1, count // 4),
                     progress=False, log=None)
 
 
@@ -72,6 +74,8 @@ def generate_pool_vs_loop(quick: bool) -> Record:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=32)
+    parser.add_argument("--distribution", type=Path, default=DISTRIBUTION,
+                        help="distribution file (default scenes/bounce_random.toml; scenes/boxes_random.toml: rigid)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--frames", type=int)
     parser.add_argument("--ray", help="also run through Ray at this address ('local' for a private head)")
@@ -80,12 +84,13 @@ def main(argv=None) -> int:
     folder = Path(tempfile.mkdtemp(prefix="hybridsim-bench-"))
     try:
         if not args.no_loop:
-            seconds = bare_loop(args.count, args.frames, folder / "loop")
+            seconds = bare_loop(args.count, args.frames, folder / "loop", args.distribution)
             print(json.dumps({"runner": "bare loop", "count": args.count, "wall_s": round(seconds, 3),
                               "samples_per_s": round(args.count / seconds, 3)}), flush=True)
         runs = [(w, None) for w in args.workers] + ([(max(args.workers), args.ray)] if args.ray else [])
         for workers, ray in runs:
-            summary = run_generate(args.count, workers, args.frames, folder / f"gen-{workers}-{ray}", ray=ray)
+            summary = run_generate(args.count, workers, args.frames, folder / f"gen-{workers}-{ray}", ray=ray,
+                                   distribution=args.distribution)
             print(json.dumps({"runner": summary["executor"], **{k: summary[k] for k in (
                 "count", "workers", "wall_s", "samples_per_s", "rejected_count", "mean_worker_s_per_sample")}}),
                 flush=True)

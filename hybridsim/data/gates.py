@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from types import SimpleNamespace
 
-__all__ = ["QualityGates", "evaluate_gates", "GATE_NAMES"]
+__all__ = ["QualityGates", "evaluate_gates", "evaluate_rigid_gates", "rigid_initial_gates", "blow_up_reason",
+           "GATE_NAMES"]
 
-GATE_NAMES = ("non_finite", "penetration", "energy_gain", "out_of_frame")
+GATE_NAMES = ("non_finite", "penetration", "energy_gain", "out_of_frame", "initial_overlap")
 
 
 @dataclass(frozen=True)
@@ -20,9 +22,12 @@ class QualityGates:
 
     ``penetration_m``: deepest allowed overlap [m] of a sphere with the ground or with another
     sphere (the sphere solver has no sphere-sphere contact, so overlapping spheres would pass
-    through each other). ``energy_gain_j_per_kg``: largest allowed rise of total mechanical energy
-    above its initial value, per kg of total mass [J/kg] (1e-2 J/kg ~ 1 mm of height).
-    ``require_in_frame``: every sphere centre must project inside the image in every frame.
+    through each other); in rigid scenes, of any object with the ground, a static box or another
+    object, and at t = 0 (``initial_overlap``: objects must not start inside each other).
+    ``energy_gain_j_per_kg``: largest allowed rise of total mechanical energy (with rotation and
+    springs in rigid scenes) above its initial value, per kg of total mass [J/kg] (1e-2 J/kg ~
+    1 mm of height). ``require_in_frame``: every sphere centre (rigid: every body's centre of
+    mass) must project inside the image in every frame, seen by that frame's camera.
     """
 
     penetration_m: float = 1e-3
@@ -114,3 +119,163 @@ def _in_frame_margin(camera, positions) -> float:
     x, y = pixels[..., 0], pixels[..., 1]
     margins = [x.min(), (camera.width - x).min(), y.min(), (camera.height - y).min()]
     return float(min(float(m) for m in margins))
+
+
+# --------------------------------------------------------------------------------------------
+# Rigid-body scenes
+# --------------------------------------------------------------------------------------------
+
+#: SimulationError quantity (a blow-up guard of ``hybridsim.sim.guards``) -> the gate it counts under.
+_BLOW_UP_GATES = {"penetration": "penetration", "energy": "energy_gain"}
+
+
+def blow_up_reason(error) -> dict:
+    """The rejection reason of a draw whose rollout raised SimulationError (a blow-up guard fired):
+    penetration and energy blow-ups count under those gates, anything else (nan/inf) as non_finite."""
+    gate = _BLOW_UP_GATES.get(getattr(error, "quantity", None) or "", "non_finite")
+    return {"gate": gate, "value": None, "limit": None, "detail": error.message, "blow_up": True}
+
+
+def _name(spec, index: int) -> str:
+    from ..sim.guards import describe_object
+
+    return "the ground" if index < 0 else describe_object(spec, index)
+
+
+def _rigid_depths(spec, model, state0, positions, orientations, body_objects) -> dict:
+    """Per frame, the deepest overlap with the ground and between objects (or a static box) [m]
+    and which pair: exact for boxes, capsules and spheres (:mod:`hybridsim.data.overlap`), and the
+    solver's contact points (box corners, sphere and capsule centres, mesh hull vertices) for
+    every shape, meshes included (``RigidGuard``). Returns numpy arrays ``ground``, ``objects``
+    (T,) and ``ground_pair``, ``objects_pair`` (T, 2) scene object indices (-1: the ground)."""
+    import numpy as np
+    import torch
+
+    from ..render.rigid import rigid_poses
+    from ..sim.guards import RigidGuard
+    from .overlap import object_depths
+
+    trajectory = SimpleNamespace(positions=positions, orientations=orientations, body_objects=body_objects)
+    with torch.no_grad():  # rigid_poses reads only these and world.spec
+        poses = rigid_poses(SimpleNamespace(spec=spec), trajectory).detach().cpu().double().numpy()
+        frames = poses.shape[0]
+        candidates = {"ground": [], "objects": []}  # lists of (depth (T,), pair)
+        for a, b, depth in object_depths(spec, poses):
+            candidates["ground" if b < 0 else "objects"].append((depth, (a, b)))
+        guard = RigidGuard(model, state0, substeps=spec.time.substeps, spec=spec)
+        if guard.row_count:  # shape index == scene object index (one shape per object, in order)
+            rows = torch.stack([guard._depths(positions[t].double(), orientations[t].double())
+                                for t in range(frames)]).cpu().numpy()  # (T, R)
+            solid = guard.solid.cpu().numpy()
+            shape = guard.shape.cpu().numpy()
+            for key, mask in (("ground", solid < 0), ("objects", solid >= 0)):
+                if mask.any():
+                    sub = rows[:, mask]
+                    deepest = sub.argmax(-1)
+                    pairs = np.stack([shape[mask][deepest], solid[mask][deepest]], -1)
+                    candidates[key].append((sub.max(-1), pairs))
+    out = {}
+    for key, found in candidates.items():
+        depth = np.full(frames, -np.inf)
+        pair = np.full((frames, 2), -1, dtype=np.int64)
+        for values, which in found:
+            values = np.nan_to_num(np.asarray(values, dtype=np.float64), nan=np.inf)
+            which = np.broadcast_to(np.asarray(which, dtype=np.int64), (frames, 2))
+            deeper = values > depth
+            depth = np.where(deeper, values, depth)
+            pair = np.where(deeper[:, None], which, pair)
+        out[key], out[f"{key}_pair"] = depth, pair
+    return out
+
+
+def _overlap_detail(spec, depth: float, pair, frame: int | None) -> str:
+    a, b = int(pair[0]), int(pair[1])
+    when = "at t = 0" if frame is None else f"in frame {frame}"
+    if b < 0:
+        return f"{_name(spec, a)} is {depth:.4g} m inside the ground {when}"
+    return f"{_name(spec, a)} overlaps {_name(spec, b)} by {depth:.4g} m {when}"
+
+
+def rigid_initial_gates(world, gates: QualityGates) -> tuple[dict, list[dict]]:
+    """Before simulating a rigid scene: no object may start inside another, a static box or the
+    ground by more than ``gates.penetration_m`` (the solver would push them apart violently).
+    Returns the measured ``initial_overlap_m`` and the failures (gate ``initial_overlap``)."""
+    import torch
+
+    from ..sim.rigid import rigid_body_objects, rigid_initial_state, rigid_model
+
+    spec = world.spec
+    with torch.no_grad():
+        model = rigid_model(world)
+        state = rigid_initial_state(model)
+        depths = _rigid_depths(spec, model, state, state.body_position[None], state.body_orientation[None],
+                               rigid_body_objects(spec))
+    key = "ground" if depths["ground"][0] >= depths["objects"][0] else "objects"
+    deepest = max(float(depths[key][0]), 0.0)
+    failures = []
+    if deepest > gates.penetration_m:
+        failures.append({"gate": "initial_overlap", "value": deepest, "limit": gates.penetration_m,
+                         "detail": _overlap_detail(spec, deepest, depths[f"{key}_pair"][0], None)})
+    return {"initial_overlap_m": deepest}, failures
+
+
+def evaluate_rigid_gates(world, trajectory, gates: QualityGates) -> tuple[dict, list[dict]]:
+    """Check a rigid rollout (:class:`~hybridsim.sim.rigid.RigidTrajectory`) against ``gates``:
+    non-finite states, penetration after t = 0 (ground, static boxes, other objects), energy gain
+    per kg, and body centres leaving the image (per-frame cameras). Returns the measured
+    ``ground_penetration_m``, ``object_overlap_m``, ``energy_gain_j_per_kg`` and
+    ``min_in_frame_margin_px`` and the failures, as :func:`evaluate_gates`."""
+    import numpy as np
+    import torch
+
+    from ..render.camera_io import scene_cameras
+
+    spec = world.spec
+    x, q = trajectory.positions.detach(), trajectory.orientations.detach()
+    v, w = trajectory.velocities.detach(), trajectory.angular_velocities.detach()
+    failures: list[dict] = []
+    if not all(bool(torch.isfinite(t).all()) for t in (x, q, v, w)):
+        failures.append({"gate": "non_finite", "value": None, "limit": None, "detail": "non-finite rigid-body states"})
+        return {}, failures
+
+    state0 = SimpleNamespace(body_position=x[0], body_orientation=q[0], body_velocity=v[0], body_angular_velocity=w[0])
+    model = trajectory.model
+    depths = _rigid_depths(spec, model, state0, x, q, trajectory.body_objects)
+    measured: dict = {}
+    worst = None
+    for key, label in (("ground", "ground_penetration_m"), ("objects", "object_overlap_m")):
+        later = depths[key][1:]
+        value = max(float(later.max()), 0.0) if len(later) else 0.0
+        measured[label] = value
+        if len(later) and (worst is None or value > worst[0]):
+            frame = int(later.argmax()) + 1
+            worst = (value, depths[f"{key}_pair"][frame], frame)
+
+    from ..sim.guards import RigidGuard
+
+    with torch.no_grad():
+        guard = RigidGuard(model, state0, substeps=spec.time.substeps, spec=spec)
+        energies = []
+        for t in range(x.shape[0]):
+            kinetic, potential, spring = guard._energy(x[t].double(), q[t].double(), v[t].double(), w[t].double())
+            energies.append(float((kinetic + potential).sum() + spring))
+        total_mass = float(model.body_mass.detach().double().sum())
+    energies = np.asarray(energies)
+    energy = float((energies[1:] - energies[0]).max()) / total_mass if len(energies) > 1 else 0.0
+    measured["energy_gain_j_per_kg"] = energy
+
+    cameras = scene_cameras(spec.camera, x.shape[0], spec.time.fps)
+    centres = x.to(torch.float64)
+    margin = min(_in_frame_margin(cam, centres[t:t + 1]) for t, cam in enumerate(cameras))
+    measured["min_in_frame_margin_px"] = margin
+
+    if worst is not None and worst[0] > gates.penetration_m:
+        failures.append({"gate": "penetration", "value": worst[0], "limit": gates.penetration_m,
+                         "detail": _overlap_detail(spec, worst[0], worst[1], worst[2])})
+    if energy > gates.energy_gain_j_per_kg:
+        failures.append({"gate": "energy_gain", "value": energy, "limit": gates.energy_gain_j_per_kg,
+                         "detail": f"mechanical energy rose by {energy:.4g} J/kg"})
+    if gates.require_in_frame and margin < 0:
+        failures.append({"gate": "out_of_frame", "value": margin, "limit": 0.0,
+                         "detail": f"a body's centre of mass leaves the image (by {-margin:.4g} px)"})
+    return measured, failures

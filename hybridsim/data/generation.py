@@ -65,6 +65,12 @@ def generate(distribution, count: int, out, *, workers: int | None = None, ray: 
     except (OSError, UnicodeDecodeError) as error:
         raise SceneError(f"cannot read distribution file: {error}", file=label) from None
     first = parse_distribution(text, source=label).sample(seed, 0, frames=frames)  # errors before any work
+    if first.fluid is not None or first.mpm is not None:
+        raise HybridsimError("generate draws sphere and rigid-body scenes only (this distribution has "
+                             f"{'[fluid]' if first.fluid is not None else '[mpm]'})", file=label)
+    from ..sim.world import World
+
+    rigid = World(first).rigid  # which kernels the workers warm up (sample 0's kind; any mix works)
     job = GenerateJob(text, label, seed=seed, frames=frames, gates=gates or QualityGates(), max_attempts=max_attempts)
 
     store = ShardStore(out, count, shard_size)
@@ -86,7 +92,7 @@ def generate(distribution, count: int, out, *, workers: int | None = None, ray: 
                     ray_description = description
                     log(f"generate on {description}")
 
-                results = run_ray(job, pending, ray, workers, first.backend, on_connect=connected)
+                results = run_ray(job, pending, ray, workers, first.backend, on_connect=connected, rigid=rigid)
             elif workers == 1 or len(pending) == 1:
                 from .runners import run_in_process
 
@@ -96,7 +102,7 @@ def generate(distribution, count: int, out, *, workers: int | None = None, ray: 
                 from .runners import run_local_pool
 
                 executor = f"local process pool ({min(workers, len(pending))} workers)"
-                results = run_local_pool(job, pending, min(workers, len(pending)), first.backend)
+                results = run_local_pool(job, pending, min(workers, len(pending)), first.backend, rigid)
         timing = {"simulate_s": 0.0, "render_s": 0.0, "encode_s": 0.0}
         rejected_now = 0
         with tqdm(total=count, initial=resumed, unit="sample", desc="generate", disable=not progress,

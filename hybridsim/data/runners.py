@@ -36,10 +36,10 @@ def run_in_process(job: GenerateJob, indices: Iterable[int]) -> Iterator[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def _worker_init(backend: str | None, parent: int) -> None:
+def _worker_init(backend: str | None, parent: int, rigid: bool = False) -> None:
     _exit_with_parent(parent)
     try:
-        prepare_process(backend)
+        prepare_process(backend, rigid)
     except Exception:  # noqa: BLE001 - the job itself reports the problem, naming the sample
         pass
 
@@ -57,10 +57,12 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="hybridsim-parent-watch", daemon=True).start()
 
 
-def run_local_pool(job: GenerateJob, indices: Iterable[int], workers: int, backend: str | None = None) -> Iterator[dict]:
+def run_local_pool(job: GenerateJob, indices: Iterable[int], workers: int, backend: str | None = None,
+                   rigid: bool = False) -> Iterator[dict]:
     """Generate on ``workers`` spawned processes (spawn, never fork: forking after torch or Taichi
     started threads can hang), about two samples per worker in flight. Each worker warms its
-    kernel caches once. A worker that dies (killed, out of memory) stops the run with an error."""
+    kernel caches once (the rigid-body solver and mesh renderer too with ``rigid``). A worker that
+    dies (killed, out of memory) stops the run with an error."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
@@ -68,7 +70,7 @@ def run_local_pool(job: GenerateJob, indices: Iterable[int], workers: int, backe
     from ..errors import ResourceError
 
     executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_worker_init, initargs=(backend, os.getpid()))
+                                   initializer=_worker_init, initargs=(backend, os.getpid(), rigid))
     todo = list(indices)[::-1]
     running: set = set()
     try:
@@ -92,8 +94,8 @@ def run_local_pool(job: GenerateJob, indices: Iterable[int], workers: int, backe
 # --------------------------------------------------------------------------------------------
 
 
-def _ray_sample(job: GenerateJob, index: int, backend: str | None) -> dict:
-    prepare_process(backend)
+def _ray_sample(job: GenerateJob, index: int, backend: str | None, rigid: bool = False) -> dict:
+    prepare_process(backend, rigid)
     return run_sample(job, index)
 
 
@@ -146,7 +148,7 @@ def connect_ray(address: str, workers: int) -> tuple[object, bool, str]:
 
 
 def run_ray(job: GenerateJob, indices: Iterable[int], address: str, workers: int,
-            backend: str | None = None, on_connect=None) -> Iterator[dict]:
+            backend: str | None = None, on_connect=None, rigid: bool = False) -> Iterator[dict]:
     """Generate as Ray tasks (one CPU each), keeping about two tasks per cluster CPU in flight.
     ``on_connect(description)`` is called once Ray is up."""
     ray, started, description = connect_ray(address, workers)
@@ -160,7 +162,7 @@ def run_ray(job: GenerateJob, indices: Iterable[int], address: str, workers: int
         running: list = []
         while todo or running:
             while todo and len(running) < window:
-                running.append(remote.remote(job_ref, todo.pop(), backend))
+                running.append(remote.remote(job_ref, todo.pop(), backend, rigid))
             done, running = ray.wait(running, num_returns=1)
             yield ray.get(done[0])
     finally:
