@@ -596,7 +596,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, help="frames to simulate per sample (overrides the distribution)")
     p.add_argument("--require-in-frame", action="store_true", help="reject draws whose objects leave the image")
     p.add_argument("--penetration-tol", type=float, default=1e-3, metavar="M",
-                   help="reject draws with a sphere overlapping the ground or another sphere by more (default 1e-3 m)")
+                   help="reject draws with an object overlapping the ground or another object by more (rigid "
+                        "scenes: also at t = 0; default 1e-3 m)")
     p.add_argument("--energy-tol", type=float, default=1e-2, metavar="J_PER_KG",
                    help="reject draws whose mechanical energy rises by more (default 1e-2 J/kg)")
     p.add_argument("--max-attempts", type=int, default=16, help="draws per sample before giving up (default 16)")
