@@ -101,6 +101,26 @@ def rigid_kernels(real):
         return ti.select(length > lit(1.0e-12), d / ti.max(length, lit(1.0e-30)), fallback)
 
     @ti.func
+    def sliding_point(seg_c, seg_rot, seg_half, cb, rot_b, size_b, b_box):
+        # the point of a capsule's axis segment nearest shape b (a box, or a capsule's axis), by
+        # alternating projections between the two convex sets; returns the point and its segment
+        # parameter in [0, 1] (the same numerics as the Warp kernel)
+        e0 = seg_c + quat_rotate(seg_rot, vec3(0.0, 0.0, -seg_half))
+        axis = quat_rotate(seg_rot, vec3(0.0, 0.0, 2.0 * seg_half))
+        length2 = ti.max(axis.dot(axis), lit(1.0e-30))
+        p = seg_c
+        t = lit(0.5)
+        for _ in ti.static(range(4)):
+            local = quat_rotate_inv(rot_b, p - cb)
+            on_box = vec3(ti.min(ti.max(local[0], -size_b[0]), size_b[0]), ti.min(ti.max(local[1], -size_b[1]), size_b[1]),
+                          ti.min(ti.max(local[2], -size_b[2]), size_b[2]))
+            on_axis = vec3(0.0, 0.0, ti.min(ti.max(local[2], -size_b[1]), size_b[1]))
+            q = cb + quat_rotate(rot_b, ti.select(b_box, on_box, on_axis))
+            t = ti.min(ti.max((q - e0).dot(axis) / length2, lit(0.0)), lit(1.0))
+            p = e0 + t * axis
+        return p, t
+
+    @ti.func
     def box_support(axis, q, size):
         return (size[0] * ti.abs(axis.dot(quat_rotate(q, vec3(1.0, 0.0, 0.0))))
                 + size[1] * ti.abs(axis.dot(quat_rotate(q, vec3(0.0, 1.0, 0.0))))
@@ -357,6 +377,13 @@ def rigid_kernels(real):
             size_b = slot_b_size[c]
             up = vec3(0.0, 0.0, 1.0)
 
+            # a capsule's sliding slot (slot_order 1 on a box / capsule target), as in the Warp kernel
+            sliding = (slot_order[c] == 1) & ((kind == 2) | (kind == 3))
+            p_slide, t_slide = sliding_point(xa + quat_rotate(qa, slot_a_position[c]), quat_mul(qa, slot_a_rotation[c]),
+                                             slot_a_size[c][1], cb, rot_b, size_b, kind == 2)
+            p = ti.select(sliding, p_slide, p)
+            inner = (t_slide > lit(0.02)) & (t_slide < lit(0.98))
+
             n_ground = up
             d_ground = p[2] - cb[2] - ra_point
 
@@ -392,7 +419,7 @@ def rigid_kernels(real):
 
             n = ti.select(kind == 0, n_ground, ti.select(kind == 1, n_sphere, ti.select(kind == 2, n_box, ti.select(kind == 3, n_capsule, n_sat))))
             d = ti.select(kind == 0, d_ground, ti.select(kind == 1, d_sphere, ti.select(kind == 2, d_box, ti.select(kind == 3, d_capsule, d_sat))))
-            valid = (kind != 4) | (valid_sat > lit(0.0))
+            valid = ((kind != 4) | (valid_sat > lit(0.0))) & ((not sliding) | inner)
 
             pc = ti.select(kind == 4, point_sat, p - ra_point * n)
             arm_a = pc - xa

@@ -106,6 +106,26 @@ def rigid_kernels(real):
         return wp.where(length > real(1.0e-12), d / wp.max(length, tiny), fallback)
 
     @wp.func
+    def sliding_point(seg_c: vec3, seg_rot: vec4, seg_half: real, cb: vec3, rot_b: vec4, size_b: vec3, b_box: wp.bool):
+        # the point of a capsule's axis segment nearest shape b (a box, or a capsule's axis), by
+        # alternating projections between the two convex sets; returns the point and its segment
+        # parameter in [0, 1]
+        e0 = seg_c + quat_rotate(seg_rot, vec3(zero, zero, -seg_half))
+        axis = quat_rotate(seg_rot, vec3(zero, zero, two * seg_half))
+        length2 = wp.max(wp.dot(axis, axis), tiny)
+        p = seg_c
+        t = half
+        for _ in range(4):
+            local = quat_rotate_inv(rot_b, p - cb)
+            on_box = vec3(wp.clamp(local[0], -size_b[0], size_b[0]), wp.clamp(local[1], -size_b[1], size_b[1]),
+                          wp.clamp(local[2], -size_b[2], size_b[2]))
+            on_axis = vec3(zero, zero, wp.clamp(local[2], -size_b[1], size_b[1]))
+            q = cb + quat_rotate(rot_b, wp.where(b_box, on_box, on_axis))
+            t = wp.clamp(wp.dot(q - e0, axis) / length2, zero, one)
+            p = e0 + t * axis
+        return p, t
+
+    @wp.func
     def box_support(axis: vec3, q: vec4, size: vec3):
         # half-width of a box (half extents ``size``, orientation q) along a world axis
         return (size[0] * wp.abs(wp.dot(axis, quat_rotate(q, vec3(one, zero, zero))))
@@ -390,6 +410,15 @@ def rigid_kernels(real):
         size_b = slot_b_size[c]
         up = vec3(zero, zero, one)
 
+        # a capsule's sliding slot (slot_order 1 on a box / capsule target): the point of its axis
+        # nearest the other shape, so a crossing in the middle of the segment is caught; its ends
+        # have their own slots, so it is active only inside the segment
+        sliding = slot_order[c] == 1 and (kind == 2 or kind == 3)
+        p_slide, t_slide = sliding_point(xa + quat_rotate(qa, slot_a_position[c]), quat_mul(qa, slot_a_rotation[c]),
+                                         slot_a_size[c][1], cb, rot_b, size_b, kind == 2)
+        p = wp.where(sliding, p_slide, p)
+        inner = t_slide > real(0.02) and t_slide < real(0.98)
+
         # ground plane z = cb.z
         n_ground = up
         d_ground = p[2] - cb[2] - ra_point
@@ -428,7 +457,7 @@ def rigid_kernels(real):
 
         n = wp.where(kind == 0, n_ground, wp.where(kind == 1, n_sphere, wp.where(kind == 2, n_box, wp.where(kind == 3, n_capsule, n_sat))))
         d = wp.where(kind == 0, d_ground, wp.where(kind == 1, d_sphere, wp.where(kind == 2, d_box, wp.where(kind == 3, d_capsule, d_sat))))
-        valid = kind != 4 or valid_sat > zero
+        valid = (kind != 4 or valid_sat > zero) and (not sliding or inner)
 
         # contact point on the surface of a; arms from each centre of mass
         pc = wp.where(kind == 4, point_sat, p - ra_point * n)

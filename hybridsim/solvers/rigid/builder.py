@@ -256,8 +256,9 @@ class RigidBuilder:
                 for p, r in points_of(i):
                     add(KIND_GROUND, i, p, r, -1, -1, np.array([0.0, 0.0, self.ground_height]), np.array(IDENTITY), (0.0, 0.0, 0.0))
 
-        def against(i, j):
-            """Points of shape i (dynamic) against the solid shape j."""
+        def against(i, j, sliding=True):
+            """Points of shape i (dynamic) against the solid shape j; a capsule also gets a sliding
+            slot (order 1) at the point of its axis nearest j, for crossings mid-segment."""
             sj = shapes[j]
             if sj.kind == SHAPE_MESH:
                 return
@@ -268,6 +269,9 @@ class RigidBuilder:
                 return
             for p, r in points_of(i):
                 add(_TARGET_KIND[sj.kind], i, p, r, sj.body, j, sj.position, sj.rotation, sj.size)
+            if sliding and shapes[i].kind == SHAPE_CAPSULE and sj.kind in (SHAPE_CAPSULE, SHAPE_BOX):
+                add(_TARGET_KIND[sj.kind], i, np.zeros(3), shapes[i].size[0], sj.body, j, sj.position, sj.rotation,
+                    sj.size, 1)
 
         for i in range(len(shapes)):
             for j in range(i + 1, len(shapes)):
@@ -290,8 +294,8 @@ class RigidBuilder:
                 else:
                     if si.body >= 0:
                         against(i, j)
-                    if sj.body >= 0:
-                        against(j, i)
+                    if sj.body >= 0:  # two capsules: one sliding slot for the pair is enough
+                        against(j, i, sliding=not (kinds == {SHAPE_CAPSULE} and si.body >= 0))
 
         count = len(rows)
         contact = dict(count=count)
