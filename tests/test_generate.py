@@ -420,17 +420,24 @@ def _cmdline(pid: int) -> str:
 @pytest.mark.slow
 def test_many_kills_of_a_worker_pool_lose_and_duplicate_nothing(tmp_path):
     # enough samples that the job cannot finish between kills, however warm the caches are
-    args = ["--count", "40", "--shard-size", "4", "--frames", "6", "--seed", "3", "-q"]
+    args = ["--count", "120", "--shard-size", "4", "--frames", "6", "--seed", "3", "-q"]
     clean = tmp_path / "clean"
     assert main(["generate", str(BOUNCE_RANDOM), "-o", str(clean), "--workers", "2", *args]) == 0
     out = tmp_path / "killed"
     rng = random.Random()
     kills, pools_seen = 0, 0
-    for _ in range(12):
+    done_before = 0
+    for _ in range(20):
         process = _generate_process(out, workers=2, extra=args)
-        time.sleep(rng.uniform(0.5, 4.0))
+        # kill at a random moment after this run has made progress (a sample more than before)
+        deadline = time.monotonic() + 120
+        while (_done_samples(out, 120, 4) <= done_before and process.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.5))
         if process.poll() is not None:
             break
+        done_before = _done_samples(out, 120, 4)
         workers = {pid for pid in _children(process.pid) if "spawn_main" in _cmdline(pid)}
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
@@ -440,10 +447,16 @@ def test_many_kills_of_a_worker_pool_lose_and_duplicate_nothing(tmp_path):
         while any("spawn_main" in _cmdline(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert not any("spawn_main" in _cmdline(pid) for pid in workers), "orphaned pool workers"
-    assert kills >= 3 and pools_seen >= 1
+    assert kills >= 15 and pools_seen >= 1
+    resumable = _done_samples(out, 120, 4)
+    assert resumable >= kills  # every killed run left at least one finished sample behind
     assert main(["generate", str(BOUNCE_RANDOM), "-o", str(out), "--workers", "2", *args]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] == resumable and summary["resumed"] + summary["generated"] == 120
     assert _shards(out) == _shards(clean)
     _assert_same_samples(_decoded(out), _decoded(clean))
+    print(f"generate: {kills} kills, {resumable} samples kept across them, 120 samples in the end, "
+          "none lost or duplicated")
 
 
 # --------------------------------------------------------------------------------------------
