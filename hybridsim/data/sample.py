@@ -16,7 +16,8 @@ class Rendering:
     rgb: Any
     """Colour frames, numpy uint8 (T, H, W, 3)."""
     layers: dict
-    """Lossless numpy layers: depth (T, H, W) [m, inf for sky] float32, normal (T, H, W, 3) float32
+    """Lossless numpy layers: albedo (T, H, W, 3) uint8 (unlit colours), depth (T, H, W) [m, inf for sky]
+    float32, normal (T, H, W, 3) float32
     (camera space), alpha (T, H, W) float32, segmentation (T, H, W) int32 (0 ground/sky, k+1 sphere k),
     flow_forward / flow_backward (T, H, W, 2) [px] float32, occlusion_forward / occlusion_backward
     (T, H, W) bool, intrinsics (T, 3, 3) and extrinsics (T, 4, 4) float64 (world to camera, per frame:
@@ -88,10 +89,11 @@ def render_layers(world, trajectory, *, progress: Callable[[int], None] | None =
     from ..render.scene import render_trajectory
 
     cameras = scene_cameras(world.spec.camera, trajectory.frame_count, world.spec.time.fps)
-    layers: dict[str, list] = {"rgb": [], "depth": [], "segmentation": [], "normal": [], "alpha": []}
+    layers: dict[str, list] = {"rgb": [], "albedo": [], "depth": [], "segmentation": [], "normal": [], "alpha": []}
     with torch.no_grad():
         for index in range(trajectory.frame_count):
-            frame = render_trajectory(world, trajectory, frames=slice(index, index + 1), camera=cameras[index])
+            frame = render_trajectory(world, trajectory, frames=slice(index, index + 1), camera=cameras[index],
+                                      albedo=True)
             for key in layers:
                 layers[key].append(frame[key][0])
             if progress is not None:
@@ -102,6 +104,7 @@ def render_layers(world, trajectory, *, progress: Callable[[int], None] | None =
     rgb = to_uint8(stacked.pop("rgb"))
     for key in ("depth", "normal", "alpha"):
         stacked[key] = stacked[key].astype(np.float32)
+    stacked["albedo"] = to_uint8(stacked["albedo"])  # unlit colours, quantised like rgb
     for key, value in flow.items():
         stacked[key] = value.numpy().astype(np.float32) if value.is_floating_point() else value.numpy()
     stacked.update(camera_layers(cameras))

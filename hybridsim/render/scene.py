@@ -32,15 +32,17 @@ def scene_render_options(world, params=None) -> dict:
 
 
 def render_trajectory(world, trajectory, params=None, *, world_index: int = 0,
-                      frames: slice | None = None, camera: Camera | None = None) -> dict[str, torch.Tensor]:
+                      frames: slice | None = None, camera: Camera | None = None,
+                      albedo: bool = False) -> dict[str, torch.Tensor]:
     """Layers for every frame of one world of ``trajectory``: rgb (F,H,W,3) in [0,1], alpha,
-    depth [m], segmentation (int32; 0 ground/sky, k+1 sphere k) and camera-space normals.
+    depth [m], segmentation (int32; 0 ground/sky, k+1 sphere k) and camera-space normals (with
+    ``albedo`` also the unlit colours).
 
     Differentiable with respect to sphere positions, radii, colours and light (soft edges).
     """
     centers = trajectory.positions[:, world_index]
     radii = trajectory.model.radius.reshape(world.world_count, -1)[world_index]
-    options = scene_render_options(world, params)
+    options = dict(scene_render_options(world, params), albedo=albedo)
     colors = world.colors(params)
     if camera is None and camera_moves(world.spec.camera):  # a camera path: one camera per frame
         cameras = scene_cameras(world.spec.camera, centers.shape[0], world.spec.time.fps)

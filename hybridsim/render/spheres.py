@@ -38,6 +38,7 @@ def render_spheres(
     light_intensity=0.8,
     ambient=0.35,
     edge_softness=0.75,
+    albedo: bool = False,
 ) -> dict:
     """Render N spheres: centers (N, 3) m, radii (N,) m, colors (N, 3) in [0, 1]; float32 or float64.
 
@@ -49,7 +50,8 @@ def render_spheres(
     (H, W) int32 (0 ground/sky, k+1 sphere k) and ``normal`` (H, W, 3) camera-space unit normal
     (OpenCV axes, 0 for sky), which carry no gradient. The output dtype is that of ``centers``.
     A sphere cut by the ground still composites in front of it in ``rgb``; the hard layers report
-    whichever surface the ray meets first.
+    whichever surface the ray meets first. With ``albedo`` also ``albedo`` (H, W, 3): the unlit
+    colours (spheres, checker ground, sky) composited the same way, differentiable.
     """
     centers, radii, colors = _check_spheres(centers, radii, colors)
     device, dtype = centers.device, centers.dtype
@@ -77,6 +79,13 @@ def render_spheres(
     rgb, alpha = _SoftSpheres.apply(
         plan, hard_edges, origins, dirs, background, centers, radii, colors, softness, light, intensity, amb
     )
+    unlit = None
+    if albedo:  # the same composite with light off and ambient 1: the unlit colours
+        off, full = intensity * 0.0, amb * 0.0 + 1.0
+        ground_albedo = _ground(origins, dirs, float(ground_height), float(checker_size), par(checker_colors),
+                                par(sky_color), light, off, full, 1.0 / camera.focal(), camera.orthographic)[0]
+        unlit, _ = _SoftSpheres.apply(plan, hard_edges, origins, dirs, ground_albedo, centers, radii, colors, softness,
+                                      light, off, full)
     with torch.no_grad():
         t_first, seg, normal = t_ground.clone(), torch.zeros_like(t_ground, dtype=torch.int32), torch.zeros_like(dirs)
         normal[torch.isfinite(t_ground)] = n_ground
@@ -87,13 +96,16 @@ def render_spheres(
         depth = t_first * (dirs @ rot[2])  # ray origins lie on the camera plane z = 0
         normal = normal @ rot.T
     height, width = camera.height, camera.width
-    return {
+    out = {
         "rgb": rgb.clamp(0.0, 1.0).reshape(height, width, 3),
         "alpha": alpha.clamp(0.0, 1.0).reshape(height, width),
         "depth": depth.reshape(height, width),
         "segmentation": seg.reshape(height, width),
         "normal": normal.reshape(height, width, 3),
     }
+    if unlit is not None:
+        out["albedo"] = unlit.clamp(0.0, 1.0).reshape(height, width, 3)
+    return out
 
 
 def render_frames(camera: Camera, centers: torch.Tensor, radii: torch.Tensor, colors: torch.Tensor, **kwargs) -> dict:
