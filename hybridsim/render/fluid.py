@@ -4,16 +4,19 @@ Every pixel ray meets the plane y = 0; the density there is sampled bilinearly f
 (torch ``grid_sample``, so gradients reach the density and through it the simulation), turned into
 opacity 1 - exp(-opacity * density) and composited over the background. With an orthographic
 camera looking along +y whose image matches the grid, one pixel is one cell. Flow is exact:
-the plane point moves with the fluid velocity over one frame and is projected again.
+the plane point moves with the fluid velocity over one frame and is projected again. Obstacles
+are painted opaque in ``obstacle_color`` where they are at each record's time (moving ones move).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .camera import Camera
 
-__all__ = ["render_fluid_frames", "fluid_plane_points", "cell_velocity"]
+__all__ = ["render_fluid_frames", "fluid_plane_points", "cell_velocity", "obstacle_mask"]
 
 
 def fluid_plane_points(camera: Camera, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +52,22 @@ def _sample(field: torch.Tensor, grid_xy: torch.Tensor, cells: tuple[int, int]) 
     return sampled[0].permute(1, 2, 0)
 
 
+def obstacle_mask(fluid_spec, plane_xz: torch.Tensor, time: float) -> torch.Tensor:
+    """True where a point (..., 2) of the fluid plane (world x, z) [m] lies inside an obstacle at ``time``."""
+    inside = torch.zeros(plane_xz.shape[:-1], dtype=torch.bool)
+    for obstacle in fluid_spec.obstacles:
+        cx = obstacle.center[0] + obstacle.velocity[0] * time
+        cz = obstacle.center[1] + obstacle.velocity[1] * time
+        rx, rz = plane_xz[..., 0] - cx, plane_xz[..., 1] - cz
+        if obstacle.shape == "disc":
+            inside |= rx * rx + rz * rz < obstacle.radius ** 2
+            continue
+        angle = obstacle.angle + obstacle.angular_velocity * time
+        cos, sin = math.cos(angle), math.sin(angle)
+        inside |= ((cos * rx + sin * rz).abs() < obstacle.half_size[0]) & ((-sin * rx + cos * rz).abs() < obstacle.half_size[1])
+    return inside
+
+
 def render_fluid_frames(camera: Camera, fluid_spec, trajectory, frame_dt: float) -> dict[str, torch.Tensor]:
     """Layers for every record of a GridFluidTrajectory: ``rgb`` (F, H, W, 3) and ``alpha``
     (differentiable w.r.t. the density), ``density`` (F, H, W) sampled in the image, ``depth`` (m,
@@ -69,6 +88,10 @@ def render_fluid_frames(camera: Camera, fluid_spec, trajectory, frame_dt: float)
     density = density * inside
     alpha = 1.0 - torch.exp(-float(fluid_spec.opacity) * density.clamp(min=0.0))
     rgb = background * (1.0 - alpha[..., None]) + smoke * alpha[..., None]
+    if fluid_spec.obstacles:
+        plane_xz = torch.stack([points[..., 0], points[..., 2]], dim=-1)
+        solid = torch.stack([obstacle_mask(fluid_spec, plane_xz, float(t)) & inside for t in trajectory.times])
+        rgb = torch.where(solid[..., None], torch.tensor(fluid_spec.obstacle_color, dtype=dtype), rgb)
 
     depth_plane = camera.project(points)[1]
     depth = torch.where(hits, depth_plane, torch.full_like(depth_plane, float("inf"))).expand(frames, -1, -1)

@@ -733,9 +733,32 @@ class FluidShapeSpec(_Spec):
 
 
 class FluidInflowSpec(FluidShapeSpec):
-    """A smoke source: density added per second inside the shape (soft edges)."""
+    """A smoke source: density added per second inside the shape (soft edges); with ``temperature``
+    (needs ``[fluid.temperature]``) it also holds that temperature inside the shape."""
 
     rate: Float = 1.0
+    temperature: _num_type(optional=True) = None  # type: ignore[valid-type]
+
+
+class FluidObstacleSpec(FluidShapeSpec):
+    """A solid disc or box in the fluid; ``velocity`` [m/s] (world x, z) and ``angular_velocity``
+    [rad/s, counter-clockwise seen from the camera at -y] make it move (prescribed); ``angle`` [rad]
+    rotates a box."""
+
+    velocity: Vec2 = (0.0, 0.0)
+    angular_velocity: Float = 0.0
+    angle: Float = 0.0
+
+
+class FluidTemperatureSpec(_Spec):
+    """``[fluid.temperature]``: a temperature field advected like density, lift
+    ``buoyancy * (T - ambient) - density_weight * density`` [m/s^2] against gravity (Boussinesq),
+    cooling towards ``ambient`` at ``cooling`` [1/s]."""
+
+    ambient: Float = 0.0
+    buoyancy: Float = 1.0
+    cooling: NonNegFloat = 0.0
+    density_weight: Float = 0.0
 
 
 class FluidSpec(_Spec):
@@ -755,7 +778,20 @@ class FluidSpec(_Spec):
     background: Color = (0.08, 0.09, 0.12)
     opacity: PosFloat = 2.0
     inflows: tuple[FluidInflowSpec, ...] = ()
-    obstacles: tuple[FluidShapeSpec, ...] = ()
+    obstacles: tuple[FluidObstacleSpec, ...] = ()
+    obstacle_color: Color = (0.45, 0.42, 0.4)
+    temperature: FluidTemperatureSpec | None = None
+
+    @model_validator(mode="after")
+    def _check_temperature(self) -> "FluidSpec":
+        if self.temperature is None:
+            for i, inflow in enumerate(self.inflows):
+                if inflow.temperature is not None:
+                    fail("an inflow temperature needs a [fluid.temperature] table", f"inflows[{i}].temperature")
+        elif "buoyancy" in self.model_fields_set:
+            fail("with [fluid.temperature] the density term is temperature.density_weight (lift = "
+                 "temperature.buoyancy * (T - ambient) - density_weight * density): leave buoyancy out", "buoyancy")
+        return self
 
 
 # --------------------------------------------------------------------------------------------

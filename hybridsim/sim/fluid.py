@@ -3,7 +3,8 @@ differentiable rollouts of it recorded once per frame.
 
 The fluid lives in the world's x-z plane (y = 0): grid x is world x, grid y is world z, and
 ``fluid.origin`` is the world (x, z) of the grid's lower-left corner. Gravity points along -z,
-so buoyancy lifts density upwards.
+so buoyancy lifts density upwards. ``[fluid.temperature]`` adds a temperature field (Boussinesq
+lift, cooling, heating inflows); obstacles with a ``velocity`` or ``angular_velocity`` move.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from ..errors import SceneError, SimulationError
 
 __all__ = ["fluid_model", "fluid_rollout", "FLUID_LEARNABLE"]
 
-FLUID_LEARNABLE = ("fluid.buoyancy", "fluid.vorticity", "fluid.viscosity", "fluid.inflows[i].rate", "fluid.inflows[i].center")
+FLUID_LEARNABLE = ("fluid.buoyancy", "fluid.vorticity", "fluid.viscosity", "fluid.inflows[i].rate", "fluid.inflows[i].center",
+                   "fluid.inflows[i].temperature", "fluid.temperature.buoyancy", "fluid.temperature.ambient",
+                   "fluid.temperature.cooling", "fluid.temperature.density_weight")
 
 
 def fluid_model(world, params: Mapping[str, torch.Tensor] | None = None):
@@ -29,26 +32,40 @@ def fluid_model(world, params: Mapping[str, torch.Tensor] | None = None):
     if spec is None:
         raise SceneError("the scene has no [fluid] table", file=world.spec.source, field="fluid")
     origin = torch.tensor(spec.origin, dtype=world.dtype, device=world.device)
+    heat = spec.temperature
     builder = GridFluidBuilder(cell_count=spec.cells, cell_size=spec.cell_size, boundary=spec.boundary,
-                               wall_slip=spec.wall_slip, gravity_direction=(0.0, -1.0))
+                               wall_slip=spec.wall_slip, gravity_direction=(0.0, -1.0),
+                               temperature_buoyancy=None if heat is None else heat.buoyancy,
+                               ambient_temperature=0.0 if heat is None else heat.ambient,
+                               cooling_rate=0.0 if heat is None else heat.cooling)
     for index, inflow in enumerate(spec.inflows):
         center = tuple(c - o for c, o in zip(inflow.center, spec.origin))
         if inflow.shape == "disc":
-            builder.add_inflow_disc(center, inflow.radius, inflow.rate)
+            builder.add_inflow_disc(center, inflow.radius, inflow.rate, temperature=inflow.temperature)
         else:
-            builder.add_inflow_box(center, inflow.half_size, inflow.rate)
+            builder.add_inflow_box(center, inflow.half_size, inflow.rate, temperature=inflow.temperature)
     for obstacle in spec.obstacles:
         center = tuple(c - o for c, o in zip(obstacle.center, spec.origin))
+        motion = dict(velocity=obstacle.velocity, angular_velocity=obstacle.angular_velocity)
         if obstacle.shape == "disc":
-            builder.add_obstacle_disc(center, obstacle.radius)
+            builder.add_obstacle_disc(center, obstacle.radius, **motion)
         else:
-            builder.add_obstacle_box(center, obstacle.half_size)
+            builder.add_obstacle_box(center, obstacle.half_size, angle=obstacle.angle, **motion)
     try:
         model = builder.finalize(dtype=world.dtype, device=world.device)
     except Exception as error:  # HybridsimError from the builder: name the scene file and table
         raise SceneError(getattr(error, "message", str(error)), file=world.spec.source,
                          field=f"fluid.{getattr(error, 'field', '') or ''}".rstrip(".")) from None
     model.buoyancy = world.value("fluid.buoyancy", params).reshape(1)
+    if heat is not None:  # Boussinesq: the density term is the smoke's weight
+        model.buoyancy = -world.value("fluid.temperature.density_weight", params).reshape(1)
+        model.temperature_buoyancy = world.value("fluid.temperature.buoyancy", params).reshape(1)
+        model.ambient_temperature = world.value("fluid.temperature.ambient", params).reshape(1)
+        model.cooling_rate = world.value("fluid.temperature.cooling", params).reshape(1)
+        if spec.inflows:
+            model.inflow_temperature = torch.stack([
+                world.value(f"fluid.inflows[{i}].temperature", params).reshape(()) if inflow.temperature is not None
+                else model.ambient_temperature.reshape(()) for i, inflow in enumerate(spec.inflows)])
     model.vorticity_strength = world.value("fluid.vorticity", params).reshape(1)
     model.viscosity = world.value("fluid.viscosity", params).reshape(1)
     if spec.inflows:
@@ -60,14 +77,16 @@ def fluid_model(world, params: Mapping[str, torch.Tensor] | None = None):
 
 
 def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: int | None = None,
-                  checkpoint: bool | str = "auto", progress=None, check: bool = True):
+                  checkpoint: bool | str = "auto", progress=None, check: bool = True, motion_prior=None):
     """Simulate the scene's fluid from rest for ``frames`` frames (default: the scene's); returns a
     GridFluidTrajectory with one record per frame (record 0 = initial state).
 
     With ``check`` the blow-up guard (``hybridsim.sim.guards.FluidGuard``: non-finite fields, CFL
     number above 5) runs at every frame boundary; a violation, or a non-finite step caught by the
     solver, raises SimulationError naming frame, substep and quantity, with ``error.partial`` the
-    GridFluidTrajectory of the good frames before it."""
+    GridFluidTrajectory of the good frames before it. ``motion_prior(step, state)`` (e.g. a
+    ``hybridsim.neural.DivergenceFreeFluidPrior``) returns each step's GridFluidControl (extra
+    face accelerations) and joins the autograd graph."""
     from ..solvers.grid_fluid import SolverGridFluid, rollout_grid_fluid
 
     spec = world.spec
@@ -89,7 +108,7 @@ def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
     def control(step, state):
         if progress is not None and step % substeps == 0:
             progress(step // substeps)
-        return None
+        return motion_prior(step, state) if motion_prior is not None else None
 
     guard = None
     if check:
@@ -105,8 +124,11 @@ def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
             frame = first_step // substeps + violation.offset + 1
             raise blow_up(spec, violation, frame=frame, substeps=substeps, what="fluid simulation")
 
+    state = model.state()
+    if model.has_moving_obstacles:  # start from rest relative to the obstacles' boundary condition
+        state.velocity_x, state.velocity_y = solver.project(state.velocity_x, state.velocity_y, time=0.0)
     try:
-        trajectory = rollout_grid_fluid(model, model.state(), steps, dt=spec.dt, solver=solver,
+        trajectory = rollout_grid_fluid(model, state, steps, dt=spec.dt, solver=solver,
                                         control=control, record_every=substeps, checkpoint=checkpoint,
                                         segment_steps=segment_steps, check=check_segment if guard else None)
     except SimulationError as error:
@@ -115,7 +137,8 @@ def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
             partial = error.partial
             if partial is not None and partial.density.shape[0] > keep:
                 partial = type(partial)(partial.velocity_x[:keep], partial.velocity_y[:keep], partial.density[:keep],
-                                        partial.times[:keep])
+                                        partial.times[:keep],
+                                        None if partial.temperature is None else partial.temperature[:keep])
             error.partial = partial
             raise
         # the solver's own per-step check (non-finite values): name the frame and substep

@@ -255,6 +255,28 @@ def grid_fluid_kernels(real):
             rho = half * (density[i, below] + density[i, above])
             v_out[i, j] = v[i, j] + dt * (buoyancy[0] * rho * up_y + acceleration_v[i, j])
 
+    @wp.kernel(module=module)
+    def add_temperature_buoyancy(u: array2, v: array2, temperature: array2, coefficient: array1, ambient: array1,
+                                 up_x: real, up_y: real, dt: real, flags: int, nx: int, ny: int, u_out: array2,
+                                 v_out: array2):
+        # Boussinesq lift: coefficient * (T - T_ambient) against gravity, T averaged onto each face
+        i, j = wp.tid()
+        if i < nx + 1 - bit(flags, 0) and j < ny:
+            left, right = face_cells(i, nx, bit(flags, 0))
+            excess = half * (temperature[left, j] + temperature[right, j]) - ambient[0]
+            u_out[i, j] = u[i, j] + dt * coefficient[0] * excess * up_x
+        if i < nx and j < ny + 1 - bit(flags, 1):
+            below, above = face_cells(j, ny, bit(flags, 1))
+            excess = half * (temperature[i, below] + temperature[i, above]) - ambient[0]
+            v_out[i, j] = v[i, j] + dt * coefficient[0] * excess * up_y
+
+    @wp.kernel(module=module)
+    def cool_temperature(temperature: array2, ambient: array1, rate: array1, dt: real, temperature_out: array2):
+        # exact exponential relaxation towards the ambient temperature over dt
+        i, j = wp.tid()
+        decay = wp.exp(-rate[0] * dt)
+        temperature_out[i, j] = ambient[0] + (temperature[i, j] - ambient[0]) * decay
+
     @wp.func(module=module)
     def cell_velocity(u: array2, v: array2, i: int, j: int, flags: int, nx: int, ny: int):
         ip = wp.where(bit(flags, 0) == 1, (i + 1) % nx, i + 1)
@@ -489,7 +511,7 @@ def grid_fluid_kernels(real):
     return SimpleNamespace(
         advect_scalar=advect_scalar, advect_velocity=advect_velocity, correct_scalar=correct_scalar,
         correct_velocity=correct_velocity, advect_conservative=advect_conservative, add_buoyancy=add_buoyancy,
-        curl=curl, confine_vorticity=confine_vorticity, divergence=divergence,
+        add_temperature_buoyancy=add_temperature_buoyancy, cool_temperature=cool_temperature, curl=curl, confine_vorticity=confine_vorticity, divergence=divergence,
         apply_pressure_operator=apply_pressure_operator, pressure_diagonal=pressure_diagonal,
         subtract_pressure_gradient=subtract_pressure_gradient, factor_incomplete_cholesky=factor_incomplete_cholesky,
         apply_incomplete_cholesky=apply_incomplete_cholesky, apply_diffusion_operator=apply_diffusion_operator,
@@ -500,6 +522,13 @@ def grid_fluid_kernels(real):
 @functools.cache
 def add_inflow_kernel(real, source_count: int):
     """Return the ``add_inflow`` kernel for ``source_count`` sources (a compile-time loop count)."""
+    return inflow_kernels(real, source_count).add_inflow
+
+
+@functools.cache
+def inflow_kernels(real, source_count: int):
+    """The source kernels for ``source_count`` sources: ``add_inflow`` (density) and ``heat_inflow``
+    (temperature)."""
     import warp as wp
 
     module = f"hybridsim_grid_fluid_inflow{source_count}_{real.__name__}"
@@ -513,6 +542,16 @@ def add_inflow_kernel(real, source_count: int):
         s = wp.clamp(e + half, zero, one)
         return s * s * (real(3.0) - real(2.0) * s)
 
+    @wp.func(module=module)
+    def coverage(x: real, y: real, center: array2, size: array2, is_box: array1, s: int, dx: real):
+        ox = x - center[s, 0]
+        oy = y - center[s, 1]
+        distance = wp.sqrt(ox * ox + oy * oy + real(1.0e-20))
+        disc = smooth_coverage((size[s, 0] - distance) / dx)
+        box = (smooth_coverage((size[s, 0] - wp.abs(ox)) / dx)
+               * smooth_coverage((size[s, 1] - wp.abs(oy)) / dx))
+        return is_box[s] * box + (one - is_box[s]) * disc
+
     @wp.kernel(module=module)
     def add_inflow(density: array2, center: array2, size: array2, rate: array1, is_box: array1, dx: real,
                    dt: real, density_out: array2):
@@ -522,13 +561,20 @@ def add_inflow_kernel(real, source_count: int):
         y = (real(j) + half) * dx
         total = zero
         for s in range(source_count):
-            ox = x - center[s, 0]
-            oy = y - center[s, 1]
-            distance = wp.sqrt(ox * ox + oy * oy + real(1.0e-20))
-            disc = smooth_coverage((size[s, 0] - distance) / dx)
-            box = (smooth_coverage((size[s, 0] - wp.abs(ox)) / dx)
-                   * smooth_coverage((size[s, 1] - wp.abs(oy)) / dx))
-            total = total + rate[s] * (is_box[s] * box + (one - is_box[s]) * disc)
+            total = total + rate[s] * coverage(x, y, center, size, is_box, s, dx)
         density_out[i, j] = density[i, j] + dt * total
 
-    return add_inflow
+    @wp.kernel(module=module)
+    def heat_inflow(temperature: array2, center: array2, size: array2, source_temperature: array1,
+                    heats: array1, is_box: array1, dx: real, temperature_out: array2):
+        # each heating source (heats = 1) holds its temperature inside its shape, blended by the soft coverage
+        i, j = wp.tid()
+        x = (real(i) + half) * dx
+        y = (real(j) + half) * dx
+        value = temperature[i, j]
+        for s in range(source_count):
+            weight = heats[s] * coverage(x, y, center, size, is_box, s, dx)
+            value = value + weight * (source_temperature[s] - value)
+        temperature_out[i, j] = value
+
+    return SimpleNamespace(add_inflow=add_inflow, heat_inflow=heat_inflow)

@@ -5,13 +5,13 @@ Build a domain with ``GridFluidBuilder``, step it with ``SolverGridFluid`` (``st
 docs/grid_fluid.md for the numerics.
 """
 
-from .model import GridFluidBuilder, GridFluidControl, GridFluidModel, GridFluidState
+from .model import GridFluidBuilder, GridFluidControl, GridFluidModel, GridFluidObstacle, GridFluidState
 from .pressure import PressureProjection, SolveResult, ViscousDiffusion, conjugate_gradient
 from .rollout import GridFluidTrajectory, rollout_grid_fluid
 from .solver import ADVECTION_SCHEMES, DENSITY_ADVECTION_SCHEMES, SolverGridFluid
 
 __all__ = [
     "ADVECTION_SCHEMES", "DENSITY_ADVECTION_SCHEMES", "GridFluidBuilder", "GridFluidControl", "GridFluidModel",
-    "GridFluidState", "GridFluidTrajectory", "PressureProjection", "SolveResult", "SolverGridFluid",
+    "GridFluidObstacle", "GridFluidState", "GridFluidTrajectory", "PressureProjection", "SolveResult", "SolverGridFluid",
     "ViscousDiffusion", "conjugate_gradient", "rollout_grid_fluid",
 ]

@@ -61,21 +61,23 @@ def kernel_phase(phase: KernelPhase, *inputs: torch.Tensor) -> tuple[torch.Tenso
 
 class _ProjectFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, projection: PressureProjection, u, v):
+    def forward(ctx, projection: PressureProjection, solid, u, v):
         ctx.projection = projection
-        return projection.project(u.detach(), v.detach())
+        return projection.project(u.detach(), v.detach(), solid)
 
     @staticmethod
     def backward(ctx, grad_u, grad_v):
         projection = ctx.projection
         grad_u = torch.zeros_like(projection.mask_x) if grad_u is None else grad_u
         grad_v = torch.zeros_like(projection.mask_y) if grad_v is None else grad_v
-        return (None, *projection.project_adjoint(grad_u, grad_v))
+        return (None, None, *projection.project_adjoint(grad_u, grad_v))
 
 
-def project(projection: PressureProjection, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Divergence-free part of (u, v); differentiable by one adjoint solve."""
-    return _ProjectFunction.apply(projection, u, v)
+def project(projection: PressureProjection, u: torch.Tensor, v: torch.Tensor,
+            solid: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Divergence-free part of (u, v) (of the composite flux with moving ``solid`` face velocities,
+    which are prescribed: no gradient); differentiable by one adjoint solve."""
+    return _ProjectFunction.apply(projection, solid, u, v)
 
 
 class _DiffuseFunction(torch.autograd.Function):

@@ -5,7 +5,7 @@ arrays are torch tensors viewed zero-copy. ``launch`` runs a kernel forward; ``a
 reverse-mode twin (Warp ``adjoint=True``, Taichi ``kernel.grad``) on the given inputs and returns
 the gradients of all input arrays; ``bind`` returns a zero-argument callable that relaunches one
 kernel on fixed arrays (the inner loop of the conjugate gradient solver). A kernel is named by a
-string, or by ("add_inflow", source_count) for the inflow kernel.
+string, or by ("add_inflow", source_count) / ("heat_inflow", source_count) for the source kernels.
 """
 
 from __future__ import annotations
@@ -26,16 +26,16 @@ class _WarpLauncher:
 
     def __init__(self, device: str, dtype: torch.dtype):
         wp = backends.warp()
-        from hybridsim.kernels.warp.grid_fluid import add_inflow_kernel, grid_fluid_kernels
+        from hybridsim.kernels.warp.grid_fluid import grid_fluid_kernels, inflow_kernels
 
         self.wp = wp
         self.real = wp.float64 if dtype == torch.float64 else wp.float32
         self._kernels = grid_fluid_kernels(self.real)
-        self._inflow = lambda count: add_inflow_kernel(self.real, count)
+        self._inflow = lambda count: inflow_kernels(self.real, count)
         self.device = "cuda:0" if device == "cuda" else device
 
     def _kernel(self, key):
-        return self._inflow(key[1]) if isinstance(key, tuple) else getattr(self._kernels, key)
+        return getattr(self._inflow(key[1]), key[0]) if isinstance(key, tuple) else getattr(self._kernels, key)
 
     def _view(self, t: torch.Tensor):
         return self.wp.from_torch(t, dtype=self.real)
@@ -75,15 +75,15 @@ class _TaichiLauncher:
 
     def __init__(self, device: str, dtype: torch.dtype):
         ti = backends.taichi(device)
-        from hybridsim.kernels.taichi.grid_fluid import add_inflow_kernel, grid_fluid_kernels
+        from hybridsim.kernels.taichi.grid_fluid import grid_fluid_kernels, inflow_kernels
 
         self.ti = ti
         real = ti.f64 if dtype == torch.float64 else ti.f32
         self._kernels = grid_fluid_kernels(real)
-        self._inflow = lambda count: add_inflow_kernel(real, count)
+        self._inflow = lambda count: inflow_kernels(real, count)
 
     def _kernel(self, key):
-        return self._inflow(key[1]) if isinstance(key, tuple) else getattr(self._kernels, key)
+        return getattr(self._inflow(key[1]), key[0]) if isinstance(key, tuple) else getattr(self._kernels, key)
 
     def launch(self, key, dim, inputs, scalars, outputs) -> None:
         self._kernel(key)(*inputs, *scalars, *outputs)

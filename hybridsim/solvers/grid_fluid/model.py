@@ -5,6 +5,11 @@ scene, grid y plays the role of world z (gravity defaults to (0, -1) in grid axe
 live on a staggered MAC grid: ``velocity_x`` on x-faces, ``velocity_y`` on y-faces, ``density``
 at cell centres. On a periodic axis the last face coincides with the first, so that axis has
 ``nx`` faces instead of ``nx + 1`` (no duplicated unknowns).
+
+Optional parts: a temperature field (cell centres, advected like density; Boussinesq buoyancy
+``temperature_buoyancy * (T - ambient_temperature)``, exponential cooling, heating sources) and
+obstacles that move with a prescribed velocity and angular velocity (their face fractions and the
+solid velocity on the faces they cover follow them: ``obstacle_faces(time)``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,8 @@ import torch
 
 from ...errors import HybridsimError
 
-__all__ = ["GridFluidModel", "GridFluidState", "GridFluidControl", "GridFluidBuilder", "BOUNDARY_KINDS"]
+__all__ = ["GridFluidModel", "GridFluidState", "GridFluidControl", "GridFluidBuilder", "GridFluidObstacle",
+           "BOUNDARY_KINDS"]
 
 BOUNDARY_KINDS = ("wall", "open", "periodic")
 _SIDES = ("x_lo", "x_hi", "y_lo", "y_hi")
@@ -54,10 +60,39 @@ class GridFluidModel:
     """Density added per second inside each source [1/s], shape (S,); learnable."""
     inflow_is_box: torch.Tensor
     """1 for a box source, 0 for a disc, shape (S,)."""
+    temperature_buoyancy: torch.Tensor | None = None
+    """Upward acceleration per unit temperature excess [m/s^2/K], shape (1,); learnable. None: the
+    model has no temperature field (density buoyancy only)."""
+    ambient_temperature: torch.Tensor | None = None
+    """Reference temperature T_ambient [K], shape (1,): no lift at it, cooling relaxes towards it."""
+    cooling_rate: torch.Tensor | None = None
+    """Exponential cooling rate towards the ambient temperature [1/s], shape (1,); learnable."""
+    inflow_temperature: torch.Tensor | None = None
+    """Temperature each source holds inside its shape [K], shape (S,); learnable."""
+    inflow_heats: torch.Tensor | None = None
+    """1 for a source that sets the temperature, 0 for one that only adds density, shape (S,)."""
+    obstacles: tuple = ()
+    """All obstacles (GridFluidObstacle), static and moving; the face fractions are those at t = 0."""
 
     @property
     def inflow_count(self) -> int:
         return int(self.inflow_rate.shape[0])
+
+    @property
+    def has_temperature(self) -> bool:
+        """Whether the model carries a temperature field."""
+        return self.temperature_buoyancy is not None
+
+    @property
+    def has_moving_obstacles(self) -> bool:
+        return any(obstacle.moving for obstacle in self.obstacles)
+
+    def obstacle_faces(self, time: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Face open fractions (area_x, area_y) with every obstacle where it is at ``time`` [s], and
+        the solid velocity normal to each face (solid_x on x-faces, solid_y on y-faces) [m/s]: the
+        rigid velocity of the obstacle covering the face at the midpoint of its covered part (the
+        mean over that part, the field being linear); zero where no moving obstacle covers it."""
+        return _moving_face_geometry(self, float(time))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -96,9 +131,15 @@ class GridFluidModel:
         return "open" not in self.boundary
 
     def state(self, requires_grad: bool = False) -> GridFluidState:
-        """A fluid at rest with zero density."""
+        """A fluid at rest with zero density (and the ambient temperature, when the model has one)."""
         make = lambda shape: torch.zeros(shape, dtype=self.dtype, device=self.device, requires_grad=requires_grad)  # noqa: E731
-        return GridFluidState(make(self.face_shape_x), make(self.face_shape_y), make(self.cell_count))
+        temperature = None
+        if self.has_temperature:
+            ambient = float(self.ambient_temperature.detach().reshape(-1)[0])
+            temperature = torch.full(self.cell_count, ambient, dtype=self.dtype, device=self.device,
+                                     requires_grad=requires_grad)
+        return GridFluidState(make(self.face_shape_x), make(self.face_shape_y), make(self.cell_count),
+                              temperature=temperature)
 
     def cell_centers(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell-centre coordinates (x, y) [m], each of shape (nx, ny)."""
@@ -120,19 +161,26 @@ class GridFluidState:
     """Smoke density at cell centres [1], shape (nx, ny)."""
     step_count: int = 0
     """Steps taken since the initial state (names the step in errors)."""
+    temperature: torch.Tensor | None = None
+    """Temperature at cell centres [K], shape (nx, ny); None for a model without temperature."""
+    time: float = 0.0
+    """Simulated time [s] (places moving obstacles)."""
+
+    def _with(self, fn) -> GridFluidState:
+        return GridFluidState(fn(self.velocity_x), fn(self.velocity_y), fn(self.density), self.step_count,
+                              None if self.temperature is None else fn(self.temperature), self.time)
 
     def clone(self) -> GridFluidState:
-        return GridFluidState(self.velocity_x.clone(), self.velocity_y.clone(), self.density.clone(), self.step_count)
+        return self._with(torch.clone)
 
     def detach(self) -> GridFluidState:
-        return GridFluidState(self.velocity_x.detach(), self.velocity_y.detach(), self.density.detach(),
-                              self.step_count)
+        return self._with(torch.Tensor.detach)
 
     def empty_like(self) -> GridFluidState:
-        return GridFluidState(torch.empty_like(self.velocity_x), torch.empty_like(self.velocity_y),
-                              torch.empty_like(self.density), self.step_count)
+        return self._with(torch.empty_like)
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(velocity_x, velocity_y, density); the temperature is ``temperature``."""
         return self.velocity_x, self.velocity_y, self.density
 
 
@@ -157,13 +205,44 @@ class _Inflow:
     size: tuple[float, float]
     rate: float
     is_box: bool
+    temperature: float | None = None
 
 
-@dataclass
-class _Obstacle:
+def _motion(velocity, index: int) -> tuple[float, float]:
+    velocity = tuple(float(c) for c in velocity)
+    if len(velocity) != 2 or not all(math.isfinite(c) for c in velocity):
+        raise HybridsimError(f"obstacle velocity must be 2 finite numbers, got {velocity}", field=f"obstacles[{index}].velocity")
+    return velocity
+
+
+@dataclass(frozen=True)
+class GridFluidObstacle:
+    """A solid disc or box; it may move: centre(t) = center + velocity t, angle(t) = angle +
+    angular_velocity t (counter-clockwise, grid axes)."""
+
     center: tuple[float, float]
+    """Centre at t = 0 [m], grid coordinates."""
     size: tuple[float, float]
+    """Disc radius (in both) or box half extents [m]."""
     is_box: bool
+    velocity: tuple[float, float] = (0.0, 0.0)
+    """Prescribed velocity of the centre [m/s]."""
+    angular_velocity: float = 0.0
+    """Prescribed angular velocity [rad/s]."""
+    angle: float = 0.0
+    """Rotation of a box at t = 0 [rad]."""
+
+    @property
+    def moving(self) -> bool:
+        return any(c != 0.0 for c in self.velocity) or self.angular_velocity != 0.0
+
+    def at(self, time: float) -> tuple[tuple[float, float], float]:
+        """Centre [m] and angle [rad] at ``time``."""
+        return ((self.center[0] + self.velocity[0] * time, self.center[1] + self.velocity[1] * time),
+                self.angle + self.angular_velocity * time)
+
+
+_Obstacle = GridFluidObstacle
 
 
 @dataclass
@@ -184,37 +263,53 @@ class GridFluidBuilder:
     viscosity: float = 0.0
     inflows: list = field(default_factory=list)
     obstacles: list = field(default_factory=list)
+    temperature_buoyancy: float | None = None
+    """Set (with ``ambient_temperature``, ``cooling_rate``) to give the model a temperature field."""
+    ambient_temperature: float = 0.0
+    cooling_rate: float = 0.0
 
-    def add_inflow_disc(self, center: tuple[float, float], radius: float, rate: float) -> int:
-        """Add a disc source of ``rate`` density per second [1/s]; returns its index."""
+    def add_inflow_disc(self, center: tuple[float, float], radius: float, rate: float,
+                        temperature: float | None = None) -> int:
+        """Add a disc source of ``rate`` density per second [1/s]; returns its index. With
+        ``temperature`` (a model with temperature) the source also holds that temperature inside it."""
         if radius <= 0:
             raise HybridsimError(f"inflow radius must be positive, got {radius}",
                                  field=f"inflows[{len(self.inflows)}].radius")
-        self.inflows.append(_Inflow(tuple(map(float, center)), (float(radius), float(radius)), float(rate), False))
+        self.inflows.append(_Inflow(tuple(map(float, center)), (float(radius), float(radius)), float(rate), False,
+                                    None if temperature is None else float(temperature)))
         return len(self.inflows) - 1
 
-    def add_inflow_box(self, center: tuple[float, float], half_size: tuple[float, float], rate: float) -> int:
+    def add_inflow_box(self, center: tuple[float, float], half_size: tuple[float, float], rate: float,
+                       temperature: float | None = None) -> int:
         """Add an axis-aligned box source with half extents ``half_size`` [m]; returns its index."""
         if min(half_size) <= 0:
             raise HybridsimError(f"inflow half_size must be positive, got {half_size}",
                                  field=f"inflows[{len(self.inflows)}].half_size")
-        self.inflows.append(_Inflow(tuple(map(float, center)), tuple(map(float, half_size)), float(rate), True))
+        self.inflows.append(_Inflow(tuple(map(float, center)), tuple(map(float, half_size)), float(rate), True,
+                                    None if temperature is None else float(temperature)))
         return len(self.inflows) - 1
 
-    def add_obstacle_disc(self, center: tuple[float, float], radius: float) -> int:
-        """Add a static solid disc; faces it cuts get their open fraction (exact chord lengths)."""
+    def add_obstacle_disc(self, center: tuple[float, float], radius: float, *,
+                          velocity: tuple[float, float] = (0.0, 0.0), angular_velocity: float = 0.0) -> int:
+        """Add a solid disc; faces it cuts get their open fraction (exact chord lengths). A non-zero
+        ``velocity`` [m/s] or ``angular_velocity`` [rad/s] makes it move (prescribed)."""
         if radius <= 0:
             raise HybridsimError(f"obstacle radius must be positive, got {radius}",
                                  field=f"obstacles[{len(self.obstacles)}].radius")
-        self.obstacles.append(_Obstacle(tuple(map(float, center)), (float(radius), float(radius)), False))
+        self.obstacles.append(_Obstacle(tuple(map(float, center)), (float(radius), float(radius)), False,
+                                        _motion(velocity, len(self.obstacles)), float(angular_velocity)))
         return len(self.obstacles) - 1
 
-    def add_obstacle_box(self, center: tuple[float, float], half_size: tuple[float, float]) -> int:
-        """Add a static solid axis-aligned box."""
+    def add_obstacle_box(self, center: tuple[float, float], half_size: tuple[float, float], *,
+                         velocity: tuple[float, float] = (0.0, 0.0), angular_velocity: float = 0.0,
+                         angle: float = 0.0) -> int:
+        """Add a solid box (rotated by ``angle`` [rad]; axis-aligned by default), static unless it
+        has a ``velocity`` or ``angular_velocity``."""
         if min(half_size) <= 0:
             raise HybridsimError(f"obstacle half_size must be positive, got {half_size}",
                                  field=f"obstacles[{len(self.obstacles)}].half_size")
-        self.obstacles.append(_Obstacle(tuple(map(float, center)), tuple(map(float, half_size)), True))
+        self.obstacles.append(_Obstacle(tuple(map(float, center)), tuple(map(float, half_size)), True,
+                                        _motion(velocity, len(self.obstacles)), float(angular_velocity), float(angle)))
         return len(self.obstacles) - 1
 
     def finalize(self, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> GridFluidModel:
@@ -236,6 +331,17 @@ class GridFluidBuilder:
                 raise HybridsimError(f"{name} must be finite", field=name)
         if self.viscosity < 0:
             raise HybridsimError(f"viscosity must be >= 0, got {self.viscosity}", field="viscosity")
+        has_temperature = self.temperature_buoyancy is not None
+        if has_temperature:
+            for name in ("temperature_buoyancy", "ambient_temperature", "cooling_rate"):
+                if not math.isfinite(getattr(self, name)):
+                    raise HybridsimError(f"{name} must be finite", field=name)
+            if self.cooling_rate < 0:
+                raise HybridsimError(f"cooling_rate must be >= 0, got {self.cooling_rate}", field="cooling_rate")
+        for index, source in enumerate(self.inflows):
+            if source.temperature is not None and not has_temperature:
+                raise HybridsimError("an inflow with a temperature needs a model with temperature (set "
+                                     "temperature_buoyancy)", field=f"inflows[{index}].temperature")
 
         model = GridFluidModel(
             cell_count=(nx, ny), cell_size=float(self.cell_size), boundary=boundary, wall_slip=self.wall_slip,
@@ -246,7 +352,17 @@ class GridFluidBuilder:
             inflow_size=torch.tensor([s.size for s in self.inflows], dtype=dtype, device=device).reshape(-1, 2),
             inflow_rate=torch.tensor([s.rate for s in self.inflows], dtype=dtype, device=device).reshape(-1),
             inflow_is_box=torch.tensor([float(s.is_box) for s in self.inflows], dtype=dtype, device=device).reshape(-1),
+            obstacles=tuple(self.obstacles),
         )
+        if has_temperature:
+            model.temperature_buoyancy = _scalar(self.temperature_buoyancy, dtype, device)
+            model.ambient_temperature = _scalar(self.ambient_temperature, dtype, device)
+            model.cooling_rate = _scalar(self.cooling_rate, dtype, device)
+            model.inflow_temperature = torch.tensor(
+                [self.ambient_temperature if s.temperature is None else s.temperature for s in self.inflows],
+                dtype=dtype, device=device).reshape(-1)
+            model.inflow_heats = torch.tensor([float(s.temperature is not None) for s in self.inflows], dtype=dtype,
+                                              device=device).reshape(-1)
         model.face_fraction_x, model.face_fraction_y = _face_fractions(model, self.obstacles, dtype, device)
         return model
 
@@ -297,8 +413,17 @@ def _face_fractions(model: GridFluidModel, obstacles, dtype, device) -> tuple[to
     xi2, yj2 = torch.meshgrid(torch.arange(nx, dtype=torch.float64), torch.arange(fy_count, dtype=torch.float64), indexing="ij")
     blocked_y = torch.zeros_like(xi2)
     for obstacle in obstacles:
+        if obstacle.angle != 0.0:  # a rotated box: the general segment clip
+            blocked_x = torch.maximum(blocked_x, _covered_interval(obstacle, 0.0, xi * dx, yj * dx, dx, axis=1)[0])
+            blocked_y = torch.maximum(blocked_y, _covered_interval(obstacle, 0.0, yj2 * dx, xi2 * dx, dx, axis=0)[0])
+            continue
         blocked_x = torch.maximum(blocked_x, _blocked_length(obstacle, xi * dx, yj * dx, dx, axis=1))
         blocked_y = torch.maximum(blocked_y, _blocked_length(obstacle, yj2 * dx, xi2 * dx, dx, axis=0))
+    return _open_fractions(model, blocked_x, blocked_y, dtype, device)
+
+
+def _open_fractions(model: GridFluidModel, blocked_x, blocked_y, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    dx = model.cell_size
     open_x = (1.0 - blocked_x / dx).clamp(0.0, 1.0)
     open_y = (1.0 - blocked_y / dx).clamp(0.0, 1.0)
     # faces closed to a tiny sliver are treated as solid (keeps the pressure system well conditioned)
@@ -315,3 +440,74 @@ def _face_fractions(model: GridFluidModel, obstacles, dtype, device) -> tuple[to
         open_y[:, -1] = 0.0
     return open_x.to(dtype=dtype, device=device), open_y.to(dtype=dtype, device=device)
 
+
+
+def _covered_interval(obstacle: GridFluidObstacle, time: float, across: torch.Tensor, start: torch.Tensor, dx: float,
+                      axis: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The part of the face segments {across} x [start, start + dx] (segments along ``axis``: 1 for
+    x-faces, running along y; 0 for y-faces) inside the obstacle at ``time``: (length, and the
+    grid coordinates (x, y) of its midpoint)."""
+    (cx, cy), angle = obstacle.at(time)
+    if axis == 1:  # points (across, start + s)
+        px, py, ex, ey = across, start, 0.0, 1.0
+    else:  # points (start + s, across)
+        px, py, ex, ey = start, across, 1.0, 0.0
+    rx, ry = px - cx, py - cy
+    lo = torch.zeros_like(start)
+    hi = torch.full_like(start, dx)
+    if obstacle.is_box:
+        cos, sin = math.cos(angle), math.sin(angle)
+        for (ax, ay), half in (((cos, sin), obstacle.size[0]), ((-sin, cos), obstacle.size[1])):
+            offset = ax * rx + ay * ry  # along the box axis, at s = 0
+            rate = ax * ex + ay * ey  # d offset / ds
+            if abs(rate) < 1e-12:  # the segment runs parallel to this pair of sides
+                outside = (offset.abs() >= half)
+                hi = torch.where(outside, lo, hi)
+            else:
+                a, b = (-half - offset) / rate, (half - offset) / rate
+                lo, hi = torch.maximum(lo, torch.minimum(a, b)), torch.minimum(hi, torch.maximum(a, b))
+    else:
+        centre_s = -(rx * ex + ry * ey)
+        perpendicular = rx * ey - ry * ex
+        half = (obstacle.size[0] ** 2 - perpendicular ** 2).clamp(min=0.0).sqrt()
+        lo, hi = torch.maximum(lo, centre_s - half), torch.minimum(hi, centre_s + half)
+    length = (hi - lo).clamp(min=0.0)
+    middle = 0.5 * (lo + hi)
+    return length, px + ex * middle, py + ey * middle
+
+
+def _moving_face_geometry(model: GridFluidModel, time: float):
+    nx, ny = model.cell_count
+    dx = model.cell_size
+    fx_count, fy_count = model.face_shape_x[0], model.face_shape_y[1]
+    xi, yj = torch.meshgrid(torch.arange(fx_count, dtype=torch.float64), torch.arange(ny, dtype=torch.float64), indexing="ij")
+    xi2, yj2 = torch.meshgrid(torch.arange(nx, dtype=torch.float64), torch.arange(fy_count, dtype=torch.float64), indexing="ij")
+    blocked_x, blocked_y = torch.zeros_like(xi), torch.zeros_like(xi2)
+    solid_x, solid_y = torch.zeros_like(xi), torch.zeros_like(xi2)
+    for obstacle in model.obstacles:
+        (cx, cy), _ = obstacle.at(time)
+        (vx, vy), omega = obstacle.velocity, obstacle.angular_velocity
+        # x-faces carry the x-velocity of the solid, y-faces its y-velocity: v + omega x (p - c)
+        length, mx, my = _covered_interval(obstacle, time, xi * dx, yj * dx, dx, axis=1)
+        closer = length > blocked_x
+        blocked_x = torch.where(closer, length, blocked_x)
+        solid_x = torch.where(closer, vx - omega * (my - cy), solid_x)
+        length, mx, my = _covered_interval(obstacle, time, yj2 * dx, xi2 * dx, dx, axis=0)
+        closer = length > blocked_y
+        blocked_y = torch.where(closer, length, blocked_y)
+        solid_y = torch.where(closer, vy + omega * (mx - cx), solid_y)
+    dtype, device = model.dtype, model.device
+    area_x, area_y = _open_fractions(model, blocked_x, blocked_y, dtype, device)
+    # the domain's walls are at rest
+    solid_x = torch.where(blocked_x > 0, solid_x, torch.zeros_like(solid_x))
+    solid_y = torch.where(blocked_y > 0, solid_y, torch.zeros_like(solid_y))
+    x_lo, x_hi, y_lo, y_hi = model.boundary
+    if x_lo == "wall":
+        solid_x[0] = 0.0
+    if x_hi == "wall":
+        solid_x[-1] = 0.0
+    if y_lo == "wall":
+        solid_y[:, 0] = 0.0
+    if y_hi == "wall":
+        solid_y[:, -1] = 0.0
+    return area_x, area_y, solid_x.to(dtype=dtype, device=device), solid_y.to(dtype=dtype, device=device)

@@ -14,6 +14,11 @@ linear, P = m (I - G M^+ G^T A), so its adjoint is P^T = (I - A G M^+ G^T) m: ba
 the same system once with the incoming gradient (no unrolled iterations are stored). Without
 an open side M is singular (constants); both solves then remove the mean over fluid cells.
 
+Moving solids. With u_s the solid velocity normal to each face, the volume flux through a face is
+A u + (1 - A) u_s; the projection makes that composite flux divergence-free: M p = -div(A u +
+(1 - A) u_s) over fluid cells, u' = m (u - G p) + (1 - m) u_s, so solid faces carry u_s. The map
+is affine in u with the same linear part, so the adjoint is unchanged (u_s is prescribed).
+
 Viscosity. (I + nu dt K) u' = m u per face, K the negated face Laplacian (solid faces fixed
 at zero, no-slip walls through ghost values); symmetric, so the adjoint is another solve with the
 same matrix and d/dnu = -dt <S^-1 g, K u'>.
@@ -144,6 +149,7 @@ class PressureProjection:
         launcher.launch("pressure_diagonal", self.cell_shape, [self.area_x, self.area_y], [self.cell_size, self.flags],
                         [diagonal])
         fluid = diagonal > 0
+        self.fluid_cells = fluid.to(area_x.dtype)
         self.inverse_diagonal = torch.where(fluid, 1.0 / torch.where(fluid, diagonal, torch.ones_like(diagonal)),
                                             torch.zeros_like(diagonal)).reshape(-1)
         self.fluid = fluid.to(area_x.dtype).reshape(-1) if singular else None
@@ -154,10 +160,13 @@ class PressureProjection:
                             [self.precon])
         self.last_result: SolveResult | None = None
 
-    def divergence(self, u: torch.Tensor, v: torch.Tensor, weighted: bool = True) -> torch.Tensor:
-        """Per-cell divergence [1/s] of the area-weighted (or mask-weighted) face velocities."""
+    def divergence(self, u: torch.Tensor, v: torch.Tensor, weighted: bool = True, weights=None) -> torch.Tensor:
+        """Per-cell divergence [1/s] of the area-weighted (or mask-weighted, or ``weights``-weighted)
+        face velocities."""
         out = u.new_empty(self.cell_shape)
-        weights = [self.area_x, self.area_y] if weighted else [self.mask_x, self.mask_y]
+        if weights is None:
+            weights = [self.area_x, self.area_y] if weighted else [self.mask_x, self.mask_y]
+        weights = [w.contiguous() for w in weights]
         self.launcher.launch("divergence", self.cell_shape, [u.contiguous(), v.contiguous(), *weights],
                              [self.cell_size, self.flags], [out])
         return out
@@ -189,11 +198,24 @@ class PressureProjection:
                              [u_out, v_out])
         return u_out, v_out
 
-    def project(self, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """u' = m (u - G p) with M p = G^T A u = -div_A(u)."""
+    def solid_divergence(self, solid_u: torch.Tensor, solid_v: torch.Tensor) -> torch.Tensor:
+        """Divergence of the solid part (1 - A) u_s of the face fluxes [1/s]."""
+        return self.divergence(solid_u.contiguous(), solid_v.contiguous(),
+                               weights=(1.0 - self.area_x, 1.0 - self.area_y))
+
+    def project(self, u: torch.Tensor, v: torch.Tensor, solid=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """u' = m (u - G p) with M p = G^T A u = -div_A(u). With ``solid`` = (u_s, v_s), the solid
+        velocity normal to each face: M p = -div(A u + (1 - A) u_s) on fluid cells and solid faces
+        get u_s."""
         u, v = u.contiguous(), v.contiguous()
-        pressure = self.solve(-self.divergence(u, v))
-        return self._subtract_gradient(u, v, pressure, (self.mask_x, self.mask_y))
+        if solid is None:
+            pressure = self.solve(-self.divergence(u, v))
+            return self._subtract_gradient(u, v, pressure, (self.mask_x, self.mask_y))
+        solid_u, solid_v = solid
+        rhs = -(self.divergence(u, v) + self.solid_divergence(solid_u, solid_v)) * self.fluid_cells
+        pressure = self.solve(rhs)
+        u_out, v_out = self._subtract_gradient(u, v, pressure, (self.mask_x, self.mask_y))
+        return u_out + (1.0 - self.mask_x) * solid_u, v_out + (1.0 - self.mask_y) * solid_v
 
     def project_adjoint(self, grad_u: torch.Tensor, grad_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """P^T g = m g - A G psi with M psi = G^T (m g): one solve with the same matrix."""

@@ -35,10 +35,14 @@ class GridFluidTrajectory:
     """Cell densities per record [1], shape (R, nx, ny)."""
     times: torch.Tensor
     """Time of each record [s], shape (R,)."""
+    temperature: torch.Tensor | None = None
+    """Cell temperatures per record [K], shape (R, nx, ny); None for a model without temperature."""
 
     def state(self, index: int) -> GridFluidState:
         """The recorded state ``index`` (negative counts from the end)."""
-        return GridFluidState(self.velocity_x[index], self.velocity_y[index], self.density[index])
+        return GridFluidState(self.velocity_x[index], self.velocity_y[index], self.density[index],
+                              temperature=None if self.temperature is None else self.temperature[index],
+                              time=float(self.times[index]))
 
 
 def rollout_grid_fluid(model: GridFluidModel, state: GridFluidState, steps: int, *, dt: float,
@@ -63,37 +67,50 @@ def rollout_grid_fluid(model: GridFluidModel, state: GridFluidState, steps: int,
         max(1, int(segment_steps or round(math.sqrt(steps))))
     control_at = control if callable(control) else (lambda step, current: control)
 
-    def run_segment(first: int, count: int, step_count: int, u: torch.Tensor, v: torch.Tensor, rho: torch.Tensor):
-        current = GridFluidState(u, v, rho, step_count)
-        recorded = ([], [], [])
+    def fields(current: GridFluidState) -> tuple:
+        return (*current.tensors(), current.temperature)
+
+    def run_segment(first: int, count: int, step_count: int, u: torch.Tensor, v: torch.Tensor,
+                    rho: torch.Tensor, temperature: torch.Tensor | None):
+        current = GridFluidState(u, v, rho, step_count, temperature, time0 + first * dt)
+        recorded = ([], [], [], [])
         for step in range(first, first + count):
             current = solver.step_differentiable(current, control_at(step, current), dt)
+            current.time = time0 + (step + 1) * dt  # not accumulated: moving obstacles sit at exact times
             if (step + 1) % record_every == 0:
-                for group, tensor in zip(recorded, current.tensors()):
+                for group, tensor in zip(recorded, fields(current)):
                     group.append(tensor)
-        stacked = tuple(torch.stack(group) if group else tensor.new_empty((0, *tensor.shape))
-                        for group, tensor in zip(recorded, current.tensors()))
-        return (*current.tensors(), *stacked)
+        stacked = tuple(None if tensor is None else torch.stack(group) if group else tensor.new_empty((0, *tensor.shape))
+                        for group, tensor in zip(recorded, fields(current)))
+        return (*fields(current), *stacked)
 
     current = state
-    records = [[t] for t in state.tensors()]
+    if current.temperature is None and model.has_temperature:
+        current = GridFluidState(*state.tensors(), state.step_count, model.state().temperature, state.time)
+    records = [[t] for t in fields(current)]
     first = 0
+    time0 = float(current.time)
     try:
         while first < steps:
             count = min(segment, steps - first)
-            args = (first, count, current.step_count, *current.tensors())
+            args = (first, count, current.step_count, *fields(current))
             out = torch_checkpoint(run_segment, *args, use_reentrant=False) if checkpoint else run_segment(*args)
             if check is not None:
-                check(first, *out[3:])
-            current = GridFluidState(*out[:3], step_count=current.step_count + count)
-            for group, stacked in zip(records, out[3:]):
-                group.extend(stacked.unbind(0))
+                check(first, *out[4:7])
+            current = GridFluidState(*out[:3], step_count=current.step_count + count, temperature=out[3],
+                                     time=time0 + (first + count) * dt)
+            for group, stacked in zip(records, out[4:]):
+                if stacked is not None:
+                    group.extend(stacked.unbind(0))
             first += count
     except SimulationError as error:
         if getattr(error, "partial", None) is None:
             kept = len(records[0])
-            error.partial = GridFluidTrajectory(*(torch.stack([t.detach() for t in group]) for group in records),
-                                                times=torch.arange(kept, dtype=torch.float64) * (dt * record_every))
+            error.partial = GridFluidTrajectory(
+                *(torch.stack([t.detach() for t in group]) for group in records[:3]),
+                times=time0 + torch.arange(kept, dtype=torch.float64) * (dt * record_every),
+                temperature=None if records[3][0] is None else torch.stack([t.detach() for t in records[3]]))
         raise
-    times = torch.arange(0, steps + 1, record_every, dtype=torch.float64) * dt
-    return GridFluidTrajectory(*(torch.stack(group) for group in records), times=times)
+    times = time0 + torch.arange(0, steps + 1, record_every, dtype=torch.float64) * dt
+    return GridFluidTrajectory(*(torch.stack(group) for group in records[:3]), times=times,
+                               temperature=None if records[3][0] is None else torch.stack(records[3]))

@@ -8,6 +8,13 @@ A step, in order (each phase one kernel or one solve, each an autograd op):
 4. implicit viscosity (a CG solve);
 5. pressure projection (a CG solve to a tolerance; adjoint solve in backward).
 
+With a temperature field (``model.has_temperature``): heating sources set it in step 1, it is
+advected like density in step 2 and then cools exponentially towards the ambient temperature,
+and step 3 adds the Boussinesq lift ``temperature_buoyancy * (T - ambient)``. With moving
+obstacles the face fractions and solid face velocities are recomputed at the start and end of
+every step: transport uses the start geometry (the conservative scheme the composite flux
+A u + (1 - A) u_s), viscosity and projection the end geometry (solid faces get u_s).
+
 ``step(state_in, state_out, control, dt)`` runs it without autograd and writes ``state_out``;
 ``step_differentiable(state, control, dt)`` returns a new state that torch can differentiate
 with respect to the state, the control and the model's learnable tensors. Neither mutates its
@@ -17,6 +24,7 @@ input state.
 from __future__ import annotations
 
 import warnings
+from types import SimpleNamespace
 
 import torch
 
@@ -103,6 +111,12 @@ class SolverGridFluid:
                                           max_iterations=max_iterations)
         self._zero_acceleration = (torch.zeros(model.face_shape_x, **to), torch.zeros(model.face_shape_y, **to))
         self._cfl_warned = False
+        self._solve_options = dict(tolerance=tolerance, max_iterations=max_iterations, preconditioner=preconditioner)
+        self._moving = model.has_moving_obstacles
+        self._geometries: dict[float, SimpleNamespace] = {}
+        self._ones = (torch.ones(model.face_shape_x, **to), torch.ones(model.face_shape_y, **to))
+        #: The projection of the latest step (the end-of-step geometry with moving obstacles).
+        self.last_projection = self.projection
 
     # ------------------------------------------------------------------ public API
     def step(self, state_in: GridFluidState, state_out: GridFluidState, control: GridFluidControl | None,
@@ -113,21 +127,57 @@ class SolverGridFluid:
             state_out.velocity_x.copy_(new.velocity_x)
             state_out.velocity_y.copy_(new.velocity_y)
             state_out.density.copy_(new.density)
-        state_out.step_count = new.step_count
+            if new.temperature is not None and state_out.temperature is not None:
+                state_out.temperature.copy_(new.temperature)
+            else:
+                state_out.temperature = new.temperature
+        state_out.step_count, state_out.time = new.step_count, new.time
 
     def step_differentiable(self, state: GridFluidState, control: GridFluidControl | None, dt: float) -> GridFluidState:
         """Advance ``state`` by ``dt``; a torch autograd op over state, control and model tensors."""
         return self._advance(state, control, float(dt))
 
-    def project(self, velocity_x: torch.Tensor, velocity_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The divergence-free part of a face velocity field (differentiable, adjoint solve)."""
+    def project(self, velocity_x: torch.Tensor, velocity_y: torch.Tensor,
+                time: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The divergence-free part of a face velocity field (differentiable, adjoint solve). With
+        moving obstacles and a ``time`` [s], against the obstacles there (solid faces get their velocity)."""
         self._check_shapes(velocity_x, velocity_y)
-        return project(self.projection, velocity_x.to(self.dtype), velocity_y.to(self.dtype))
+        geometry = self._geometry(time) if time is not None else None
+        projection = geometry.projection if geometry is not None else self.projection
+        self.last_projection = projection
+        return project(projection, velocity_x.to(self.dtype), velocity_y.to(self.dtype),
+                       geometry.solid if geometry is not None else None)
 
-    def divergence(self, velocity_x: torch.Tensor, velocity_y: torch.Tensor) -> torch.Tensor:
-        """Area-weighted divergence per cell [1/s], shape (nx, ny) (not differentiable)."""
+    def divergence(self, velocity_x: torch.Tensor, velocity_y: torch.Tensor, time: float | None = None) -> torch.Tensor:
+        """Area-weighted divergence per cell [1/s], shape (nx, ny) (not differentiable). With moving
+        obstacles and a ``time``: of the composite flux A u + (1 - A) u_s with the obstacles there."""
         self._check_shapes(velocity_x, velocity_y)
-        return self.projection.divergence(velocity_x.detach().to(self.dtype), velocity_y.detach().to(self.dtype))
+        u, v = velocity_x.detach().to(self.dtype), velocity_y.detach().to(self.dtype)
+        geometry = self._geometry(time) if time is not None else None
+        if geometry is None:
+            return self.projection.divergence(u, v)
+        return geometry.projection.divergence(u, v) + geometry.projection.solid_divergence(*geometry.solid)
+
+    def _geometry(self, time: float) -> SimpleNamespace | None:
+        """Face fractions, solid face velocities and the solves with the moving obstacles at ``time``."""
+        if not self._moving:
+            return None
+        time = float(time)
+        geometry = self._geometries.get(time)
+        if geometry is None:
+            to = dict(dtype=self.dtype, device=self.device)
+            area_x, area_y, solid_x, solid_y = (t.to(**to).contiguous() for t in self.model.obstacle_faces(time))
+            projection = PressureProjection(self._launcher, area_x, area_y, cell_size=self._dx, flags=self._flags,
+                                            singular=self.model.pressure_is_singular, **self._solve_options)
+            options = {k: v for k, v in self._solve_options.items() if k != "preconditioner"}
+            diffusion = ViscousDiffusion(self._launcher, projection.mask_x, projection.mask_y, cell_size=self._dx,
+                                         flags=self._flags, **options)
+            geometry = SimpleNamespace(area_x=area_x, area_y=area_y, solid=(solid_x, solid_y), projection=projection,
+                                       diffusion=diffusion)
+            while len(self._geometries) >= 4:  # the start and end of the last steps
+                self._geometries.pop(next(iter(self._geometries)))
+            self._geometries[time] = geometry
+        return geometry
 
     # ------------------------------------------------------------------ the step
     def _phase(self, kernel, dim, scalars, output_shapes, *inputs) -> tuple[torch.Tensor, ...]:
@@ -147,6 +197,20 @@ class SolverGridFluid:
         self._check_shapes(u, v, density)
         self._check_cfl(u, v, dt, state.step_count)
         shape_x, shape_y, cells = tuple(u.shape), tuple(v.shape), tuple(density.shape)
+        time = float(state.time)
+        start, end = self._geometry(time), self._geometry(time + dt)
+        projection = end.projection if end is not None else self.projection
+        diffusion = end.diffusion if end is not None else self.diffusion
+        flux = None  # conservative transport: the composite flux through faces cut by moving solids
+        if start is not None:
+            flux = (start.area_x * u + (1.0 - start.area_x) * start.solid[0],
+                    start.area_y * v + (1.0 - start.area_y) * start.solid[1], *self._ones)
+        temperature = None
+        if model.has_temperature:
+            ambient = self._coefficient(model.ambient_temperature, "ambient_temperature", (1,))
+            temperature = state.temperature
+            temperature = ambient.expand(cells) if temperature is None else temperature.to(self.dtype)
+            self._check_shapes(u, v, temperature)
 
         # 1. sources
         source_count = model.inflow_count
@@ -157,10 +221,24 @@ class SolverGridFluid:
                                      self._coefficient(model.inflow_size, "inflow_size", (source_count, 2)),
                                      self._coefficient(rate, "inflow_rate", (source_count,)),
                                      self._coefficient(model.inflow_is_box, "inflow_is_box", (source_count,)))
+            if temperature is not None and float(model.inflow_heats.detach().sum()) > 0:
+                (temperature,) = self._phase(
+                    ("heat_inflow", source_count), self.cell_dim, (dx,), (cells,), temperature,
+                    self._coefficient(model.inflow_center, "inflow_center", (source_count, 2)),
+                    self._coefficient(model.inflow_size, "inflow_size", (source_count, 2)),
+                    self._coefficient(model.inflow_temperature, "inflow_temperature", (source_count,)),
+                    self._coefficient(model.inflow_heats, "inflow_heats", (source_count,)),
+                    self._coefficient(model.inflow_is_box, "inflow_is_box", (source_count,)))
 
         # 2. transport by the start-of-step velocity
-        u_new, v_new = self._advect_velocity(u, v, dt)
-        density = self._advect_density(density, u, v, dt)
+        u_new, v_new = self._advect_velocity(u, v, dt, (projection.mask_x, projection.mask_y))
+        density = self._advect_density(density, u, v, dt, flux)
+        if temperature is not None:
+            temperature = self._advect_density(temperature, u, v, dt, flux)
+            cooling = self._coefficient(model.cooling_rate, "cooling_rate", (1,))
+            if cooling.requires_grad or float(cooling.detach()[0]) != 0.0:
+                (temperature,) = self._phase("cool_temperature", self.cell_dim, (dt,), (cells,), temperature, ambient,
+                                             cooling)
 
         # 3. body forces
         acceleration_x = control.acceleration_x if control.acceleration_x is not None else self._zero_acceleration[0]
@@ -169,6 +247,11 @@ class SolverGridFluid:
         u_new, v_new = self._phase("add_buoyancy", self.face_dim, (up_x, up_y, dt, *self._grid), (shape_x, shape_y),
                                    u_new, v_new, density, acceleration_x.to(self.dtype), acceleration_y.to(self.dtype),
                                    self._coefficient(model.buoyancy, "buoyancy", (1,)))
+        if temperature is not None:
+            u_new, v_new = self._phase("add_temperature_buoyancy", self.face_dim, (up_x, up_y, dt, *self._grid),
+                                       (shape_x, shape_y), u_new, v_new, temperature,
+                                       self._coefficient(model.temperature_buoyancy, "temperature_buoyancy", (1,)),
+                                       ambient)
         strength = self._coefficient(model.vorticity_strength, "vorticity_strength", (1,))
         if strength.requires_grad or float(strength.detach()[0]) != 0.0:
             (vorticity,) = self._phase("curl", self.cell_dim, (dx, *self._grid), (cells,), u_new, v_new)
@@ -178,19 +261,19 @@ class SolverGridFluid:
         # 4. viscosity (implicit)
         viscosity = self._coefficient(model.viscosity, "viscosity", (1,))
         if viscosity.requires_grad or float(viscosity.detach()[0]) != 0.0:
-            u_new, v_new = diffuse(self.diffusion, dt, viscosity, u_new, v_new)
+            u_new, v_new = diffuse(diffusion, dt, viscosity, u_new, v_new)
 
-        # 5. incompressibility
-        u_new, v_new = project(self.projection, u_new, v_new)
+        # 5. incompressibility (against the obstacles where they are at the end of the step)
+        u_new, v_new = project(projection, u_new, v_new, end.solid if end is not None else None)
+        self.last_projection = projection
 
-        new = GridFluidState(u_new, v_new, density, state.step_count + 1)
+        new = GridFluidState(u_new, v_new, density, state.step_count + 1, temperature, time + dt)
         if self.check_finite:
             self._check_finite_state(new)
         return new
 
-    def _advect_velocity(self, u, v, dt):
+    def _advect_velocity(self, u, v, dt, masks):
         shapes, dim, scalars = (tuple(u.shape), tuple(v.shape)), self.face_dim, (self._dx, dt, *self._grid)
-        masks = (self.projection.mask_x, self.projection.mask_y)
         u_forward, v_forward = self._phase("advect_velocity", dim, scalars, shapes, u, v, u, v, *masks)
         if self.advection == "semi_lagrangian":
             return u_forward, v_forward
@@ -198,10 +281,13 @@ class SolverGridFluid:
                                      u, v, *masks)
         return self._phase("correct_velocity", dim, scalars, shapes, u, v, u_forward, v_forward, u_back, v_back, *masks)
 
-    def _advect_density(self, density, u, v, dt):
+    def _advect_density(self, density, u, v, dt, flux=None):
+        """Transport a cell scalar (density, temperature); ``flux`` = (flux velocities, face weights)
+        for the conservative scheme (default: u, v with the static face fractions)."""
         cells, dim, scalars = (tuple(density.shape),), self.cell_dim, (self._dx, dt, *self._grid)
         if self.density_advection == "conservative":
-            (out,) = self._phase("advect_conservative", dim, scalars, cells, density, u, v, self._area_x, self._area_y)
+            flux = flux if flux is not None else (u, v, self._area_x, self._area_y)
+            (out,) = self._phase("advect_conservative", dim, scalars, cells, density, *flux)
             return out
         (forward,) = self._phase("advect_scalar", dim, scalars, cells, density, u, v)
         if self.density_advection == "semi_lagrangian":
@@ -232,12 +318,13 @@ class SolverGridFluid:
                 RuntimeWarning, stacklevel=4)
 
     def _check_finite_state(self, state: GridFluidState) -> None:
-        total = sum(t.detach().sum() for t in state.tensors())
+        named = [("density", state.density), ("velocity_x", state.velocity_x), ("velocity_y", state.velocity_y)]
+        if state.temperature is not None:
+            named.append(("temperature", state.temperature))
+        total = sum(t.detach().sum() for _, t in named)
         if bool(torch.isfinite(total)):
             return
-        bad = [name for name, tensor in zip(("density", "velocity_x", "velocity_y"),
-                                            (state.density, state.velocity_x, state.velocity_y))
-               if not bool(torch.isfinite(tensor.detach()).all())]
+        bad = [name for name, tensor in named if not bool(torch.isfinite(tensor.detach()).all())]
         if bad:
             raise SimulationError(
                 f"non-finite {' and '.join(bad)} after the step; lower dt (check the CFL warning), the inflow rate "
