@@ -221,8 +221,9 @@ def _render_fluid(world, frames: int, out: Path, quiet: bool, trajectory=None) -
     write_layers(layers_path, stacked)
     write_video(flow_path, flow_to_color(stacked["flow_forward"]), fps=spec.time.fps)
     with atomic_path(states_path) as tmp:
+        extra = {} if getattr(trajectory, "temperature", None) is None else {"temperature": trajectory.temperature.numpy()}
         np.savez_compressed(tmp, density=trajectory.density.numpy(), velocity_x=trajectory.velocity_x.numpy(),
-                            velocity_y=trajectory.velocity_y.numpy(), times=trajectory.times.numpy())
+                            velocity_y=trajectory.velocity_y.numpy(), times=trajectory.times.numpy(), **extra)
     print(f"wrote {out} ({rgb.shape[0]} frames, {rgb.shape[2]}x{rgb.shape[1]}, {spec.time.fps:g} fps, "
           f"grid fluid {spec.fluid.cells[0]}x{spec.fluid.cells[1]}, backend {world.backend}, device {world.device})")
     print(f"wrote {layers_path} (density, alpha, depth, segmentation, normal, flow_forward/backward + occlusion, camera)")
