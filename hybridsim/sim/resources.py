@@ -244,6 +244,8 @@ def estimate_scene(spec, *, frames: int | None = None, grad: bool = False, rende
         nx, ny = spec.fluid.cells
         cells = nx * ny
         state = (nx + 1) * ny + nx * (ny + 1) + cells
+        if getattr(spec.fluid, "temperature", None) is not None:
+            state += cells  # the temperature field is recorded and carried like density
         est = MemoryEstimate(f"fluid grid {nx}x{ny} with {what}", "fluid.cells", "reduce cells or frames", device)
         est.add("per-frame records", RECORD_COPIES * kept * state * s)
         est.add("solver workspace", FLUID_WORKSPACE_FLOATS * cells * s)
