@@ -464,11 +464,18 @@ def cmd_fit(args) -> int:
     from .fit.report import OUTPUT_FILES
 
     spec = _load_scene(Path(args.scene))
+    networks = {}
+    if args.refiner or args.motion_prior:
+        from .fit import NetworkSettings
+
+        prior = args.motion_prior if args.motion_prior in (None, "new") else Path(args.motion_prior)
+        networks = dict(refiner=Path(args.refiner) if args.refiner else None, motion_prior=prior,
+                        network_settings=NetworkSettings(lr=args.network_lr, freeze_refiner=args.freeze_refiner))
     try:
         result = fit(spec, Path(args.target), iterations=args.iterations, restarts=args.restarts, lr=args.lr,
                      frames=args.frames, camera=Path(args.camera) if args.camera else None,
                      run_dir=Path(args.output), progress=not args.quiet, resume=not args.fresh,
-                     backend=args.backend, device=args.device, threads=args.threads)
+                     backend=args.backend, device=args.device, threads=args.threads, **networks)
     except KeyboardInterrupt:
         print(f"fit stopped; the checkpoint in {args.output} resumes it: run the same command again", file=sys.stderr)
         raise
@@ -486,7 +493,8 @@ def cmd_fit(args) -> int:
     resumed = f", resumed after {result.resumed_from} iterations" if result.resumed_from else ""
     print(f"final loss {result.final_loss:.5g} ({', '.join(result.losses_used)}; {result.frames} frames; "
           f"best of {result.restarts} restart(s){resumed}; {result.wall_time_s:.1f} s)")
-    print(f"wrote {', '.join(OUTPUT_FILES)} in {args.output}")
+    files = list(OUTPUT_FILES) + list(result.details.get("networks", {}).get("files", {}).values())
+    print(f"wrote {', '.join(files)} in {args.output}")
     return 0
 
 
@@ -619,6 +627,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="Adam learning rate in reparameterised units (default 0.05)")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     p.add_argument("--fresh", action="store_true", help="discard a checkpoint in the run directory instead of resuming")
+    p.add_argument("--refiner", help="video refiner weights (.safetensors) trained jointly; the refined render "
+                   "is what the rgb loss compares (sphere scenes only)")
+    p.add_argument("--freeze-refiner", action="store_true", help="keep the refiner's weights fixed")
+    p.add_argument("--motion-prior", metavar="new|WEIGHTS", help="train a residual-force motion prior inside the "
+                   "rollout: 'new' or weights (.safetensors) to start from (sphere scenes only)")
+    p.add_argument("--network-lr", type=float, default=1e-3, help="Adam learning rate of the networks (default 1e-3)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_fit)
 

@@ -64,8 +64,9 @@ Run directory (all files written atomically)
 """
 
 from .losses import DEFAULT_WEIGHTS
+from .networks import NetworkSettings
 from .optimize import FitResult, FitSettings, fit
 from .target import Target, foreground_mask, load_camera_json, load_target_frames, prepare_target
 
-__all__ = ["fit", "FitResult", "FitSettings", "Target", "prepare_target", "foreground_mask",
+__all__ = ["fit", "FitResult", "FitSettings", "NetworkSettings", "Target", "prepare_target", "foreground_mask",
            "load_target_frames", "load_camera_json", "DEFAULT_WEIGHTS"]

@@ -16,12 +16,13 @@ import torch
 
 from ..errors import HybridsimError, SimulationError
 from .checkpoint import clear_checkpoint, load_checkpoint, save_checkpoint
+from .networks import NetworkSettings, resolve_networks
 from .losses import (APPEARANCE_TOLERANCE, DEFAULT_WEIGHTS, centroid_loss, charbonnier, multiscale_rgb_loss,
                      rendered_centroids, silhouette_loss)
 from .params import ParamSpec, param_specs
 from .target import Target, load_camera_json, load_target_frames, prepare_target
 
-__all__ = ["fit", "FitResult", "FitSettings"]
+__all__ = ["fit", "FitResult", "FitSettings", "NetworkSettings"]
 
 BACKGROUND_AGREEMENT = 0.9
 """Fraction of pixels where the target's median background must match the scene's rendered
@@ -95,6 +96,10 @@ class FitResult:
     run_dir: Path | None = None
     target: Target | None = None
     details: dict = field(default_factory=dict)
+    refiner: Any = None
+    """The best restart's trained VideoRefiner (fits with ``refiner=``), else None."""
+    motion_prior: Any = None
+    """The best restart's trained ResidualForcePrior (fits with ``motion_prior=``), else None."""
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -149,14 +154,24 @@ class _Problem:
         from .scenes import fit_scene
 
         self.world, self.camera, self.weights = world, camera, weights
+        self.networks = None  # the current restart's RestartNetworks (refiner, motion prior), if any
         self.scene = fit_scene(world)
         self.target = dataclasses.replace(  # on the simulation's device
             target, rgb=target.rgb.to(world.device), mask=target.mask.to(world.device),
             centroid=target.centroid.to(world.device), visible=target.visible.to(world.device))
 
     def render(self, values: dict, frames: int):
-        trajectory = self.scene.rollout(values, frames - 1)
+        nets = self.networks
+        if nets is None:
+            trajectory = self.scene.rollout(values, frames - 1)
+            return trajectory, self.scene.render(trajectory, values, self.camera)
+        trajectory = self.scene.rollout(values, frames - 1, motion_prior=nets.prior_hook(self.world, values))
         out = self.scene.render(trajectory, values, self.camera)
+        if nets.refiner is not None:
+            from .networks import refine_layers
+
+            out["rgb_render"] = out["rgb"]
+            out["rgb"] = refine_layers(nets.refiner, out, self.scene.centres(trajectory), self.camera)
         return trajectory, out
 
     def loss(self, values: dict, frames: int) -> tuple[torch.Tensor, dict[str, float]]:
@@ -171,6 +186,10 @@ class _Problem:
         if self.weights.get("rgb", 0.0) > 0.0:
             terms["rgb"] = multiscale_rgb_loss(out["rgb"], t.rgb[:frames])
         total = sum(self.weights[name] * term for name, term in terms.items())
+        prior = self.networks.prior_loss() if self.networks is not None else None
+        if prior is not None:
+            terms["prior"] = prior
+            total = total + prior  # the regulariser carries its own weights
         return total, {name: float(term.detach()) for name, term in terms.items()}
 
 
@@ -218,8 +237,9 @@ class _RestartState:
     """Reparameterised values, Adam state and history of one restart."""
 
     def __init__(self, index: int, specs: list[ParamSpec], initial: dict[str, torch.Tensor], lr: float,
-                 betas=(0.9, 0.999)):
+                 betas=(0.9, 0.999), networks=None):
         self.index = index
+        self.networks = networks.copy() if networks is not None else None  # RestartNetworks
         self.specs = specs
         self.initial = {k: v.detach().double().clone() for k, v in initial.items()}
         self.u = [s.to_u(self.initial[s.path]).requires_grad_(True) for s in specs]
@@ -244,6 +264,8 @@ class _RestartState:
             if state:
                 for key in ("step", "exp_avg", "exp_avg_sq"):
                     out[f"r{self.index}.{key}.{i}"] = torch.as_tensor(state[key]).detach().clone()
+        if self.networks is not None:
+            out.update(self.networks.tensors(f"r{self.index}."))
         return out
 
     def to_json(self) -> dict:
@@ -252,10 +274,13 @@ class _RestartState:
                 "losses": self.losses, "windows": self.windows, "terms": self.terms, "final_loss": self.final_loss}
 
     @classmethod
-    def restore(cls, data: dict, tensors: dict, specs: list[ParamSpec], lr: float, betas) -> "_RestartState":
+    def restore(cls, data: dict, tensors: dict, specs: list[ParamSpec], lr: float, betas,
+                networks=None) -> "_RestartState":
         index = int(data["index"])
         initial = {s.path: torch.tensor(data["initial"][s.path], dtype=torch.float64) for s in specs}
-        state = cls(index, specs, initial, lr, betas)
+        state = cls(index, specs, initial, lr, betas, networks)
+        if state.networks is not None:
+            state.networks.restore(tensors, f"r{index}.")
         with torch.no_grad():
             for i, u in enumerate(state.u):
                 u.copy_(tensors[f"r{index}.u.{i}"])
@@ -276,7 +301,8 @@ def fit(spec, target, *, iterations: int = 60, restarts: int = 1, lr: float = 0.
         progress: bool = True, resume: bool = True, settings: FitSettings | None = None,
         max_render_height: int | None = 160, backend: str | None = None, device: str | None = None,
         threads: int | None = None, uncertainty: bool = True, outputs: bool = True,
-        callback: Callable[[dict], None] | None = None) -> FitResult:
+        callback: Callable[[dict], None] | None = None, refiner=None, motion_prior=None,
+        network_settings: NetworkSettings | None = None) -> FitResult:
     """Fit every ``learn = true`` value of ``spec`` to ``target`` by gradient descent through
     simulation and rendering. See :mod:`hybridsim.fit` for the losses.
 
@@ -288,6 +314,10 @@ def fit(spec, target, *, iterations: int = 60, restarts: int = 1, lr: float = 0.
     and write the outputs (``outputs``). ``callback(info)`` runs after each iteration's checkpoint.
     ``threads``: torch CPU threads during the fit (restored afterwards); 1 is much faster than
     several on a machine whose cores are busy with other work.
+
+    ``refiner`` (a VideoRefiner or weights path) and ``motion_prior`` (a ResidualForcePrior, a weights
+    path or ``"new"``) are trained jointly with the values (see :mod:`hybridsim.fit.networks`;
+    ``network_settings`` sets their learning rate, freezing and regularisers); sphere scenes only.
     """
     if threads is not None and threads < 1:
         raise HybridsimError(f"threads must be >= 1 (got {threads})")
@@ -299,11 +329,13 @@ def fit(spec, target, *, iterations: int = 60, restarts: int = 1, lr: float = 0.
         return _fit(spec, target, iterations=iterations, restarts=restarts, lr=lr, frames=frames, camera=camera,
                     target_fps=target_fps, run_dir=run_dir, progress=progress, resume=resume, settings=settings,
                     max_render_height=max_render_height, backend=backend, device=device,
-                    uncertainty=uncertainty, outputs=outputs, callback=callback, stack=stack)
+                    uncertainty=uncertainty, outputs=outputs, callback=callback, stack=stack, refiner=refiner,
+                    motion_prior=motion_prior, network_settings=network_settings)
 
 
 def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, run_dir, progress, resume,
-         settings, max_render_height, backend, device, uncertainty, outputs, callback, stack) -> FitResult:
+         settings, max_render_height, backend, device, uncertainty, outputs, callback, stack, refiner=None,
+         motion_prior=None, network_settings=None) -> FitResult:
     from ..scene import load_scene
     from ..sim.world import World
     from .scenes import fit_scene
@@ -345,6 +377,7 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     world = World(spec, **world_kwargs)
     weights = dict(settings.weights)
     problem_scene = fit_scene(world)
+    networks = resolve_networks(refiner, motion_prior, world, problem_scene.kind, network_settings, spec.seed)
     # When the target shows the scene's own background on most pixels, subtract that (exact)
     # background instead of the temporal median, which misses objects resting for half the clip.
     scene_background = problem_scene.background(cam)
@@ -356,7 +389,8 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                                   background=scene_background)
         background_source = "scene"
     gap = _appearance_gap(problem_scene, cam, prepared)
-    use_rgb = settings.rgb == "on" or (settings.rgb == "auto" and gap <= APPEARANCE_TOLERANCE)
+    use_rgb = settings.rgb == "on" or (settings.rgb == "auto" and (gap <= APPEARANCE_TOLERANCE or (
+        networks is not None and networks.refiner is not None)))
     if not use_rgb:
         weights.pop("rgb", None)
     weights = {k: v for k, v in weights.items() if v > 0}
@@ -366,6 +400,8 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     config = {"settings": settings.to_json(), "frames": images, "render_size": [cam.width, cam.height],
               "background": background_source,
               "backend": world.backend, "precision": world.precision, "weights_used": weights, "seed": spec.seed}
+    if networks is not None:
+        config["networks"] = networks.header()
     header = {"scene_sha256": _scene_digest(spec), "target_sha256": prepared.digest, "config": config}
 
     # ---- resume ---------------------------------------------------------------------------------
@@ -389,7 +425,7 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                                      "or pass --fresh to discard it", file=run_dir)
             try:
                 for entry in data["restarts"]:
-                    state = _RestartState.restore(entry, tensors, specs, settings.lr, settings.betas)
+                    state = _RestartState.restore(entry, tensors, specs, settings.lr, settings.betas, networks)
                     states[state.index] = state
             except (KeyError, TypeError, ValueError) as exc:
                 raise HybridsimError(f"damaged fit checkpoint ({exc!r}); pass --fresh to discard it",
@@ -425,20 +461,25 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                     count = settings.candidates if problem.scene.kind == "spheres" else settings.rigid_candidates
                     initial, _ = _screen(problem.scene, cam, prepared, specs,
                                          seed=spec.seed * 1_000_003 + r, count=count)
-                states[r] = _RestartState(r, specs, initial, settings.lr, settings.betas)
+                states[r] = _RestartState(r, specs, initial, settings.lr, settings.betas, networks)
             state = states[r]
+            problem.networks = state.networks
             while state.iteration < iterations:
                 it = state.iteration
                 window = _window_at(settings, it, images)
                 for group in state.optimizer.param_groups:
                     group["lr"] = _lr_at(settings, it)
                 state.optimizer.zero_grad(set_to_none=True)
+                if state.networks is not None:
+                    state.networks.zero_grad()
                 loss, terms = problem.loss(state.values(), window)
                 if not torch.isfinite(loss):
                     raise SimulationError(f"fit loss became non-finite at restart {r}, iteration {it}",
                                           file=spec.source)
                 loss.backward()
                 state.optimizer.step()
+                if state.networks is not None:
+                    state.networks.step(networks.settings.lr * _lr_at(settings, it) / settings.lr)
                 state.iteration += 1
                 state.losses.append(float(loss.detach()))
                 state.windows.append(window)
@@ -459,11 +500,13 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     final_losses = []
     with torch.no_grad():
         for r in range(restarts):
+            problem.networks = states[r].networks
             loss, _ = problem.loss(states[r].values(), images)
             states[r].final_loss = float(loss)
             final_losses.append(float(loss))
     best = min(range(restarts), key=lambda k: (final_losses[k], k))
     best_state = states[best]
+    problem.networks = best_state.networks
     values = best_state.plain_values()
     initial = {k: _plain(v) for k, v in states[0].initial.items()}
     fitted = spec.with_values(values)
@@ -471,7 +514,8 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     laplace = {}
     if uncertainty:
         world64 = World(fitted, precision="float64", **world_kwargs)
-        laplace = _laplace(world64, cam, prepared, specs, values, images)
+        prior = best_state.networks.prior if best_state.networks is not None else None
+        laplace = _laplace(world64, cam, prepared, specs, values, images, motion_prior=prior)
     uncertainties = {s.path: laplace.get(s.path, {}).get("uncertainty") for s in specs}
     identifiable = {s.path: laplace.get(s.path, {}).get("identifiable") for s in specs}
     wall = previous_wall + time.perf_counter() - started
@@ -492,6 +536,10 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                  "wall_time_this_run_s": time.perf_counter() - started, "source": source,
                  "ranges": {s.path: None if not s.bounded else [s.lo, s.hi] for s in specs}},
     )
+    if networks is not None:
+        result.refiner = best_state.networks.refiner
+        result.motion_prior = best_state.networks.prior
+        result.details["networks"] = {**networks.header(), "files": {}}
     if run_dir is not None and outputs:
         from .report import write_outputs
 
@@ -519,10 +567,12 @@ def _run_dir_lock(run_dir: Path):
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _laplace(world64, camera, target, specs, values, frames):
+def _laplace(world64, camera, target, specs, values, frames, motion_prior=None):
     from .uncertainty import laplace_uncertainty
 
-    return laplace_uncertainty(world64, camera, target, specs, values, frames)
+    if motion_prior is None:
+        return laplace_uncertainty(world64, camera, target, specs, values, frames)
+    return laplace_uncertainty(world64, camera, target, specs, values, frames, motion_prior=motion_prior)
 
 
 def _config_diff(old, new) -> str:

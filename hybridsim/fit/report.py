@@ -66,6 +66,7 @@ def fit_json(result) -> dict:
                               "J by central finite differences (float64), sigma^2 per block from the residuals",
         "residuals": laplace.get("_blocks"),
         "loss_history": result.losses,
+        **({"networks": result.details["networks"]} if result.details.get("networks") else {}),
     }
 
 
@@ -163,6 +164,8 @@ def write_outputs(result, problem) -> None:
 
     run_dir = Path(result.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if problem.networks is not None:  # the best restart's trained refiner / motion prior
+        result.details.setdefault("networks", {})["files"] = problem.networks.save(run_dir)
     result.spec.write_toml(run_dir / "fitted.toml")
     summary = fit_json(result)
     atomic_write_json(run_dir / "fit.json", _json_safe(summary))

@@ -17,7 +17,10 @@ import torch
 
 from ..errors import HybridsimError
 
-__all__ = ["FitScene", "fit_scene"]
+__all__ = ["FitScene", "fit_scene", "NETWORKS_UNSUPPORTED"]
+
+NETWORKS_UNSUPPORTED = ("a refiner or motion prior in the fit works on sphere scenes only; rigid-body scenes are not "
+                        "supported yet (fit them without --refiner / --motion-prior)")
 
 
 class FitScene:
@@ -28,11 +31,12 @@ class FitScene:
     def __init__(self, world):
         self.world = world
 
-    def rollout(self, values: dict, frames: int, *, check: bool = True):
-        """Trajectory of ``frames`` simulated frames (frames + 1 images), differentiable w.r.t. ``values``."""
+    def rollout(self, values: dict, frames: int, *, check: bool = True, motion_prior=None):
+        """Trajectory of ``frames`` simulated frames (frames + 1 images), differentiable w.r.t. ``values``
+        (and the parameters of ``motion_prior``, a ``(state, time) -> forces`` hook of the rollout)."""
         from ..sim.rollout import rollout
 
-        return rollout(self.world, values, frames=frames, check_finite=check)
+        return rollout(self.world, values, frames=frames, check_finite=check, motion_prior=motion_prior)
 
     def render(self, trajectory, values: dict, camera) -> dict:
         """``rgb`` (T, H, W, 3) and ``coverage`` (T, H, W) of the moving objects, differentiable."""
@@ -71,8 +75,11 @@ class FitScene:
 class RigidFitScene(FitScene):
     kind = "rigid"
 
-    def rollout(self, values: dict, frames: int, *, check: bool = True):
+    def rollout(self, values: dict, frames: int, *, check: bool = True, motion_prior=None):
         from ..sim.rigid import rigid_rollout
+
+        if motion_prior is not None:
+            raise HybridsimError(NETWORKS_UNSUPPORTED, file=self.world.spec.source)
 
         return rigid_rollout(self.world, values, frames=frames, check=check)
 

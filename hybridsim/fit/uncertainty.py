@@ -28,10 +28,11 @@ NULL_COMPONENT = 0.1
 FD_STEP = 1e-3
 
 
-def laplace_uncertainty(world64, camera, target, specs, values: dict, frames: int) -> dict:
+def laplace_uncertainty(world64, camera, target, specs, values: dict, frames: int, *, motion_prior=None) -> dict:
     """Per parameter path: {"uncertainty": float|list|None, "identifiable": bool|list, "curvature": ...}.
 
     ``world64`` is a float64 World of the fitted scene; ``values`` the fitted values (path -> number or list).
+    ``motion_prior``: a trained ResidualForcePrior kept fixed inside the rollouts.
     """
     from .scenes import fit_scene
 
@@ -56,7 +57,11 @@ def laplace_uncertainty(world64, camera, target, specs, values: dict, frames: in
 
     def alpha_of(theta):
         with torch.no_grad():
-            trajectory = scene.rollout(params_of(theta), frames - 1, check=False)
+            prior = None
+            if motion_prior is not None:
+                motion_prior.mass = world64.model(params_of(theta)).mass.detach()
+                prior = motion_prior
+            trajectory = scene.rollout(params_of(theta), frames - 1, check=False, motion_prior=prior)
             return scene.render(trajectory, params_of(theta), camera)["coverage"].cpu()
 
     alpha0 = alpha_of(theta0)

@@ -9,3 +9,7 @@ from .train_refiner import RefinerPair, RefinerTrainingResult, prepare_pair, tra
 
 __all__ += ["VideoRefiner", "RefinerConfig", "REFINER_CONFIGS", "layer_features", "RefinerPair",
             "RefinerTrainingResult", "prepare_pair", "train_refiner"]
+
+from .fluid_prior import DivergenceFreeFluidPrior  # noqa: E402
+
+__all__ += ["DivergenceFreeFluidPrior"]

@@ -92,21 +92,28 @@ def layer_features(layers: dict, config: RefinerConfig | str = "tiny", dtype=tor
     normal (T, H, W, 3), segmentation (T, H, W) int and alpha (T, H, W); numpy arrays or tensors.
     """
     config = _config(config)
-    rgb = torch.as_tensor(np.asarray(layers["rgb"]))
+    rgb = _tensor(layers["rgb"])
     rgb = rgb.to(dtype) / 255.0 if rgb.dtype == torch.uint8 else rgb.to(dtype)
-    depth = torch.as_tensor(np.asarray(layers["depth"])).to(torch.float64)
-    inv_depth = torch.where(torch.isfinite(depth) & (depth > 0), 1.0 / (1.0 + depth.clamp(min=0.0)),
+    depth = _tensor(layers["depth"]).to(torch.float64)
+    finite = torch.isfinite(depth) & (depth > 0)
+    inv_depth = torch.where(finite, 1.0 / (1.0 + torch.where(finite, depth, torch.ones_like(depth))),
                             torch.zeros_like(depth)).to(dtype)
-    normal = torch.nan_to_num(torch.as_tensor(np.asarray(layers["normal"])).to(dtype))
-    seg = torch.as_tensor(np.asarray(layers["segmentation"])).long().clamp(0, config.segment_classes)
+    normal = torch.nan_to_num(_tensor(layers["normal"]).to(dtype))
+    seg = _tensor(layers["segmentation"]).long().clamp(0, config.segment_classes)
     onehot = F.one_hot(seg, config.segment_classes + 1).to(dtype)
-    alpha = torch.as_tensor(np.asarray(layers["alpha"])).to(dtype)
+    alpha = _tensor(layers["alpha"]).to(dtype)
     frames, height, width = depth.shape
     ys = torch.linspace(-1.0, 1.0, height, dtype=dtype)[:, None].expand(height, width)
     xs = torch.linspace(-1.0, 1.0, width, dtype=dtype)[None, :].expand(height, width)
     coords = torch.stack([xs, ys], dim=-1)[None].expand(frames, height, width, 2)
     sky = (~torch.isfinite(depth)).to(dtype)
     return torch.cat([rgb, inv_depth[..., None], normal, onehot, alpha[..., None], sky[..., None], coords], dim=-1)
+
+
+def _tensor(value) -> torch.Tensor:
+    """A tensor as is (keeping its autograd graph and device: the fit's differentiable render
+    layers), anything else through numpy."""
+    return value if isinstance(value, torch.Tensor) else torch.as_tensor(np.asarray(value))
 
 
 def warp_frames(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
