@@ -4,8 +4,15 @@ Triangles are soft-rasterised on 16x16 screen tiles (see ``hybridsim.render.rast
 edges are blurred by ``softness`` pixels so that image losses have gradients w.r.t. vertex
 positions (hence object poses), face colours and lighting; interior edges between faces drawn
 with the same facing stay hard, so flat and smooth surfaces show no seams. Shading is Lambert plus
-ambient under one directional light, with hard shadows cast on the ground. Hard layers (depth,
-normals, segmentation, object coordinates) come from exact pixel-centre hits and carry no gradient.
+ambient under one directional light or one spot light, with hard shadows cast on the ground and,
+optionally, on other objects. Hard layers (depth, normals, segmentation, object coordinates) come
+from exact pixel-centre hits and carry no gradient.
+
+Textures and spot lights vary across a face, so with either of them the rasteriser shades every
+pixel-face pair (``raster.PairShader``): texture coordinates and world positions are interpolated
+perspective-correctly at each pixel centre (extrapolated into a face's blurred silhouette), with
+their screen derivatives for texture filtering, and everything stays differentiable w.r.t. the
+vertices. Without them, faces are shaded once (the original, cheaper path).
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ import torch
 from hybridsim.errors import AssetError
 from hybridsim.render.camera import Camera
 from hybridsim.render.flow import surface_points
-from hybridsim.render.raster import (CULL_SIGMAS, chunk_budget, dense_plan, ground_shadow, plan_tiles, screen_tiles,
-                                     soft_rasterize)
+from hybridsim.render.raster import (CULL_SIGMAS, PairShader, chunk_budget, dense_plan, ground_shadow, plan_tiles,
+                                     screen_tiles, shadow_rays, soft_rasterize)
 from hybridsim.render.spheres import _ground
+from hybridsim.render.textures import Texture
 
 __all__ = [
     "render_meshes",
@@ -55,6 +63,13 @@ def render_meshes(
     shadows: bool = True,
     tiled: bool = True,
     coverage_weights: torch.Tensor | None = None,
+    textures: Sequence[Texture | None] | None = None,
+    texture_coords: torch.Tensor | None = None,
+    light_type: str = "directional",
+    light_position=None,
+    cone_deg=30.0,
+    falloff=0.2,
+    object_shadows: bool = False,
 ) -> dict:
     """Render K rigid meshes already placed in the world.
 
@@ -63,11 +78,13 @@ def render_meshes(
         faces: (T, 3) long vertex indices; a closed mesh must be wound counter-clockwise seen
             from outside (outward normals) so hidden back faces can be culled.
         face_object: (T,) long object id 0..K-1 of each face.
-        object_colors: (K, 3) albedo in [0, 1].
-        poses: optional (K, 7) object poses (position [m], quaternion x, y, z, w) used only for the
-            ``object_coordinates`` layer.
-        light_direction: direction the light travels (normalised here); ``light_intensity``,
-            ``ambient``: Lambert and ambient factors. Lighting, ground and sky values may be tensors.
+        object_colors: (K, 3) albedo in [0, 1] (a textured object's texture is multiplied by it).
+        poses: optional (K, 7) object poses (position [m], quaternion x, y, z, w) used for the
+            ``object_coordinates`` layer and, without ``texture_coords``, to put textures in the
+            objects' frames.
+        light_direction: direction the light travels (normalised here); for a spot light the
+            axis of its cone. ``light_intensity``, ``ambient``: Lambert and ambient factors.
+            Lighting, ground and sky values may be tensors.
         softness: silhouette blur in pixels (> 0).
         shadows: cast hard shadows of all triangles onto the ground (not differentiable).
         tiled: False renders every face against every pixel in one dense chunk (reference only).
@@ -76,6 +93,26 @@ def render_meshes(
             coverage of the moving objects, hidden where a static object is in front), plus, with
             ``shadows``, the ground shadow cast by the weighted objects where no object covers
             it (hard, no gradient): what background subtraction finds in a video of the scene.
+        textures: optional per-object ``hybridsim.render.textures.Texture`` or None (K entries).
+            A textured object's albedo varies per pixel: the rasteriser interpolates the texture
+            coordinates of every pixel-face pair perspective-correctly (with their screen
+            derivatives, which set the texture filter's footprint), so the texture moves with
+            the object and ``rgb`` / ``albedo`` stay differentiable w.r.t. the vertices (poses),
+            ``object_colors`` and the light; not w.r.t. the texture itself.
+        texture_coords: (V, 3) texture coordinates [m] of the vertices, normally each vertex in
+            its object's frame (constants); default: from ``poses`` (R^T (v - t)), else world
+            coordinates (then textures do not move with the objects).
+        light_type: ``"directional"`` or ``"spot"``: a point light at ``light_position`` (3,) [m]
+            shining along ``light_direction`` within a cone of half angle ``cone_deg`` [deg],
+            fading to zero over the outer ``falloff`` fraction of that angle (smoothstep in the
+            cosine); Lambert without distance attenuation. Objects and ground are shaded per
+            pixel with the same formula; all these values may be tensors (differentiable).
+            Ground shadows of a spot are cast from its position.
+        object_shadows: objects also shadow each other (hard, not differentiable; no
+            self-shadowing): each pixel's visible object point is tested against the other
+            objects' triangles along the light (``raster.shadow_rays``), and the direct light of
+            the objects composited at that pixel is dropped when it is shadowed (silhouette
+            pixels whose hard hit is the ground take the nearest object pixel's answer).
 
     Returns a dict of layers (H = camera.height, W = camera.width, dtype of ``vertices``):
         ``rgb`` (H, W, 3) shaded colour in [0, 1] and ``albedo`` (H, W, 3) unlit colour, both
@@ -85,7 +122,7 @@ def render_meshes(
         sky); ``segmentation`` (H, W) int32, 0 ground / sky and k+1 object k;
         ``object_coordinates`` (H, W, 3) [m] of the hit point in its object's frame when ``poses``
         is given, else world coordinates (ground: world, sky: 0). Hard layers carry no gradient.
-        Objects do not shadow each other; only the ground receives shadows.
+        Without ``object_shadows`` only the ground receives shadows.
     """
     vertices, faces, face_object, object_colors = _check_mesh(vertices, faces, face_object, object_colors)
     device, dtype = vertices.device, vertices.dtype
@@ -93,19 +130,31 @@ def render_meshes(
     sigma = par(softness)
     if not float(sigma) > 0.0:
         raise AssetError(f"softness must be positive, got {float(sigma)}", field="softness")
+    count = object_colors.shape[0]
     light = par(light_direction)
     light = light / light.norm()
     intensity, amb = par(light_intensity), par(ambient)
+    spot = _spot_light(light_type, light_position, cone_deg, falloff, par)
+    textures = _check_textures(textures, count)
     height, width = camera.height, camera.width
     origins, dirs = (x.reshape(-1, 3) for x in camera.rays(device, dtype))
     rot = camera.rotation(device, dtype)
+    tiles = screen_tiles(height, width, device) if shadows or object_shadows else None
 
     # ground: lit, unlit-by-the-sun (shadow) and albedo versions of the same filtered checker
     ground_args = (origins, dirs, float(ground_height), float(checker_size), par(checker_colors), par(sky_color))
     scale = 1.0 / camera.focal()
-    bg_lit, t_ground, n_ground = _ground(*ground_args, light, intensity, amb, scale, camera.orthographic)
-    bg_dark = _ground(*ground_args, light, intensity * 0.0, amb, scale, camera.orthographic)[0]
     bg_albedo = _ground(*ground_args, light, intensity * 0.0, amb * 0.0 + 1.0, scale, camera.orthographic)[0]
+    if spot is None:
+        bg_lit, t_ground, n_ground = _ground(*ground_args, light, intensity, amb, scale, camera.orthographic)
+        bg_dark = _ground(*ground_args, light, intensity * 0.0, amb, scale, camera.orthographic)[0]
+    else:
+        t_ground, n_ground = _ground(*ground_args, light, intensity, amb, scale, camera.orthographic)[1:]
+        hit = torch.isfinite(t_ground)[:, None]
+        ground_points = origins + t_ground.nan_to_num(posinf=0.0)[:, None] * dirs
+        spot_ground = _spot_direct(ground_points, n_ground, light, *spot)  # (P,)
+        bg_lit = torch.where(hit, bg_albedo * (amb + intensity * spot_ground)[:, None], bg_albedo)
+        bg_dark = torch.where(hit, bg_albedo * amb, bg_albedo)
     hit_ground = torch.isfinite(t_ground)
 
     # faces on screen, their facing, drawn set and per-face shading
@@ -116,17 +165,31 @@ def render_meshes(
     with torch.no_grad():
         neighbour = _edge_neighbours(faces)  # (T, 3), -1 on a boundary edge
         closed = (neighbour >= 0).all(1)
+        # a closed surface's silhouette from the light is that of its faces turned towards the light
+        if spot is None:
+            occluder = ~closed | (normal.detach() @ light.detach() <= 0)
+        else:
+            occluder = ~closed | (((tri_world.detach()[:, 0] - spot[0].detach()) * normal.detach()).sum(-1) <= 0)
     if shadows:
         points = origins + t_ground.nan_to_num(posinf=0.0)[:, None] * dirs
-        # a closed surface's silhouette from the light is that of its faces turned towards the light
-        occluder = ~closed | (normal.detach() @ light.detach() <= 0)
-        shade = ground_shadow(points.detach(), hit_ground, tri_world.detach()[occluder], light.detach(),
-                              float(ground_height), screen_tiles(height, width, device))
-        bg_rgb = torch.where(shade[:, None], bg_dark, bg_lit)
         if coverage_weights is not None:  # the shadow of the weighted (moving) objects alone
             heavy = torch.as_tensor(coverage_weights).to(device).reshape(-1)[face_object] > 0
-            moving_shade = ground_shadow(points.detach(), hit_ground, tri_world.detach()[occluder & heavy],
-                                         light.detach(), float(ground_height), screen_tiles(height, width, device))
+        if spot is None:
+            shade = ground_shadow(points.detach(), hit_ground, tri_world.detach()[occluder], light.detach(),
+                                  float(ground_height), tiles)
+            if coverage_weights is not None:
+                moving_shade = ground_shadow(points.detach(), hit_ground, tri_world.detach()[occluder & heavy],
+                                             light.detach(), float(ground_height), tiles)
+        else:
+            lit_ground = hit_ground & (spot_ground.detach() > 0)
+            ground_id = torch.full((points.shape[0],), -1, dtype=torch.long, device=device)
+            shade = shadow_rays(points.detach(), lit_ground, ground_id, tri_world.detach()[occluder],
+                                face_object[occluder], light.detach(), tiles, position=spot[0].detach())
+            if coverage_weights is not None:
+                moving_shade = shadow_rays(points.detach(), lit_ground, ground_id, tri_world.detach()[occluder & heavy],
+                                           face_object[occluder & heavy], light.detach(), tiles,
+                                           position=spot[0].detach())
+        bg_rgb = torch.where(shade[:, None], bg_dark, bg_lit)
     else:
         bg_rgb = bg_lit
     with torch.no_grad():
@@ -144,29 +207,45 @@ def render_meshes(
     unit = normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-30)
     unit = torch.where(facing[:, None], unit, -unit)  # shade the side the camera sees
     albedo = object_colors[face_object]
-    lit = albedo * (amb + intensity * torch.relu(-(unit @ light)))[:, None]
-    feat = torch.cat([lit, albedo], dim=1)
-    bg = torch.cat([bg_rgb, bg_albedo], dim=1)
     if coverage_weights is not None:
         weights = torch.as_tensor(coverage_weights).to(device=device, dtype=dtype).reshape(-1)
-        if weights.shape[0] != object_colors.shape[0]:
-            raise AssetError(f"coverage_weights needs {object_colors.shape[0]} entries, got {weights.shape[0]}",
-                             field="coverage_weights")
-        feat = torch.cat([feat, weights[face_object][:, None]], dim=1)
-        bg = torch.cat([bg, torch.zeros_like(bg[:, :1])], dim=1)
+        if weights.shape[0] != count:
+            raise AssetError(f"coverage_weights needs {count} entries, got {weights.shape[0]}", field="coverage_weights")
+        extra = [weights[face_object][:, None]]
+    else:
+        extra = []
+    bg_extra = [torch.zeros_like(bg_albedo[:, :1])] * len(extra)
+    textured = any(t is not None for t in textures)
+    split = textured or spot is not None or object_shadows  # rgb channels as ambient + direct parts
+    shader = None
+    if not split:  # per-face shading, composited as before
+        lit = albedo * (amb + intensity * torch.relu(-(unit @ light)))[:, None]
+        feat = torch.cat([lit, albedo] + extra, dim=1)
+        bg = torch.cat([bg_rgb, bg_albedo] + bg_extra, dim=1)
+    else:
+        bg = torch.cat([bg_rgb, torch.zeros_like(bg_rgb), bg_albedo] + bg_extra, dim=1)
+        if not textured and spot is None:
+            direct = (intensity * torch.relu(-(unit @ light)))[:, None]
+            feat = torch.cat([albedo * amb, albedo * direct, albedo] + extra, dim=1)
+        else:
+            feat = torch.cat([albedo, unit] + extra, dim=1)
+            shader = _pair_shader(textures, texture_coords, poses, vertices, faces, face_object, tri_world, spot,
+                                  light, intensity, amb, feat.shape[1] + 3)
 
     ids = drawn.nonzero()[:, 0]
     reach = CULL_SIGMAS * float(sigma) + 1.0
     t_det = tri.detach()
     boxes = torch.stack([t_det[ids, :, 0].amin(1) - reach, t_det[ids, :, 0].amax(1) + reach,
                          t_det[ids, :, 1].amin(1) - reach, t_det[ids, :, 1].amax(1) + reach], dim=1)
-    budget = chunk_budget(vertices.element_size())
+    budget = chunk_budget(vertices.element_size(), _SHADED_VALUES_PER_PAIR if shader is not None else 80)
     plan = plan_tiles(height, width, boxes, ids, budget) if tiled else dense_plan(height, width, ids)
     xy = _pixel_centres(height, width, device, dtype)
     key_data = zf if camera.orthographic else 1.0 / zf.clamp(min=_NEAR)
+    if shader is not None and not camera.orthographic:
+        key_data = 1.0 / z[faces].clamp(min=_NEAR)  # differentiable: perspective-correct interpolation
     z_range = torch.stack([zf.amin(1), zf.amax(1)], dim=1)
     out, alpha, hard_z, hard_face = soft_rasterize(plan, xy, tri, key_data, z_range, interior, feat, bg, sigma,
-                                                   camera.orthographic)
+                                                   camera.orthographic, shader)
 
     with torch.no_grad():
         ground_z = t_ground * (dirs @ rot[2])  # ray origins lie on the camera plane z = 0
@@ -179,15 +258,26 @@ def render_meshes(
         world = surface_points(camera, depth.reshape(height, width)).reshape(-1, 3)
         coords = world.clone()
         if poses is not None:
-            poses = _check_poses(poses, object_colors.shape[0]).detach().to(dtype)
+            poses = _check_poses(poses, count).detach().to(dtype)
             rots = quaternion_to_matrix(poses[:, 3:])
             k = face_object[face]
             local = ((world - poses[k, :3])[:, None, :] @ rots[k])[:, 0]  # R^T (p - t)
             coords = torch.where(won[:, None], local, coords)
         coords = torch.where(torch.isfinite(depth)[:, None], coords, torch.zeros_like(coords))
+    if split:
+        rgb = out[:, :3]
+        if object_shadows:
+            dark = _object_shadows(world, won, face_object[face], unit.detach()[face], tri_world.detach()[occluder],
+                                   face_object[occluder], light.detach(), spot, tiles, height, width, float(sigma))
+            rgb = rgb + (1.0 - dark.to(dtype))[:, None] * out[:, 3:6]
+        else:
+            rgb = rgb + out[:, 3:6]
+        albedo_out, tail = out[:, 6:9], out[:, 9:]
+    else:
+        rgb, albedo_out, tail = out[:, :3], out[:, 3:6], out[:, 6:]
     layers = {
-        "rgb": out[:, :3].clamp(0.0, 1.0).reshape(height, width, 3),
-        "albedo": out[:, 3:6].clamp(0.0, 1.0).reshape(height, width, 3),
+        "rgb": rgb.clamp(0.0, 1.0).reshape(height, width, 3),
+        "albedo": albedo_out.clamp(0.0, 1.0).reshape(height, width, 3),
         "alpha": alpha.clamp(0.0, 1.0).reshape(height, width),
         "depth": depth.reshape(height, width),
         "normal": n_cam.reshape(height, width, 3),
@@ -195,11 +285,119 @@ def render_meshes(
         "object_coordinates": coords.reshape(height, width, 3),
     }
     if coverage_weights is not None:
-        coverage = out[:, 6].clamp(0.0, 1.0)
+        coverage = tail[:, 0].clamp(0.0, 1.0)
         if shadows:  # what background subtraction sees: the objects and the shadows they cast
             coverage = coverage + (1.0 - alpha.clamp(0.0, 1.0)) * moving_shade.to(dtype)
         layers["coverage"] = coverage.reshape(height, width)
     return layers
+
+
+_SHADED_VALUES_PER_PAIR = 96  # (pixels, faces)-sized values alive per pair with a pair shader
+
+
+def _spot_light(light_type, position, cone_deg, falloff, par):
+    """(position (3,), cos of the outer cone angle, cos of the inner one) of a spot light, or None."""
+    if light_type == "directional":
+        return None
+    if light_type != "spot":
+        raise AssetError(f"light_type must be 'directional' or 'spot', got {light_type!r}", field="light_type")
+    if position is None:
+        raise AssetError("a spot light needs light_position", field="light_position")
+    position, cone, fall = par(position).reshape(3), par(cone_deg), par(falloff)
+    if not 0.0 < float(cone.detach()) < 90.0 or not 0.0 < float(fall.detach()) <= 1.0:
+        raise AssetError(f"spot light needs 0 < cone_deg < 90 and 0 < falloff <= 1, got {float(cone)}, {float(fall)}",
+                         field="cone_deg")
+    outer = cone * (math.pi / 180.0)
+    return position, torch.cos(outer), torch.cos(outer * (1.0 - fall))
+
+
+def _spot_direct(points, normals, axis, position, cos_outer, cos_inner):
+    """Direct-light factor of a spot light at ``points`` (..., 3) with unit ``normals`` (..., 3):
+    Lambert towards the light times the smooth cone edge (no distance attenuation)."""
+    to_light = position - points
+    dist = to_light.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+    u = to_light / dist
+    cos_axis = -(u * axis).sum(-1)  # angle between the spot's axis and the direction to the point
+    x = ((cos_axis - cos_outer) / (cos_inner - cos_outer).clamp(min=1e-12)).clamp(0.0, 1.0)
+    cone = x * x * (3.0 - 2.0 * x)
+    return cone * torch.relu((u * normals).sum(-1))
+
+
+def _pair_shader(textures, texture_coords, poses, vertices, faces, face_object, tri_world, spot, light,
+                 intensity, amb, channels) -> PairShader:
+    """Per pixel-face shading: textured albedo and / or spot lighting. ``feat`` per face is
+    [albedo (3), unit normal facing the camera (3), optional coverage weight]; the attributes are
+    [texture coordinates (3) if textured, world position (3) if spot]; returns per pair
+    [albedo * ambient (3), albedo * direct light (3), albedo (3), optional weight]."""
+    dtype, device = vertices.dtype, vertices.device
+    textured = any(t is not None for t in textures)
+    attrs, params = [], [light, intensity, amb]
+    if textured:
+        with torch.no_grad():
+            if texture_coords is not None:
+                tc = torch.as_tensor(texture_coords).to(device=device, dtype=dtype)
+                if tuple(tc.shape) != tuple(vertices.shape):
+                    raise AssetError(f"texture_coords must have shape {tuple(vertices.shape)}, got {tuple(tc.shape)}",
+                                     field="texture_coords")
+            elif poses is not None:
+                p = _check_poses(poses, len(textures)).detach().to(device=device, dtype=dtype)
+                rots = quaternion_to_matrix(p[:, 3:])
+                vertex_object = torch.zeros(vertices.shape[0], dtype=torch.long, device=device)
+                vertex_object[faces.reshape(-1)] = face_object.repeat_interleave(3)
+                tc = ((vertices.detach() - p[vertex_object, :3])[:, None, :] @ rots[vertex_object])[:, 0]
+            else:
+                tc = vertices.detach()
+            tc_faces = tc[faces]  # (T, 3, 3) constants
+            n_obj = torch.linalg.cross(tc_faces[:, 1] - tc_faces[:, 0], tc_faces[:, 2] - tc_faces[:, 0])
+            n_obj = n_obj / n_obj.norm(dim=-1, keepdim=True).clamp(min=1e-30)  # outward, object frame
+            unique = list(dict.fromkeys(t for t in textures if t is not None))  # shared textures evaluate once
+            table = {id(t): i for i, t in enumerate(unique)}
+            object_texture = torch.tensor([table[id(t)] if t is not None else -1 for t in textures], device=device)
+            face_texture = object_texture[face_object]
+        attrs.append(tc_faces)
+    if spot is not None:
+        attrs.append(tri_world)
+        params += list(spot)
+    attrs = torch.cat(attrs, dim=2)
+    tex_at = 3 if textured else 0
+
+    def fn(pix, fids, values, d_dx, d_dy, feat, light, intensity, amb, *spot_params):
+        albedo = feat[:, :3]  # (L, 3) for L covered pixel-face pairs
+        if textured:
+            tex = torch.ones_like(albedo)
+            ids = face_texture[fids]
+            for index, texture in enumerate(unique):
+                rows = (ids == index).nonzero()[:, 0]
+                if len(rows):
+                    value = texture.evaluate(values[rows, :3], d_dx[rows], d_dy[rows], n_obj[fids[rows]])
+                    tex = tex.index_copy(0, rows, value)
+            albedo = albedo * tex
+        normal = feat[:, 3:6]
+        if spot_params:
+            direct = intensity * _spot_direct(values[:, tex_at:tex_at + 3], normal, light, *spot_params)
+        else:
+            direct = intensity * torch.relu(-(normal @ light))
+        return torch.cat([albedo * amb, albedo * direct[:, None], albedo, feat[:, 6:]], dim=1)
+
+    return PairShader(fn, attrs, params, derivatives=tex_at, channels=channels)
+
+
+def _object_shadows(world, won, point_object, point_normal, occluders, occluder_object, light, spot, tiles,
+                    height, width, sigma):
+    """(P,) bool: pixels whose object light is shadowed by another object (hard, see render_meshes)."""
+    if spot is None:
+        towards = (point_normal @ light) < 0
+    else:
+        position, cos_o, cos_i = (x.detach() for x in spot)
+        towards = _spot_direct(world, point_normal, light, position, cos_o, cos_i) > 0
+    active = won & towards
+    shadow = shadow_rays(world, active, torch.where(won, point_object, -1), occluders, occluder_object, light, tiles,
+                         position=None if spot is None else spot[0].detach())
+    # silhouette pixels whose hard hit is the ground composite a fringe of the object beside them
+    reach = int(math.ceil(2.0 * sigma))
+    near = torch.nn.functional.max_pool2d(shadow.reshape(1, 1, height, width).to(torch.float32), 2 * reach + 1,
+                                          stride=1, padding=reach).reshape(-1) > 0
+    return torch.where(won, shadow, near)
 
 
 def mesh_flow(camera_t: Camera, camera_t1: Camera, layers_t: dict, layers_t1: dict, poses_t: torch.Tensor,
@@ -379,6 +577,19 @@ def _edge_neighbours(faces: torch.Tensor) -> torch.Tensor:
     out[order[pair]] = face_of[pair + 1]
     out[order[pair + 1]] = face_of[pair]
     return out.reshape(count, 3)
+
+
+def _check_textures(textures, count):
+    if textures is None:
+        return [None] * count
+    textures = list(textures)
+    if len(textures) != count:
+        raise AssetError(f"textures needs {count} entries (one per object, None for none), got {len(textures)}",
+                         field="textures")
+    for k, t in enumerate(textures):
+        if t is not None and not isinstance(t, Texture):
+            raise AssetError(f"textures[{k}] must be a hybridsim.render.textures.Texture or None", field="textures")
+    return textures
 
 
 def _check_poses(poses, count):

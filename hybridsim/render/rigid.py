@@ -3,7 +3,10 @@
 Every scene object is one mesh: spheres as icospheres, boxes, capsules, meshes from their files
 and static boxes. Object k of the scene draws as segmentation id k + 1 (0 is ground / sky), as
 in the sphere path. Poses (K, 7) are position [m] + quaternion (x, y, z, w) of each object's
-centre of mass (static boxes: their centre); mesh vertices are kept in that frame.
+centre of mass (static boxes: their centre); mesh vertices are kept in that frame, which is
+also the frame object textures (``texture`` in the scene) live in. The scene's ``[light]``
+(directional or spot, ``object_shadows``) is used as given; learnable light values in ``params``
+reach the image.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from .camera import Camera
 from .camera_io import scene_cameras
 from .mesh import box_mesh, capsule_mesh, mesh_flow, render_meshes, transform_meshes, trimesh_to_mesh
 
-__all__ = ["rigid_object_meshes", "rigid_poses", "render_rigid", "render_rigid_layers", "ICOSPHERE_SUBDIVISIONS"]
+__all__ = ["rigid_object_meshes", "rigid_poses", "rigid_textures", "scene_light_options", "render_rigid",
+           "render_rigid_layers", "ICOSPHERE_SUBDIVISIONS"]
 
 ICOSPHERE_SUBDIVISIONS = 2  # 320 faces per sphere
 
@@ -81,15 +85,51 @@ def _colors(world, params, dtype) -> torch.Tensor:
                         for i in range(len(world.spec.objects))])
 
 
-def _render_frame(world, camera, meshes, poses, colors, softness, coverage_weights=None) -> dict:
+def rigid_textures(world) -> list:
+    """Per scene object: its ``hybridsim.render.textures.Texture`` (images read now, relative to the
+    scene file's folder) or None."""
+    from .textures import texture_from_spec
+
     spec = world.spec
-    verts, faces, owner = transform_meshes([m[0] for m in meshes], [m[1] for m in meshes], poses)
+    return [None if getattr(obj, "texture", None) is None else
+            texture_from_spec(obj.texture, spec.source, field=f"objects[{i}].texture")
+            for i, obj in enumerate(spec.objects)]
+
+
+def scene_light_options(world, params: Mapping[str, torch.Tensor] | None = None) -> dict:
+    """``render_meshes`` keyword arguments for the scene's ground and ``[light]`` (directional or
+    spot, object shadows); light values given in ``params`` (learnable) are used as tensors."""
+    spec = world.spec
     ground, light = spec.ground, spec.light
+    options = dict(ground_height=ground.height, checker_size=ground.checker_size, checker_colors=ground.colors,
+                   sky_color=light.sky_color, light_direction=light.direction, light_intensity=light.intensity,
+                   ambient=light.ambient, light_type=light.type, object_shadows=light.object_shadows)
+    if light.type == "spot":
+        options.update(light_position=light.position, cone_deg=light.cone_deg, falloff=light.falloff)
+    for key, field in (("light_direction", "direction"), ("light_intensity", "intensity"), ("ambient", "ambient"),
+                       ("light_position", "position"), ("cone_deg", "cone_deg"), ("falloff", "falloff")):
+        path = f"light.{field}"
+        if params is not None and path in params and key in options:
+            options[key] = world.value(path, params)
+    return options
+
+
+def _render_frame(world, camera, meshes, poses, colors, softness, coverage_weights=None, look=None) -> dict:
+    """One frame; ``look`` = (light options, textures) from ``_look`` (made here when None)."""
+    verts, faces, owner = transform_meshes([m[0] for m in meshes], [m[1] for m in meshes], poses)
+    options, textures = look if look is not None else _look(world, None, meshes)
     return render_meshes(camera, verts, faces, owner, colors, poses=poses, coverage_weights=coverage_weights,
-                         ground_height=ground.height, checker_size=ground.checker_size,
-                         checker_colors=ground.colors, sky_color=light.sky_color, light_direction=light.direction,
-                         light_intensity=light.intensity, ambient=light.ambient, softness=softness,
-                         shadows=True)
+                         softness=softness, shadows=True, **options, **textures)
+
+
+def _look(world, params, meshes, dtype=None) -> tuple[dict, dict]:
+    """(light options, texture arguments) of ``render_meshes`` for the scene."""
+    textures = rigid_textures(world)
+    extra = {}
+    if any(t is not None for t in textures):
+        coords = torch.cat([m[0] for m in meshes])  # each vertex in its object's frame: textures stick to it
+        extra = dict(textures=textures, texture_coords=coords if dtype is None else coords.to(dtype))
+    return scene_light_options(world, params), extra
 
 
 def render_rigid(world, trajectory, params: Mapping[str, torch.Tensor] | None = None, *,
@@ -107,7 +147,9 @@ def render_rigid(world, trajectory, params: Mapping[str, torch.Tensor] | None = 
         poses, cameras = poses[frames], cameras[frames]
     colors = _colors(world, params, dtype)
     moving = torch.tensor([float(obj.type != "static_box") for obj in world.spec.objects], dtype=dtype)
-    layers = [_render_frame(world, cam, meshes, pose, colors, softness, moving) for cam, pose in zip(cameras, poses)]
+    look = _look(world, params, meshes, dtype)
+    layers = [_render_frame(world, cam, meshes, pose, colors, softness, moving, look)
+              for cam, pose in zip(cameras, poses)]
     return {key: torch.stack([layer[key] for layer in layers]) for key in layers[0]}
 
 
@@ -127,10 +169,11 @@ def render_rigid_layers(world, trajectory, *, progress: Callable[[int], None] | 
         cameras = scene_cameras(world.spec.camera, poses.shape[0], world.spec.time.fps)
         camera = cameras[0]
         colors = _colors(world, None, dtype)
+        look = _look(world, None, meshes, dtype)
         frames = [None] * poses.shape[0]
         for t in range(poses.shape[0]):
-            frames[t] = {k: v.cpu() for k, v in _render_frame(world, cameras[t], meshes, poses[t], colors, 0.5).items()
-                         if k in keys}
+            frames[t] = {k: v.cpu() for k, v in _render_frame(world, cameras[t], meshes, poses[t], colors, 0.5,
+                                                              look=look).items() if k in keys}
             if progress is not None:
                 progress(t + 1)
         count = len(frames)

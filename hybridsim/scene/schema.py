@@ -472,12 +472,30 @@ class GroundSpec(_Spec):
 
 
 class LightSpec(_Spec):
-    """``[light]``: one directional light plus ambient term and sky colour."""
+    """``[light]``: one directional or spot light plus ambient term and sky colour. A spot
+    (``type = "spot"``, drawn by the mesh renderer: rigid-body scenes) sits at ``position`` and
+    shines along ``direction`` within a cone of half angle ``cone_deg``, fading out over the
+    outer ``falloff`` fraction of it. ``object_shadows``: objects shadow each other (mesh
+    renderer), not only the ground."""
 
+    type: _choice_type("directional", "spot") = "directional"  # type: ignore[valid-type]
     direction: NonZeroVec3 = (-0.4, 0.3, -1.0)
     intensity: NonNegFloat = 0.8
     ambient: NonNegFloat = 0.35
     sky_color: Color = (0.55, 0.7, 0.9)
+    position: Annotated[tuple[float, float, float] | None,
+                        BeforeValidator(lambda v: None if v is None else _to_vec3(v))] = None  # spot only
+    cone_deg: _num_type(gt=0.0, lt=90.0) = 30.0  # type: ignore[valid-type]
+    falloff: _num_type(gt=0.0, le=1.0) = 0.2  # type: ignore[valid-type]
+    object_shadows: Bool = True
+
+    @model_validator(mode="after")
+    def _check(self) -> "LightSpec":
+        if self.type == "spot" and self.position is None:
+            fail("a spot light needs a position [x, y, z]", "position")
+        if self.type == "directional" and self.position is not None:
+            fail('a directional light has no position (set type = "spot" for a spot light)', "position")
+        return self
 
 
 class SphereSpec(_Spec):
@@ -551,6 +569,45 @@ def _relative_file(v: Any):
     return v
 
 
+class TextureSpec(_Spec):
+    """``texture = { ... }`` of a rigid object (``hybridsim.render.textures``): ``kind = "checker"``
+    (3D checker of ``size`` [m] cells in the object's frame) or ``"stripes"`` (of width ``size``
+    across ``direction``, object frame), in ``colors``; or ``image = "file.png"`` (png/jpg,
+    relative to the scene file's folder) repeated every ``scale`` metres by triplanar projection.
+    The object's ``color`` multiplies the texture (it defaults to white on a textured object)."""
+
+    kind: _choice_type("checker", "stripes", "image")  # type: ignore[valid-type]
+    size: PosFloat = 0.1
+    colors: Annotated[
+        tuple[tuple[float, float, float], tuple[float, float, float]], BeforeValidator(_to_color_pair)
+    ] = ((0.9, 0.9, 0.9), (0.2, 0.2, 0.2))
+    direction: NonZeroVec3 = (0.0, 0.0, 1.0)
+    image: Annotated[str | None, BeforeValidator(lambda v: None if v is None else _relative_file(v))] = None
+    scale: PosFloat = 1.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _image_kind(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and data.get("kind") is None and data.get("image") is not None:
+            data = {**data, "kind": "image"}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "TextureSpec":
+        if self.kind == "image" and self.image is None:
+            fail("an image texture needs image = \"file.png\" (relative to the scene file)", "image")
+        if self.kind != "image" and self.image is not None:
+            fail(f"a {self.kind} texture takes no image (leave kind out for an image texture)", "image")
+        return self
+
+
+def _white_if_textured(data: Any) -> Any:
+    """A textured object's ``color`` tints its texture; left out, it is white (the texture's own colours)."""
+    if isinstance(data, Mapping) and data.get("texture") is not None and data.get("color") is None:
+        data = {**data, "color": (1.0, 1.0, 1.0)}
+    return data
+
+
 class _RigidObjectSpec(_Spec):
     """Fields shared by the rigid-body objects (simulated by ``hybridsim.solvers.rigid``)."""
 
@@ -567,11 +624,12 @@ class _RigidObjectSpec(_Spec):
     friction: NonNegFloat = 0.5
     restitution: _num_type(ge=0.0, le=1.0) = 0.5  # type: ignore[valid-type]
     color: Color = (0.3, 0.5, 0.85)
+    texture: TextureSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _mass_or_density(cls, data: Any) -> Any:
-        return _one_of(data, "mass", "density", 1.0)
+        return _white_if_textured(_one_of(data, "mass", "density", 1.0))
 
 
 class BoxSpec(_RigidObjectSpec):
@@ -611,6 +669,12 @@ class StaticBoxSpec(_Spec):
     friction: NonNegFloat = 0.5
     restitution: _num_type(ge=0.0, le=1.0) = 0.5  # type: ignore[valid-type]
     color: Color = (0.6, 0.6, 0.6)
+    texture: TextureSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _textured(cls, data: Any) -> Any:
+        return _white_if_textured(data)
 
 
 #: Object types by their ``type`` tag. Add new object models here and to ``ObjectSpec``.
@@ -1141,6 +1205,12 @@ class SceneSpec(_Spec):
                         fail("must be a moving object (a static box can only be b)", f"{table}[{i}].a")
                 if item.b is not None and item.b == item.a:
                     fail("a and b must be different objects", f"{table}[{i}].b")
+        if self.light.type == "spot" and not any(obj.type in RIGID_TYPES for obj in self.objects):
+            fail("a spot light is drawn by the mesh renderer, used by rigid-body scenes only (add a box, capsule, "
+                 "mesh or static_box, or use a directional light)", "light.type")
+        for key in self.learnable:
+            if ".texture." in key:
+                fail("cannot be learnable: textures are not differentiable", key)
         for key, item in self.learnable.items():
             self._check_learnable(key, item)
         return self
