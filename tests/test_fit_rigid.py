@@ -156,3 +156,24 @@ def test_fit_friction_accurately_and_push_with_friction_jointly(tmp_path):
     joint = fit(spec, rgb, iterations=40, progress=False, max_render_height=None, threads=1, uncertainty=False)
     assert joint.final_loss < 0.25 * joint.losses[0]
     assert abs(joint.values["objects[0].velocity"][0] - 2.6) < 0.35
+
+
+def test_background_matches_the_render_with_textures_and_a_spot_light():
+    """The fit's empty-scene background is the scene as render_rigid draws it (textured static box,
+    spot light), wherever the moving box and its shadow are not."""
+    from hybridsim.fit.scenes import fit_scene
+    from hybridsim.render.rigid import render_rigid
+    from hybridsim.sim.rigid import rigid_rollout
+
+    text = SLIDE.replace('color = [0.5, 0.55, 0.6]\n', 'color = [0.5, 0.55, 0.6]\n'
+                         'texture = { kind = "checker", size = 0.05, colors = [[1, 1, 1], [0.3, 0.3, 0.3]] }\n')
+    text = text.replace("[ground]", "[light]\ntype = \"spot\"\nposition = [0.5, -1.0, 2.5]\n"
+                        "direction = [-0.2, 0.4, -1.0]\ncone_deg = 40.0\n\n[ground]")
+    spec = parse_scene(text)
+    world = World(spec)
+    with torch.no_grad():
+        out = render_rigid(world, rigid_rollout(world, frames=1))
+    background = fit_scene(world).background(Camera.from_spec(spec.camera))
+    empty = out["coverage"][0] < 1e-4
+    diff = (out["rgb"][0].float() - background).abs().max(-1).values[empty]
+    assert empty.sum() > 0.8 * empty.numel() and float(diff.max()) < 2e-3

@@ -108,32 +108,34 @@ class RigidFitScene(FitScene):
         return torch.stack([x.double() for x in out], dim=1)
 
     def background(self, camera) -> torch.Tensor:
-        """Ground, sky and static boxes (with their shadows), no moving bodies."""
-        from ..render.mesh import box_mesh, quaternion_to_matrix, render_meshes, rotation_vector_to_quaternion
+        """Ground, sky and static boxes (their textures, the scene's light, their shadows): the scene
+        without its moving bodies, rendered the way ``render_rigid`` renders it."""
+        from ..render.mesh import render_meshes, transform_meshes
+        from ..render.rigid import rigid_object_meshes, rigid_textures, scene_light_options
+        from ..solvers.rigid import quat_from_rotation_vector
+        from ..sim.rigid import rigid_model
 
         spec = self.world.spec
-        statics = [obj for obj in spec.objects if obj.type == "static_box"]
-        ground, light = spec.ground, spec.light
-        verts, faces, owner, colors = [], [], [], []
-        offset = 0
-        for k, obj in enumerate(statics):
-            v, f = box_mesh(obj.half_extents, torch.float64)
-            rot = quaternion_to_matrix(rotation_vector_to_quaternion(torch.tensor(obj.orientation, dtype=torch.float64)))
-            verts.append(v @ rot.T + torch.tensor(obj.position, dtype=torch.float64))
-            faces.append(f + offset)
-            owner.append(torch.full((f.shape[0],), k, dtype=torch.long))
-            colors.append(torch.tensor(obj.color, dtype=torch.float64))
-            offset += v.shape[0]
-        if not statics:  # one invisible triangle below the ground keeps the renderer's shapes simple
-            verts = [torch.tensor([[0.0, 0.0, -1e3], [1e-3, 0.0, -1e3], [0.0, 1e-3, -1e3]], dtype=torch.float64)]
-            faces, owner = [torch.tensor([[0, 1, 2]])], [torch.zeros(1, dtype=torch.long)]
-            colors = [torch.zeros(3, dtype=torch.float64)]
+        statics = [i for i, obj in enumerate(spec.objects) if obj.type == "static_box"]
+        options = scene_light_options(self.world)
+        dtype = torch.float64
+        if statics:
+            meshes = rigid_object_meshes(self.world, rigid_model(self.world), dtype)
+            poses = torch.stack([torch.cat([torch.tensor(spec.objects[i].position, dtype=dtype),
+                                            quat_from_rotation_vector(torch.tensor(spec.objects[i].orientation,
+                                                                                   dtype=dtype))]) for i in statics])
+            local = [meshes[i][0] for i in statics]
+            verts, faces, owner = transform_meshes(local, [meshes[i][1] for i in statics], poses)
+            colors = torch.stack([torch.tensor(spec.objects[i].color, dtype=dtype) for i in statics])
+            textures = [rigid_textures(self.world)[i] for i in statics]
+            if any(t is not None for t in textures):
+                options = dict(options, textures=textures, texture_coords=torch.cat(local))
+        else:  # one invisible triangle far below the ground keeps the renderer's shapes simple
+            verts = torch.tensor([[0.0, 0.0, -1e3], [1e-3, 0.0, -1e3], [0.0, 1e-3, -1e3]], dtype=dtype)
+            faces, owner = torch.tensor([[0, 1, 2]]), torch.zeros(1, dtype=torch.long)
+            colors, poses = torch.zeros(1, 3, dtype=dtype), None
         with torch.no_grad():
-            out = render_meshes(camera, torch.cat(verts), torch.cat(faces), torch.cat(owner), torch.stack(colors),
-                                ground_height=ground.height, checker_size=ground.checker_size,
-                                checker_colors=ground.colors, sky_color=light.sky_color,
-                                light_direction=light.direction, light_intensity=light.intensity,
-                                ambient=light.ambient, shadows=True)
+            out = render_meshes(camera, verts, faces, owner, colors, poses=poses, shadows=True, **options)
         return out["rgb"].float().cpu()
 
 
