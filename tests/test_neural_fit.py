@@ -229,7 +229,7 @@ def test_rigid_scenes_refuse_networks_with_a_clear_error():
     if spec is None:
         pytest.skip("no rigid scene with learnable fields shipped")
     frames = np.zeros((4, spec.camera.height, spec.camera.width, 3), np.uint8)
-    with pytest.raises(HybridsimError, match="rigid-body scenes are not supported yet"):
+    with pytest.raises(HybridsimError, match="rigid-body and fluid scenes are not supported yet"):
         fit(spec, frames, iterations=1, motion_prior="new", **_fit_kwargs())
 
 

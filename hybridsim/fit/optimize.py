@@ -349,6 +349,9 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
         raise HybridsimError(f"learning rate must be positive (got {lr})")
     if not spec.learnable:
         raise HybridsimError("no learnable fields (mark some with learn = true)", file=spec.source)
+    from .scenes import check_fittable
+
+    check_fittable(spec)
     if isinstance(camera, (str, Path)):
         camera = load_camera_json(camera)
     spec = apply_camera(spec, camera)

@@ -9,6 +9,8 @@ projected centres of the moving objects.
 * ``rigid``: the rigid-body solver and the mesh renderer; coverage is the soft coverage of the
   moving bodies (static boxes excluded, but hiding what is behind them, as they do in the
   target's background).
+* ``fluid``: the 2D grid fluid and its plane renderer; coverage is the smoke opacity, the centre
+  the smoke's density-weighted centroid.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import torch
 
 from ..errors import HybridsimError
 
-__all__ = ["FitScene", "fit_scene", "NETWORKS_UNSUPPORTED"]
+__all__ = ["FitScene", "fit_scene", "check_fittable", "NETWORKS_UNSUPPORTED"]
 
-NETWORKS_UNSUPPORTED = ("a refiner or motion prior in the fit works on sphere scenes only; rigid-body scenes are not "
+NETWORKS_UNSUPPORTED = ("a refiner or motion prior in the fit works on sphere scenes only; rigid-body and fluid scenes are not "
                         "supported yet (fit them without --refiner / --motion-prior)")
 
 
@@ -139,10 +141,80 @@ class RigidFitScene(FitScene):
         return out["rgb"].float().cpu()
 
 
-def fit_scene(world) -> FitScene:
-    """The adapter for ``world``: spheres or rigid bodies; other scenes cannot be fitted yet."""
-    spec = world.spec
-    if getattr(spec, "fluid", None) is not None or getattr(spec, "mpm", None) is not None:
-        raise HybridsimError("fit works on sphere and rigid-body scenes; fluid and MPM scenes cannot be fitted yet",
+class FluidFitScene(FitScene):
+    """A 2D grid fluid: the rendered smoke opacity is the coverage; the centre is the smoke's
+    density-weighted centroid in the fluid plane (world x, z at y = 0)."""
+
+    kind = "fluid"
+
+    def rollout(self, values: dict, frames: int, *, check: bool = True, motion_prior=None):
+        from ..sim.fluid import fluid_rollout
+
+        return fluid_rollout(self.world, values, frames=frames, check=check)
+
+    def render(self, trajectory, values: dict, camera) -> dict:
+        from ..render.fluid import render_fluid_frames
+
+        spec = self.world.spec
+        out = render_fluid_frames(camera, spec.fluid, trajectory, 1.0 / spec.time.fps)
+        out["coverage"] = out["alpha"]
+        return out
+
+    def centres(self, trajectory) -> torch.Tensor:
+        fluid = self.world.spec.fluid
+        density = trajectory.density.clamp(min=0.0)  # (T, nx, ny)
+        nx, ny = density.shape[1:]
+        dx = float(fluid.cell_size)
+        xs = fluid.origin[0] + (torch.arange(nx, dtype=density.dtype) + 0.5) * dx
+        zs = fluid.origin[1] + (torch.arange(ny, dtype=density.dtype) + 0.5) * dx
+        mass = density.sum(dim=(1, 2)).clamp(min=1e-12)
+        cx = (density.sum(dim=2) * xs).sum(1) / mass
+        cz = (density.sum(dim=1) * zs).sum(1) / mass
+        return torch.stack([cx, torch.zeros_like(cx), cz], dim=-1)[:, None, :]
+
+    def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for m in range(count):
+                values = {k: v[m].to(self.world.dtype) for k, v in draws.items()}
+                try:
+                    out.append(self.centres(self.rollout(values, frames, check=False)).double())
+                except HybridsimError:
+                    out.append(None)
+        shape = next((x.shape for x in out if x is not None), None)
+        if shape is None:
+            raise HybridsimError("every screened value set failed to simulate", file=self.world.spec.source)
+        return torch.stack([x if x is not None else torch.full(shape, float("nan"), dtype=torch.float64)
+                            for x in out], dim=1)
+
+    def background(self, camera) -> torch.Tensor:
+        """The box without smoke (obstacles drawn), as the fluid renderer draws it."""
+        from types import SimpleNamespace
+
+        from ..render.fluid import render_fluid_frames
+
+        spec = self.world.spec
+        nx, ny = spec.fluid.cells
+        empty = SimpleNamespace(density=torch.zeros(1, nx, ny, dtype=torch.float64),
+                                velocity_x=torch.zeros(1, nx + 1, ny, dtype=torch.float64),
+                                velocity_y=torch.zeros(1, nx, ny + 1, dtype=torch.float64),
+                                times=torch.zeros(1, dtype=torch.float64), temperature=None)
+        with torch.no_grad():
+            out = render_fluid_frames(camera, spec.fluid, empty, 1.0 / spec.time.fps)
+        return out["rgb"][0].float().cpu()
+
+
+def check_fittable(spec) -> None:
+    """Refuse scenes the fit cannot handle yet, before any target is read."""
+    if getattr(spec, "mpm", None) is not None:
+        raise HybridsimError("fit works on sphere, rigid-body and grid-fluid scenes; MPM scenes cannot be fitted yet",
                              file=spec.source)
+
+
+def fit_scene(world) -> FitScene:
+    """The adapter for ``world``: spheres, rigid bodies or a grid fluid; MPM cannot be fitted yet."""
+    spec = world.spec
+    if getattr(spec, "fluid", None) is not None:
+        return FluidFitScene(world)
+    check_fittable(spec)
     return RigidFitScene(world) if world.rigid else FitScene(world)
