@@ -109,6 +109,11 @@ def _render_scene(args, world, frames: int, out: Path, quiet: bool, trajectory=N
         return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out,
                                                                           _render_fluid(world, frames, out, quiet,
                                                                                         trajectory)))
+    if getattr(spec, "mpm", None) is not None and spec.objects:  # MPM coupled with rigid bodies
+        from .render.composite import write_coupled_outputs
+
+        return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out, write_coupled_outputs(
+            world, frames, out, quiet, trajectory)))
     if getattr(spec, "mpm", None) is not None:
         return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out,
                                                                           _render_mpm(world, frames, out, quiet,

@@ -117,10 +117,9 @@ def test_bad_mpm_fields_name_file_line_and_field(old, new, field, message):
     assert shown.startswith("bad.toml:") and f": {field}: " in shown and message in shown, shown
 
 
-def test_mpm_with_objects_or_fluid_is_refused_clearly():
+def test_mpm_with_fluid_is_refused_clearly_and_with_objects_is_coupled():
     objects = _text() + '\n[[objects]]\ntype = "box"\nposition = [0, 0, 1]\nhalf_extents = [0.1, 0.1, 0.1]\n'
-    with pytest.raises(SceneError, match="coupling is not built yet"):
-        World(parse_scene(objects, source="mix.toml"))
+    assert World(parse_scene(objects, source="mix.toml")).coupled  # tests/test_coupling.py
     fluid = _text() + "\n[fluid]\ncells = [8, 8]\ncell_size = 0.1\n"
     with pytest.raises(SceneError, match=r"\[mpm\] and \[fluid\]"):
         World(parse_scene(fluid, source="mix.toml"))

@@ -95,7 +95,10 @@ def mpm_body_file(spec, index: int) -> Path:
 
 
 def _check_learnable(spec) -> None:
+    coupled = bool(spec.objects)  # [[objects]] of a coupled scene: hybridsim.sim.rigid checks them
     for path in spec.learnable:
+        if coupled and (path.startswith("objects[") or path in ("ground.friction", "ground.restitution")):
+            continue
         ok = path in _LIGHT_FIELDS
         if path.startswith("mpm.materials["):
             ok = path.split("].", 1)[-1] in _MATERIAL_FIELDS

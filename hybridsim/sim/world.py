@@ -55,10 +55,10 @@ class World:
         if spec.fluid is not None and spec.objects:
             raise SceneError("a scene with [fluid] cannot have objects yet (fluid-body coupling is not built)",
                              file=spec.source, field="objects")
+        #: True when the scene has both [mpm] and [[objects]]: two-way MPM-rigid coupling
+        #: (``hybridsim.sim.coupled``).
+        self.coupled = getattr(spec, "mpm", None) is not None and bool(spec.objects)
         if getattr(spec, "mpm", None) is not None:
-            if spec.objects:
-                raise SceneError("a scene with [mpm] cannot have objects yet (MPM-rigid coupling is not built yet)",
-                                 file=spec.source, field="objects")
             if spec.fluid is not None:
                 raise SceneError("a scene cannot have both [mpm] and [fluid] (they are not coupled)",
                                  file=spec.source, field="fluid")

@@ -69,6 +69,20 @@ def scene_evaluator(world, *, frames: int | None = None, pixel: bool = False, se
             return weighted("density", trajectory.density) + weighted("u", trajectory.velocity_x), trajectory
 
         return evaluate
+    if getattr(spec, "mpm", None) is not None and spec.objects:  # MPM coupled with rigid bodies
+        from ..sim.coupled import coupled_rollout
+
+        def evaluate(values):
+            trajectory = coupled_rollout(world, values, frames=frames)
+            if pixel:
+                from ..render.composite import render_coupled
+
+                return weighted("rgb", render_coupled(world, trajectory, values)["rgb"]), trajectory.rigid
+            return (weighted("x", trajectory.mpm.positions) + 0.1 * weighted("v", trajectory.mpm.velocities)
+                    + weighted("bx", trajectory.rigid.positions) + 0.1 * weighted("bv", trajectory.rigid.velocities),
+                    trajectory.rigid)
+
+        return evaluate
     if getattr(spec, "mpm", None) is not None:
         from ..render.particles import render_mpm
         from ..sim.mpm import mpm_rollout
