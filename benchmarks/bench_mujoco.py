@@ -1,0 +1,368 @@
+"""Our rigid-body solver against MuJoCo on the same scenes, side by side in one run.
+
+Scenes (the same geometry, masses, friction and time step on both sides; float32 for ours):
+
+- ``mujoco_spheres64`` / ``mujoco_spheres512``: 64 or 512 spheres (r = 0.1 m, 1000 kg/m^3) in a
+  4^3 or 8^3 lattice (jittered), dropped into an open box of four static walls on the ground (1 m
+  or 2 m wide) where they pile up 3 or 5 layers deep, stepped at dt = 1/240 s (the first 240
+  steps: fall, impacts, piling). Steps per second, one world.
+- ``mujoco_box_slide``: one box pushed at 3 m/s sliding to rest (mu = 0.5). Steps per second; the
+  stop distances of both against v0^2 / (2 mu g) are in ``extra``.
+- ``mujoco_batch256``: 256 independent worlds of the 64-sphere scene (each with its own small
+  random jitter of the initial heights), as world-steps per second. MuJoCo: ``mujoco.rollout``
+  with one MjData per thread (2 threads; the 1-thread figure is in ``extra``). Ours: the solver
+  runs one world at a time, so the honest equivalent is a loop over worlds in one thread; the
+  figure is measured on the first few worlds (a sequential loop's rate does not depend on how
+  many worlds follow).
+- ``mujoco_backward_vs_forward``: backward / forward time of a differentiable rollout of the
+  64-sphere scene (ours: torch autograd through our adjoint kernels) against what a gradient
+  through a MuJoCo rollout costs with MuJoCo's own tools: one ``mjd_transitionFD`` (forward
+  differences of the step) per step, relative to ``mj_step``.
+
+Ratios are ours / MuJoCo for rates (above 1: we are faster) and for the backward/forward case
+(below 1: our gradients are relatively cheaper). MuJoCo is an optional dependency
+(``pip install mujoco`` or ``pip install -e ".[bench]"``); without it every case here returns a
+record marked SKIPPED (values NaN) and says how to install it.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import torch
+
+from hybridsim.bench import Record, case, median_time
+
+DT = 1.0 / 240.0
+RADIUS = 0.1
+DENSITY = 1000.0
+FRICTION = 0.5
+WALL = 0.1                # wall half thickness [m]
+SLIDE_SPEED = 3.0
+BOX_HALF = (0.15, 0.15, 0.1)
+
+
+def _mujoco():
+    try:
+        import mujoco
+    except ImportError:
+        return None
+    return mujoco
+
+
+def _skipped(name: str, unit: str) -> Record:
+    message = "SKIPPED: mujoco is not installed (pip install mujoco, or pip install -e '.[bench]')"
+    print(f"{name}: {message}", file=sys.stderr, flush=True)
+    return Record(name, float("nan"), float("nan"), unit, "ours", "mujoco (not installed)", torch.get_num_threads(),
+                  notes=message, extra={"skipped": True})
+
+
+def _side(count: int) -> int:
+    side = round(count ** (1.0 / 3.0))
+    assert side**3 == count, "sphere counts are cubes (64, 512)"
+    return side
+
+
+def _sphere_centres(count: int, seed: int = 0) -> np.ndarray:
+    """A side^3 lattice 0.22 m apart (spheres 0.02 m apart) with a small random jitter per sphere
+    (seeded), dropped so that they pile up about side/2 layers deep in the box."""
+    side = _side(count)
+    generator = np.random.default_rng(seed)
+    k = np.arange(count)
+    offset = -0.11 * (side - 1)
+    x = offset + 0.22 * (k % side) + 0.02 * (generator.random(count) - 0.5)
+    y = offset + 0.22 * ((k // side) % side) + 0.02 * (generator.random(count) - 0.5)
+    z = 0.3 + 0.22 * (k // (side * side)) + 0.04 * generator.random(count)
+    return np.stack([x, y, z], axis=1)
+
+
+def _walls(count: int):
+    """(centre, half extents) of the four static walls: an open box of inner half width
+    0.125 m x side (0.5 m for 64 spheres, 1 m for 512), tall enough for the drop."""
+    side = _side(count)
+    half_width, half_height = 0.125 * side, 0.25 + 0.125 * side
+    outer = half_width + WALL
+    return [((outer, 0.0, half_height), (WALL, outer + WALL, half_height)),
+            ((-outer, 0.0, half_height), (WALL, outer + WALL, half_height)),
+            ((0.0, outer, half_height), (outer + WALL, WALL, half_height)),
+            ((0.0, -outer, half_height), (outer + WALL, WALL, half_height))]
+
+
+# -- ours ------------------------------------------------------------------------------------
+def _ours_spheres(count: int, seed: int = 0):
+    from hybridsim.solvers.rigid import RigidBuilder
+
+    builder = RigidBuilder(ground_friction=FRICTION, ground_restitution=0.0)
+    for centre in _sphere_centres(count, seed):
+        body = builder.add_body(position=tuple(centre))
+        builder.add_shape_sphere(body, RADIUS, density=DENSITY, friction=FRICTION, restitution=0.0)
+    for centre, half in _walls(count):
+        builder.add_static_box(half, position=centre, friction=FRICTION, restitution=0.0)
+    return builder.finalize(dtype=torch.float32)
+
+
+def _ours_box():
+    from hybridsim.solvers.rigid import RigidBuilder
+
+    builder = RigidBuilder(ground_friction=FRICTION, ground_restitution=0.0)
+    body = builder.add_body(position=(0.0, 0.0, BOX_HALF[2]), velocity=(SLIDE_SPEED, 0.0, 0.0))
+    builder.add_shape_box(body, BOX_HALF, density=DENSITY, friction=FRICTION, restitution=0.0)
+    return builder.finalize(dtype=torch.float32)
+
+
+def _ours_run(model, steps: int, backend: str = "warp"):
+    """A closure stepping ``steps`` steps from the model's initial state; returns the last state."""
+    from hybridsim.solvers.rigid import SolverRigid
+
+    solver = SolverRigid(model, backend=backend)
+
+    def go():
+        state = model.state()
+        for _ in range(steps):
+            out = state.empty_like()
+            solver.step(state, out, None, DT)
+            state = out
+        return state
+
+    return go
+
+
+# -- MuJoCo ----------------------------------------------------------------------------------
+def _mjcf_spheres(count: int, seed: int = 0) -> str:
+    walls = "\n".join(f'<geom type="box" pos="{c[0]} {c[1]} {c[2]}" size="{h[0]} {h[1]} {h[2]}"/>'
+                      for c, h in _walls(count))
+    bodies = "\n".join(f'<body pos="{x:.6f} {y:.6f} {z:.6f}"><freejoint/><geom type="sphere" size="{RADIUS}"/></body>'
+                       for x, y, z in _sphere_centres(count, seed))
+    return f"""<mujoco>
+  <option timestep="{DT!r}" gravity="0 0 -9.81"/>
+  <default><geom friction="{FRICTION} 0.005 0.0001" density="{DENSITY}"/></default>
+  <worldbody>
+    <geom type="plane" size="0 0 1"/>
+    {walls}
+    {bodies}
+  </worldbody>
+</mujoco>"""
+
+
+def _mjcf_box() -> str:
+    hx, hy, hz = BOX_HALF
+    return f"""<mujoco>
+  <option timestep="{DT!r}" gravity="0 0 -9.81"/>
+  <default><geom friction="{FRICTION} 0.005 0.0001" density="{DENSITY}"/></default>
+  <worldbody>
+    <geom type="plane" size="0 0 1"/>
+    <body pos="0 0 {hz}"><freejoint/><geom type="box" size="{hx} {hy} {hz}"/></body>
+  </worldbody>
+</mujoco>"""
+
+
+def _mujoco_run(mujoco, model, steps: int, setup=None):
+    data = mujoco.MjData(model)
+
+    def go():
+        mujoco.mj_resetData(model, data)
+        if setup is not None:
+            setup(data)
+        for _ in range(steps):
+            mujoco.mj_step(model, data)
+        return data
+
+    return go
+
+
+def _label(mujoco) -> str:
+    return f"mujoco {mujoco.__version__} mj_step (Newton, pyramidal cone, broad phase)"
+
+
+# -- cases -----------------------------------------------------------------------------------
+def _spheres_case(name: str, count: int, quick: bool, steps: int, quick_steps: int) -> Record:
+    mujoco = _mujoco()
+    if mujoco is None:
+        return _skipped(name, "steps/s")
+    steps = quick_steps if quick else steps
+    big = count > 64
+    start = time.perf_counter()
+    model = _ours_spheres(count)
+    build_s = time.perf_counter() - start
+    start = time.perf_counter()
+    _ours_run(model, 1)()  # kernel load + first step
+    first_s = time.perf_counter() - start
+    go = _ours_run(model, steps)
+    repeats, warmup = (1, 0) if big else (3, 1)
+    t_ours = median_time(go, repeats=repeats, warmup=warmup) / steps
+    final = go() if not big else None
+    extra = {}
+    if not big:  # the other backend, for the record (same numerics; Warp is the faster on CPU)
+        t_taichi = median_time(_ours_run(model, min(steps, 48), backend="taichi"), repeats=1, warmup=1) / min(steps, 48)
+        extra["taichi_steps_per_s"] = 1.0 / t_taichi
+    mj_model = mujoco.MjModel.from_xml_string(_mjcf_spheres(count))
+    run = _mujoco_run(mujoco, mj_model, steps)
+    t_mj = median_time(run, repeats=repeats, warmup=warmup) / steps
+    data = run()
+    slots = model.contact_count
+    pairs = count * (count - 1) // 2
+    extra.update({"ours_ms_per_step": t_ours * 1e3, "mujoco_ms_per_step": t_mj * 1e3, "contact_slots": slots,
+                  "sphere_pair_slots": pairs, "build_s": build_s, "first_step_s": first_s, "steps": steps,
+                  "mujoco_contacts_at_end": int(data.ncon), "mujoco_solver_iterations_at_end": int(data.solver_niter[0]),
+                  "mujoco_lowest_centre_m": float(data.qpos.reshape(count, 7)[:, 2].min())})
+    if final is not None:
+        extra["ours_lowest_centre_m"] = float(final.body_position[:, 2].min())
+    phase = "the fall only" if steps * DT < 0.2 else "fall, impacts and piling"
+    return Record(name, 1.0 / t_ours, 1.0 / t_mj, "steps/s",
+                  f"warp rigid solver, {count} spheres + 4 walls, {slots:,} contact slots, float32",
+                  _label(mujoco), torch.get_num_threads(),
+                  notes=(f"the same {steps} steps ({phase}) on both; ours has no broad phase ({pairs:,} of its "
+                         f"{slots:,} slots are sphere pairs, all visited in every pass) and one serial "
+                         "Gauss-Seidel thread"),
+                  extra=extra)
+
+
+@case("mujoco_spheres64")
+def spheres64(quick: bool) -> Record:
+    return _spheres_case("mujoco_spheres64", 64, quick, 240, 48)
+
+
+@case("mujoco_spheres512")
+def spheres512(quick: bool) -> Record:
+    return _spheres_case("mujoco_spheres512", 512, quick, 240, 4)
+
+
+@case("mujoco_box_slide")
+def box_slide(quick: bool) -> Record:
+    mujoco = _mujoco()
+    if mujoco is None:
+        return _skipped("mujoco_box_slide", "steps/s")
+    steps = 120 if quick else 360
+    model = _ours_box()
+    go = _ours_run(model, steps)
+    t_ours = median_time(go, repeats=3) / steps
+    final = go()
+    mj_model = mujoco.MjModel.from_xml_string(_mjcf_box())
+
+    def push(data):
+        data.qvel[0] = SLIDE_SPEED
+
+    run = _mujoco_run(mujoco, mj_model, steps, push)
+    t_mj = median_time(run, repeats=3) / steps
+    mj_final = run()
+    expected = SLIDE_SPEED**2 / (2.0 * FRICTION * 9.81)
+    extra = {"ours_ms_per_step": t_ours * 1e3, "mujoco_ms_per_step": t_mj * 1e3, "closed_form_stop_m": expected}
+    if steps * DT > SLIDE_SPEED / (FRICTION * 9.81):
+        extra.update(ours_stop_m=float(final.body_position[0, 0]), mujoco_stop_m=float(mj_final.qpos[0]),
+                     ours_final_speed=float(final.body_velocity[0].norm()),
+                     mujoco_final_speed=float(np.linalg.norm(mj_final.qvel[:3])))
+    return Record("mujoco_box_slide", 1.0 / t_ours, 1.0 / t_mj, "steps/s",
+                  "warp rigid solver, 1 box (8 ground slots), float32", _label(mujoco), torch.get_num_threads(),
+                  notes=f"{steps} steps at dt = 1/240 s from v0 = {SLIDE_SPEED} m/s, mu = {FRICTION}; "
+                        "a one-body step is mostly launch overhead on our side (8 kernel launches from Python)",
+                  extra=extra)
+
+
+@case("mujoco_batch256")
+def batch256(quick: bool) -> Record:
+    mujoco = _mujoco()
+    if mujoco is None:
+        return _skipped("mujoco_batch256", "world-steps/s")
+    from mujoco import rollout
+
+    worlds, steps = 256, (24 if quick else 240)
+    ours_worlds = 2 if quick else 6
+    # ours: one world at a time (the solver has no batch dimension), each its own seed
+    runs = [_ours_run(_ours_spheres(64, seed), steps) for seed in range(ours_worlds)]
+    runs[0]()  # warm-up
+    start = time.perf_counter()
+    for run in runs:
+        run()
+    t_ours = (time.perf_counter() - start) / (ours_worlds * steps)
+    # MuJoCo: 256 initial states, the same jitter scheme, stepped by rollout's thread pool
+    mj_model = mujoco.MjModel.from_xml_string(_mjcf_spheres(64))
+    data = mujoco.MjData(mj_model)
+    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
+    nstate = mujoco.mj_stateSize(mj_model, spec)
+    initial = np.empty((worlds, nstate))
+    for w in range(worlds):
+        mujoco.mj_resetData(mj_model, data)
+        qpos = data.qpos.reshape(64, 7)
+        qpos[:, :3] = _sphere_centres(64, w)
+        mujoco.mj_getState(mj_model, data, initial[w], spec)
+    rates = {}
+    for threads in (1, 2):
+        datas = [mujoco.MjData(mj_model) for _ in range(threads)]
+
+        def go():
+            rollout.rollout(mj_model, datas, initial, nstep=steps)
+
+        rates[threads] = worlds * steps / median_time(go, repeats=1 if not quick else 3, warmup=0)
+    return Record("mujoco_batch256", 1.0 / t_ours, rates[2], "world-steps/s",
+                  f"warp rigid solver, a loop over worlds (1 thread; measured on {ours_worlds} worlds x {steps} steps)",
+                  f"mujoco {mujoco.__version__} rollout, {worlds} worlds x {steps} steps, 2 threads",
+                  2,
+                  notes="ours has no batch dimension: worlds run one after another in one thread, so its rate is "
+                        "the single-world rate; mujoco's rollout spreads worlds over 2 threads",
+                  extra={"mujoco_1_thread_world_steps_per_s": rates[1], "mujoco_2_thread_world_steps_per_s": rates[2],
+                         "ours_threads": 1, "ours_worlds_measured": ours_worlds, "steps": steps})
+
+
+@case("mujoco_backward_vs_forward")
+def backward_vs_forward(quick: bool) -> Record:
+    mujoco = _mujoco()
+    if mujoco is None:
+        return _skipped("mujoco_backward_vs_forward", "x forward")
+    from hybridsim.solvers.rigid import SolverRigid
+
+    steps = 12 if quick else 48
+    model = _ours_spheres(64)
+    solver = SolverRigid(model, backend="warp")
+    # start mid-fall with contacts about to happen: run the first 60 steps without a tape
+    start_state = _ours_run(model, 60)()
+    forward_times, backward_times = [], []
+    for _ in range(3):
+        state = start_state.clone()
+        state.body_velocity.requires_grad_(True)
+        t0 = time.perf_counter()
+        current = state
+        for _ in range(steps):
+            current = solver.step_differentiable(current, None, DT)
+        loss = (current.body_position[:, 2] ** 2).sum() + current.body_velocity.square().sum()
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+        forward_times.append(t1 - t0)
+        backward_times.append(t2 - t1)
+    ours = float(np.median(backward_times) / np.median(forward_times))
+    mj_model = mujoco.MjModel.from_xml_string(_mjcf_spheres(64))
+    data = mujoco.MjData(mj_model)
+    for _ in range(60):
+        mujoco.mj_step(mj_model, data)
+    nx = 2 * mj_model.nv + mj_model.na
+    a = np.zeros((nx, nx))
+    snapshot = (data.qpos.copy(), data.qvel.copy(), data.time)
+
+    def restore():
+        data.qpos[:], data.qvel[:], data.time = snapshot
+        mujoco.mj_forward(mj_model, data)
+
+    def fd():
+        restore()
+        for _ in range(4):
+            mujoco.mjd_transitionFD(mj_model, data, 1e-6, 0, a, None, None, None)
+            mujoco.mj_step(mj_model, data)
+
+    def plain():
+        restore()
+        for _ in range(4):
+            mujoco.mj_step(mj_model, data)
+
+    t_plain = median_time(plain, repeats=5)
+    t_fd = median_time(fd, repeats=3 if quick else 5) - t_plain
+    reference = t_fd / t_plain
+    return Record("mujoco_backward_vs_forward", ours, reference, "x forward",
+                  f"ours: backward / forward of a {steps}-step differentiable rollout, 64 spheres (warp adjoint kernels)",
+                  f"mujoco {mujoco.__version__}: mjd_transitionFD / mj_step per step (forward differences, nx = {nx})",
+                  torch.get_num_threads(),
+                  notes="a gradient through a mujoco rollout needs each step's transition Jacobian (finite differences "
+                        "over the state); ours replays one adjoint per step, whatever the state size",
+                  extra={"ours_forward_s": float(np.median(forward_times)), "ours_backward_s": float(np.median(backward_times)),
+                         "ours_steps": steps, "mujoco_step_ms": t_plain / 4 * 1e3, "mujoco_transition_fd_ms": t_fd / 4 * 1e3})
