@@ -235,3 +235,22 @@ def test_scene_joint_errors_name_the_field(old, new, message):
     with pytest.raises(SceneError) as info:
         parse_scene(_SCENE.replace(old, new))
     assert message in str(info.value)
+
+
+def test_learnable_spring_stiffness_reaches_the_loss():
+    from hybridsim.sim.rigid import rigid_rollout
+    from hybridsim.sim.world import World
+
+    text = _SCENE.replace("stiffness = 5.0", "stiffness = { value = 5.0, learn = true, range = [0.0, 50.0] }")
+    world = World(parse_scene(text))
+    params = world.parameters()
+    assert "springs[0].stiffness" in params
+    trajectory = rigid_rollout(world, params, frames=6)
+    trajectory.positions[-1, 1, 2].backward()
+    grad = params["springs[0].stiffness"].grad
+    assert grad is not None and float(grad) > 0  # a stiffer band pulls the bob up
+    h = 1e-4
+    with torch.no_grad():
+        ends = [float(rigid_rollout(world, {**params, "springs[0].stiffness": torch.tensor(5.0 + s * h, dtype=D64)},
+                                    frames=6).positions[-1, 1, 2]) for s in (1, -1)]
+    assert abs(float(grad) - (ends[0] - ends[1]) / (2 * h)) < 1e-5 * max(1.0, abs(float(grad)))

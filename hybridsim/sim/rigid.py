@@ -214,6 +214,14 @@ def rigid_model(world, params: Mapping[str, torch.Tensor] | None = None):
     model.ground_friction = value("ground.friction").reshape(())
     model.ground_restitution = value("ground.restitution").reshape(())
     model.gravity = value("gravity").reshape(3)
+    if spec.springs:  # learnable stiffness, damping and rest length reach the spring loads (torch ops)
+        spring = dict(model.spring)
+        for key in ("stiffness", "damping"):
+            spring[key] = torch.stack([value(f"springs[{k}].{key}").reshape(()) for k in range(len(spec.springs))])
+        lengths = [value(f"springs[{k}].rest_length").reshape(()) if item.rest_length is not None
+                   else model.spring["rest_length"][k] for k, item in enumerate(spec.springs)]
+        spring["rest_length"] = torch.stack(lengths)
+        model.spring = spring
 
     mass0 = model.body_mass.detach()
     masses, orientations, positions, velocities, spins = [], [], [], [], []
