@@ -63,6 +63,23 @@ class FitScene:
                                  check_finite=False)
         return trajectory.positions.cpu()
 
+    def _screen_one_by_one(self, draws: dict, count: int, frames: int) -> torch.Tensor:
+        """``screen_centres`` for solvers without a world batch: one rollout per value set; a draw
+        that blows up is a bad candidate (NaN centres), not an error."""
+        out = []
+        with torch.no_grad():
+            for m in range(count):
+                values = {k: v[m].to(self.world.dtype) for k, v in draws.items()}
+                try:
+                    out.append(self.centres(self.rollout(values, frames, check=False)).detach().cpu().double())
+                except HybridsimError:
+                    out.append(None)
+        shape = next((x.shape for x in out if x is not None), None)
+        if shape is None:
+            raise HybridsimError("every screened value set failed to simulate", file=self.world.spec.source)
+        return torch.stack([x if x is not None else torch.full(shape, float("nan"), dtype=torch.float64)
+                            for x in out], dim=1)
+
     def background(self, camera) -> torch.Tensor:
         """The scene rendered without its moving objects (H, W, 3)."""
         from ..render.scene import scene_render_options
@@ -95,19 +112,7 @@ class RigidFitScene(FitScene):
 
     def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
         # the rigid solver runs one world at a time: one rollout per value set
-        out = []
-        with torch.no_grad():
-            for m in range(count):
-                values = {k: v[m].to(self.world.dtype) for k, v in draws.items()}
-                try:
-                    out.append(self.rollout(values, frames, check=False).positions.cpu())
-                except HybridsimError:  # a draw that blows up is simply a bad candidate
-                    out.append(None)
-        shape = next((x.shape for x in out if x is not None), None)
-        if shape is None:
-            raise HybridsimError("every screened value set failed to simulate", file=self.world.spec.source)
-        out = [x if x is not None else torch.full(shape, float("nan"), dtype=torch.float64) for x in out]
-        return torch.stack([x.double() for x in out], dim=1)
+        return self._screen_one_by_one(draws, count, frames)
 
     def background(self, camera) -> torch.Tensor:
         """Ground, sky and static boxes (their textures, the scene's light, their shadows): the scene
@@ -173,19 +178,7 @@ class FluidFitScene(FitScene):
         return torch.stack([cx, torch.zeros_like(cx), cz], dim=-1)[:, None, :]
 
     def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
-        out = []
-        with torch.no_grad():
-            for m in range(count):
-                values = {k: v[m].to(self.world.dtype) for k, v in draws.items()}
-                try:
-                    out.append(self.centres(self.rollout(values, frames, check=False)).double())
-                except HybridsimError:
-                    out.append(None)
-        shape = next((x.shape for x in out if x is not None), None)
-        if shape is None:
-            raise HybridsimError("every screened value set failed to simulate", file=self.world.spec.source)
-        return torch.stack([x if x is not None else torch.full(shape, float("nan"), dtype=torch.float64)
-                            for x in out], dim=1)
+        return self._screen_one_by_one(draws, count, frames)
 
     def background(self, camera) -> torch.Tensor:
         """The box without smoke (obstacles drawn), as the fluid renderer draws it."""
