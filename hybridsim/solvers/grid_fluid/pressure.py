@@ -154,6 +154,11 @@ class PressureProjection:
                                             torch.zeros_like(diagonal)).reshape(-1)
         self.fluid = fluid.to(area_x.dtype).reshape(-1) if singular else None
         self.preconditioner = preconditioner
+        if preconditioner == "multigrid":
+            from .multigrid import Multigrid
+
+            self.multigrid = Multigrid(self.area_x, self.area_y, cell_size=self.cell_size,
+                                       periodic=(bool(self.flags & 1), bool(self.flags & 2)))
         if preconditioner == "incomplete_cholesky":
             self.precon = area_x.new_empty(self.cell_shape)
             launcher.launch("factor_incomplete_cholesky", 1, [self.area_x, self.area_y], [self.cell_size, self.flags],
@@ -184,7 +189,9 @@ class PressureProjection:
                                       [r.view(self.cell_shape), self.area_x, self.area_y, self.precon],
                                       [self.cell_size], [z.new_empty(self.cell_shape), z.view(self.cell_shape)])
 
-        preconditioner = apply_preconditioner if self.preconditioner == "incomplete_cholesky" else self.inverse_diagonal
+        preconditioner = {"incomplete_cholesky": apply_preconditioner,
+                          "multigrid": getattr(self, "multigrid", None) and self.multigrid.bind}.get(
+            self.preconditioner) or self.inverse_diagonal
         result = conjugate_gradient(apply_operator, rhs.reshape(-1).contiguous(), preconditioner,
                                     tolerance=self.tolerance, max_iterations=self.max_iterations, fluid=self.fluid)
         self.last_result = result
