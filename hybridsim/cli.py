@@ -452,15 +452,25 @@ def cmd_generate(args) -> int:
         shipped = Path(str(files("hybridsim.scenes") / args.distribution))
         distribution = shipped if shipped.is_file() else distribution
     gates = QualityGates(penetration_m=args.penetration_tol, energy_gain_j_per_kg=args.energy_tol,
-                         require_in_frame=args.require_in_frame)
+                         require_in_frame=args.require_in_frame, mass_gain=args.mass_tol, cfl_max=args.cfl_max)
     summary = generate(distribution, args.count, args.output, workers=args.workers, ray=args.ray,
                        shard_size=args.shard_size, seed=args.seed, frames=args.frames, gates=gates,
-                       max_attempts=args.max_attempts, progress=not args.quiet)
+                       max_attempts=args.max_attempts, progress=not args.quiet,
+                       max_state_particles=args.max_particles, field_stride=args.field_stride,
+                       refiner=args.refiner, preview=args.preview)
     rejected = ", ".join(f"{gate} {n}" for gate, n in summary["rejected_by_gate"].items()) or "none"
     print(f"wrote {summary['count']} samples in {summary['shards']} shard(s) to {args.output} "
           f"({summary['generated']} generated now, {summary['resumed']} resumed; "
           f"{summary['samples_per_s'] or 0:.2f} samples/s over {summary['wall_s']:.1f} s, {summary['executor']})")
     print(f"rejected draws: {summary['rejected_count']} ({rejected}); manifest.json and summary.json beside the shards")
+    return 0
+
+
+def cmd_preview(args) -> int:
+    from .data.preview import write_preview
+
+    for path in write_preview(args.output, samples=args.samples, seed=args.seed):
+        print(f"wrote {path}")
     return 0
 
 
@@ -615,8 +625,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--energy-tol", type=float, default=1e-2, metavar="J_PER_KG",
                    help="reject draws whose mechanical energy rises by more (default 1e-2 J/kg)")
     p.add_argument("--max-attempts", type=int, default=16, help="draws per sample before giving up (default 16)")
+    p.add_argument("--mass-tol", type=float, default=1e-2, metavar="FRACTION",
+                   help="fluid: reject draws holding more density than the inflows added, by this fraction (default 0.01)")
+    p.add_argument("--cfl-max", type=float, default=1.0, help="fluid / MPM: reject draws whose CFL number at a frame "
+                                                               "boundary exceeds this (default 1)")
+    p.add_argument("--max-particles", type=int, metavar="N", help="MPM: keep at most N particles (evenly strided) in "
+                                                                  "states.npz (default: the distribution's [generate])")
+    p.add_argument("--field-stride", type=int, metavar="N", help="fluid: keep every N-th cell of the fields in states.npz "
+                                                                 "(default: the distribution's [generate], else 1)")
+    p.add_argument("--refiner", metavar="WEIGHTS", help="also write {key}.refined.mp4, refined by trained refiner "
+                                                        "weights (.safetensors); the plain video and layers stay")
+    p.add_argument("--preview", action="store_true", help="write OUT/preview/contact_sheet.png and histograms.png")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_generate)
+
+    p = sub.add_parser("preview", help="contact sheet and parameter histograms of a generated data set",
+                       description="Write OUT/preview/contact_sheet.png (first, middle and last frame of random "
+                                   "samples) and OUT/preview/histograms.png (every drawn parameter, from the "
+                                   "{key}.json files) for an output folder of hybridsim generate.")
+    p.add_argument("output", help="output folder of hybridsim generate")
+    p.add_argument("--samples", type=int, default=12, help="samples on the contact sheet (default 12)")
+    p.add_argument("--seed", type=int, default=0, help="which samples (default 0)")
+    p.set_defaults(run=cmd_preview)
 
     p = sub.add_parser("fit", help="fit learnable scene values to a target video by gradient descent")
     p.add_argument("scene", help="scene file (.toml) with learn = true fields")

@@ -241,7 +241,9 @@ def test_generate_writes_readable_shards_with_every_entry(reference):
             assert np.allclose(obj["initial_position"], states["positions"][0, k], atol=1e-6)
             assert np.allclose(obj["initial_velocity"], states["velocities"][0, k], atol=1e-6)
         assert np.array_equal(layers["object_poses"][..., :3], states["positions"].astype(np.float64))
-        assert (layers["object_poses"][..., 3] == 1).all() and (layers["object_poses"][..., 4:] == 0).all()
+        # one quaternion order in every sample: x, y, z, w (identity (0, 0, 0, 1)), as rigid samples
+        assert (layers["object_poses"][..., 3:6] == 0).all() and (layers["object_poses"][..., 6] == 1).all()
+        assert meta["quaternion_order"] == "x, y, z, w" and meta["simulator"] == "spheres"
         # the resolved scene in the json is the one simulated, and it is the seeded draw
         expected = sample_scene(BOUNCE_RANDOM.read_text(), 0, meta["index"], attempt=meta["attempt"], frames=8)
         assert meta["scene_toml"] == expected.to_toml()

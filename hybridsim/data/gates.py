@@ -11,9 +11,9 @@ from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
 __all__ = ["QualityGates", "evaluate_gates", "evaluate_rigid_gates", "rigid_initial_gates", "blow_up_reason",
-           "GATE_NAMES"]
+           "evaluate_fluid_gates", "evaluate_mpm_gates", "fluid_inflow_rate", "GATE_NAMES"]
 
-GATE_NAMES = ("non_finite", "penetration", "energy_gain", "out_of_frame", "initial_overlap")
+GATE_NAMES = ("non_finite", "penetration", "energy_gain", "out_of_frame", "initial_overlap", "mass_gain", "cfl")
 
 
 @dataclass(frozen=True)
@@ -26,13 +26,20 @@ class QualityGates:
     object, and at t = 0 (``initial_overlap``: objects must not start inside each other).
     ``energy_gain_j_per_kg``: largest allowed rise of total mechanical energy (with rotation and
     springs in rigid scenes) above its initial value, per kg of total mass [J/kg] (1e-2 J/kg ~
-    1 mm of height). ``require_in_frame``: every sphere centre (rigid: every body's centre of
-    mass) must project inside the image in every frame, seen by that frame's camera.
+    1 mm of height); MPM scenes: kinetic plus gravitational energy of the particles (elastic
+    energy starts at zero, so that sum can only fall). ``require_in_frame``: every sphere centre
+    (rigid: every body's centre of mass) must project inside the image in every frame, seen by that
+    frame's camera. ``mass_gain``: a fluid's total density may exceed what its inflows added
+    (plus the initial amount) by at most this fraction. ``cfl_max``: largest allowed CFL number
+    at the frame boundaries (fluid: max |u| dt / dx over the faces; MPM: max |v| dt / dx over the
+    particles); the simulators' own blow-up guards stop at 5 (fluid) and 1 (MPM).
     """
 
     penetration_m: float = 1e-3
     energy_gain_j_per_kg: float = 1e-2
     require_in_frame: bool = False
+    mass_gain: float = 1e-2
+    cfl_max: float = 1.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -164,7 +171,7 @@ def _rigid_depths(spec, model, state0, positions, orientations, body_objects) ->
             candidates["ground" if b < 0 else "objects"].append((depth, (a, b)))
         guard = RigidGuard(model, state0, substeps=spec.time.substeps, spec=spec)
         if guard.row_count:  # shape index == scene object index (one shape per object, in order)
-            rows = torch.stack([guard._depths(positions[t].double(), orientations[t].double())
+            rows = torch.stack([guard.depths(positions[t].double(), orientations[t].double())
                                 for t in range(frames)]).cpu().numpy()  # (T, R)
             solid = guard.solid.cpu().numpy()
             shape = guard.shape.cpu().numpy()
@@ -257,7 +264,7 @@ def evaluate_rigid_gates(world, trajectory, gates: QualityGates) -> tuple[dict, 
         guard = RigidGuard(model, state0, substeps=spec.time.substeps, spec=spec)
         energies = []
         for t in range(x.shape[0]):
-            kinetic, potential, spring = guard._energy(x[t].double(), q[t].double(), v[t].double(), w[t].double())
+            kinetic, potential, spring = guard.energy(x[t].double(), q[t].double(), v[t].double(), w[t].double())
             energies.append(float((kinetic + potential).sum() + spring))
         total_mass = float(model.body_mass.detach().double().sum())
     energies = np.asarray(energies)
@@ -278,4 +285,106 @@ def evaluate_rigid_gates(world, trajectory, gates: QualityGates) -> tuple[dict, 
     if gates.require_in_frame and margin < 0:
         failures.append({"gate": "out_of_frame", "value": margin, "limit": 0.0,
                          "detail": f"a body's centre of mass leaves the image (by {-margin:.4g} px)"})
+    return measured, failures
+
+
+# --------------------------------------------------------------------------------------------
+# Fluid (2D smoke) and MPM scenes
+# --------------------------------------------------------------------------------------------
+
+
+def fluid_inflow_rate(fluid_spec) -> float:
+    """Density the inflows add per second, summed over the cells [density x cells / s]: each source
+    adds ``rate * coverage`` per cell and second, with the soft coverage of the solver's
+    ``add_inflow`` kernel (a C1 ramp one cell wide across the shape's edge)."""
+    import numpy as np
+
+    nx, ny = fluid_spec.cells
+    dx = float(fluid_spec.cell_size)
+    x = (np.arange(nx)[:, None] + 0.5) * dx
+    y = (np.arange(ny)[None, :] + 0.5) * dx
+
+    def ramp(e):
+        s = np.clip(e + 0.5, 0.0, 1.0)
+        return s * s * (3.0 - 2.0 * s)
+
+    total = 0.0
+    for inflow in fluid_spec.inflows:
+        ox = x - (inflow.center[0] - fluid_spec.origin[0])
+        oy = y - (inflow.center[1] - fluid_spec.origin[1])
+        if inflow.shape == "disc":
+            cover = ramp((inflow.radius - np.sqrt(ox * ox + oy * oy + 1e-20)) / dx)
+        else:
+            cover = ramp((inflow.half_size[0] - np.abs(ox)) / dx) * ramp((inflow.half_size[1] - np.abs(oy)) / dx)
+        total += float(inflow.rate) * float(np.broadcast_to(cover, (nx, ny)).sum())
+    return total
+
+
+def evaluate_fluid_gates(world, trajectory, gates: QualityGates) -> tuple[dict, list[dict]]:
+    """Check a grid-fluid rollout (GridFluidTrajectory): non-finite fields, the total density against
+    the inflow budget (initial amount + rate x time, gate ``mass_gain``) and the CFL number at every
+    record (gate ``cfl``). Returns the measured ``mass`` (per record, in density x cells),
+    ``inflow_budget`` (the same at the last record), ``mass_gain`` (the largest relative excess over
+    the budget, <= 0 when none) and ``max_cfl``, and the failures, as :func:`evaluate_gates`."""
+    import torch
+
+    spec = world.spec
+    u, v, rho = (t.detach().to(torch.float64) for t in (trajectory.velocity_x, trajectory.velocity_y, trajectory.density))
+    if not all(bool(torch.isfinite(t).all()) for t in (u, v, rho)):
+        return {}, [{"gate": "non_finite", "value": None, "limit": None, "detail": "non-finite fluid fields"}]
+    frames = rho.shape[0]
+    mass = rho.reshape(frames, -1).sum(-1)
+    times = trajectory.times.detach().to(torch.float64)
+    budget = mass[0] + fluid_inflow_rate(spec.fluid) * (times - times[0])
+    excess = (mass - budget) / budget.clamp(min=1e-12)
+    gain = float(excess[1:].max()) if frames > 1 else 0.0
+    speed = torch.maximum(u.abs().reshape(frames, -1).amax(-1), v.abs().reshape(frames, -1).amax(-1))
+    cfl = float(speed.max()) * spec.dt / float(spec.fluid.cell_size)
+    measured = {"mass": [round(float(m), 6) for m in mass], "inflow_budget": float(budget[-1]), "mass_gain": gain,
+                "max_cfl": cfl}
+    failures = []
+    if gain > gates.mass_gain:
+        failures.append({"gate": "mass_gain", "value": gain, "limit": gates.mass_gain,
+                         "detail": f"the fluid holds {100 * gain:.3g}% more density than its inflows added"})
+    if cfl > gates.cfl_max:
+        failures.append({"gate": "cfl", "value": cfl, "limit": gates.cfl_max,
+                         "detail": f"CFL number {cfl:.3g} (raise [time] substeps or lower buoyancy / inflow rate)"})
+    return measured, failures
+
+
+def mpm_particle_mass(model):
+    """Mass of every particle [kg] (2D: per metre of depth), shape (N,), float64."""
+    return (model.density.detach().double()[model.particle_material] * model.particle_volume.detach().double())
+
+
+def evaluate_mpm_gates(world, trajectory, gates: QualityGates) -> tuple[dict, list[dict]]:
+    """Check an MPM rollout (MPMSceneTrajectory) beyond what ``MPMGuard`` already stopped (non-finite
+    particles, particles leaving the grid, particle CFL above 1): kinetic + gravitational energy
+    gain per kg (gate ``energy_gain``; elastic and pressure energy start at zero, so the sum can
+    only fall in an exact solver) and the particle CFL number at every frame (gate ``cfl``).
+    Returns the measured ``energy_gain_j_per_kg``, ``max_cfl`` and ``max_speed_m_per_s``."""
+    import torch
+
+    x = trajectory.positions.detach().to(torch.float64)
+    v = trajectory.velocities.detach().to(torch.float64)
+    if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(v).all())):
+        return {}, [{"gate": "non_finite", "value": None, "limit": None, "detail": "non-finite particle states"}]
+    model = trajectory.model
+    mass = mpm_particle_mass(model)
+    g = torch.tensor(world.spec.gravity, dtype=torch.float64)
+    if x.shape[-1] == 2:
+        g = g[[0, 2]]
+    energy = (0.5 * (v * v).sum(-1) - (x * g).sum(-1)) @ mass  # (T,)
+    total = float(mass.sum())
+    gain = float((energy[1:] - energy[0]).max()) / total if energy.shape[0] > 1 else 0.0
+    speed = float(v.abs().amax()) if v.numel() else 0.0
+    cfl = speed * trajectory.dt / float(model.grid.dx)
+    measured = {"energy_gain_j_per_kg": gain, "max_cfl": cfl, "max_speed_m_per_s": speed}
+    failures = []
+    if gain > gates.energy_gain_j_per_kg:
+        failures.append({"gate": "energy_gain", "value": gain, "limit": gates.energy_gain_j_per_kg,
+                         "detail": f"kinetic + gravitational energy rose by {gain:.4g} J/kg"})
+    if cfl > gates.cfl_max:
+        failures.append({"gate": "cfl", "value": cfl, "limit": gates.cfl_max,
+                         "detail": f"particle CFL number {cfl:.3g} (raise mpm.substeps)"})
     return measured, failures

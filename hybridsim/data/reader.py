@@ -34,7 +34,7 @@ def iter_samples(out, *, decode: bool = True, video: bool = True) -> Iterator[di
 
     Keys: ``__key__``, ``__shard__`` and, decoded, ``json`` (dict), ``layers`` and ``states``
     (dicts of numpy arrays) and ``mp4`` (frames (T, H, W, 3) uint8; left out with
-    ``video=False``). With ``decode=False`` each entry is its raw bytes under its suffix
+    ``video=False``), and ``refined.mp4`` likewise for samples generated with ``--refiner``. With ``decode=False`` each entry is its raw bytes under its suffix
     (``json``, ``mp4``, ``layers.npz``, ``states.npz``).
     """
     for path in shard_paths(out):
@@ -67,9 +67,10 @@ def _decode(raw: dict, video: bool) -> dict:
         elif suffix.endswith(".npz"):
             with np.load(io.BytesIO(data), allow_pickle=False) as archive:
                 out[suffix[: -len(".npz")]] = {name: archive[name] for name in archive.files}
-        elif suffix == "mp4" and video:
-            out["mp4"] = _decode_video(data)
-        elif suffix != "mp4":
+        elif suffix.endswith("mp4"):
+            if video:
+                out[suffix] = _decode_video(data)
+        else:
             out[suffix] = data
     return out
 

@@ -2,7 +2,9 @@
 
 Layout of an output folder::
 
-    OUT/shard-000000.tar ...     finished shards (WebDataset: {key}.json, .mp4, .layers.npz, .states.npz)
+    OUT/shard-000000.tar ...     finished shards (WebDataset: {key}.json, .mp4, .layers.npz, .states.npz
+                                 [, .refined.mp4 with --refiner])
+    OUT/preview/                 contact_sheet.png, histograms.png (with --preview or `hybridsim preview`)
     OUT/manifest.json            shards, keys, counts, rejected draws with reasons (written at the end)
     OUT/summary.json             throughput and wall time of the last run (written at the end)
     OUT/job.json                 what decides the content (distribution hash, seed, count, ...)
@@ -31,7 +33,7 @@ from pathlib import Path
 
 from ..errors import HybridsimError
 from ..fileio import atomic_path, atomic_write_json, fsync_dir
-from .job import ENTRY_SUFFIXES, sample_key
+from .job import ENTRY_SUFFIXES, OPTIONAL_SUFFIXES, sample_key
 
 __all__ = ["ShardStore", "shard_name", "tar_bytes_members"]
 
@@ -193,7 +195,8 @@ class ShardStore:
         folder = self.staging / f"shard-{shard:06d}"
         folder.mkdir(parents=True, exist_ok=True)
         key = sample_key(index)
-        members = [(f"{key}.{suffix}", result["entries"][suffix]) for suffix in ENTRY_SUFFIXES]
+        suffixes = ENTRY_SUFFIXES + tuple(s for s in OPTIONAL_SUFFIXES if s in result["entries"])
+        members = [(f"{key}.{suffix}", result["entries"][suffix]) for suffix in suffixes]
         with atomic_path(folder / f"{key}.tar") as tmp:
             _write_tar(tmp, members)
         self._staged.setdefault(shard, set()).add(index)
@@ -243,7 +246,8 @@ class ShardStore:
             shards.append({"name": path.name, "count": len(keys), "bytes": path.stat().st_size, "keys": keys})
         return {
             "format": "webdataset",
-            "entries": [f"{{key}}.{suffix}" for suffix in ENTRY_SUFFIXES],
+            "entries": [f"{{key}}.{suffix}" for suffix in ENTRY_SUFFIXES]
+            + (["{key}.refined.mp4"] if "refiner" in record else []),
             "job": record,
             "count": self.count,
             "shard_size": self.shard_size,

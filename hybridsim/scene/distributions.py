@@ -7,6 +7,7 @@ A distribution file is a scene file in which any value may be a *distribution ta
     density     = { loguniform = [100, 2000] }             # float, log-uniform in [lo, hi], lo > 0
     color       = { choice = [[0.9, 0.2, 0.2], [0.2, 0.4, 0.9]] }   # one of the options, any values
     frames      = { randint = [16, 32] }                   # integer in [lo, hi], both inclusive
+    file        = { choice_dir = "meshes/" }               # one mesh file of a folder (see below)
 
 Vectors take a distribution per component (``position = [{ uniform = [-1, 1] }, 0, 1.5]``), a
 whole-vector ``choice``, or vector bounds drawn per component
@@ -14,7 +15,13 @@ whole-vector ``choice``, or vector bounds drawn per component
 hold distributions; they are drawn only when chosen. Learnable markers may wrap distributions
 (``{ value = { uniform = [0.5, 0.9] }, learn = true }``).
 
-Two tables exist only in distribution files:
+``choice_dir`` draws one mesh file (``.obj``, ``.stl``, ``.ply``, ``.glb``) of a folder, resolved
+relative to the distribution file: the drawn value is the folder as written joined with the file
+name (``meshes/rock.obj``), so the scene loads it relative to the same file. The listing is sorted
+(reproducible) and read once, when the file is parsed; it is part of the distribution's sha256, so
+adding a mesh to the folder makes a different job.
+
+Three tables exist only in distribution files:
 
 * ``[[spawn]]`` generates objects: ``count`` (an integer or a distribution of one, e.g.
   ``{ randint = [1, 4] }``), ``template`` (an object table with distributions, drawn afresh for
@@ -25,6 +32,10 @@ Two tables exist only in distribution files:
   (above the horizontal plane) and ``distance`` (m), each a number or a distribution. With
   ``sweep_deg`` (optional) the camera moves: it circles look_at by that many degrees of azimuth
   over the clip (written out as ``[[camera.keyframes]]``).
+* ``[generate]`` holds options of ``hybridsim generate`` itself (plain values, no draws; CLI flags
+  override them): ``max_state_particles`` (states.npz keeps at most this many MPM particles, an
+  evenly strided subset, with their indices) and ``field_stride`` (states.npz keeps every n-th
+  cell of a fluid's density and velocities). See ``SceneDistribution.generate_options``.
 
 A sample is a pure function of (file content, base seed, sample index): the draws come from
 ``numpy.random.default_rng([base_seed, index])`` in the order the fields are written
@@ -53,7 +64,8 @@ from .schema import MAX_SEED, SceneSpec, fmt_num, is_number, join_path, parse_pa
 
 __all__ = ["SceneDistribution", "load_distribution", "parse_distribution", "sample_scene", "DISTRIBUTION_KINDS"]
 
-DISTRIBUTION_KINDS = ("uniform", "normal", "loguniform", "choice", "randint")
+DISTRIBUTION_KINDS = ("uniform", "normal", "loguniform", "choice", "randint", "choice_dir")
+GENERATE_OPTIONS = ("max_state_particles", "field_stride")  # the [generate] table: positive integers
 MAX_SPAWN = 10_000
 _SPAWN_KEYS = ("count", "template", "name")
 _ORBIT_KEYS = ("azimuth_deg", "elevation_deg", "distance")
@@ -122,14 +134,19 @@ class SceneDistribution:
         self.text = text
         self.data = data
         canonical = text if text is not None else json.dumps(_jsonable(data), sort_keys=True)
-        self.sha256 = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
         self._locator = _Locator(text) if text is not None else None
         if not isinstance(data, Mapping):
             raise SceneError(f"a scene must be a table of fields (got {show(data)})", file=label)
-        self._tree = {k: v for k, v in data.items() if k != "spawn"}
+        self._listings: dict[str, list[str]] = {}  # choice_dir path -> the files drawn from
+        self.generate_options = self._check_generate(data.get("generate"))
+        """The ``[generate]`` table: options of ``hybridsim generate`` (``GENERATE_OPTIONS``)."""
+        self._tree = {k: v for k, v in data.items() if k not in ("spawn", "generate")}
         self._tree = self._compile(self._tree, "")
         self._spawns = self._compile_spawns(data.get("spawn"))
         self._check_orbit(data.get("camera"))
+        if self._listings:  # the folders' contents decide the samples too
+            canonical += "\n" + json.dumps(self._listings, sort_keys=True)
+        self.sha256 = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
     # -- errors ---------------------------------------------------------------------------
 
@@ -163,6 +180,8 @@ class SceneDistribution:
                 raise self._error(f"unknown key in a {kind} distribution{hint}", join_path(path, str(key)))
         where = join_path(path, kind)
         args = node[kind]
+        if kind == "choice_dir":
+            return _Choice(tuple(self._list_meshes(args, where)))
         if kind == "choice":
             if not isinstance(args, (list, tuple)) or not args:
                 raise self._error(f"choice needs a non-empty array of options (got {show(args)})", where)
@@ -189,6 +208,44 @@ class SceneDistribution:
             if not clip[0] <= clip[1]:
                 raise self._error(f"clip needs lo <= hi (got [{fmt_num(clip[0])}, {fmt_num(clip[1])}])", clip_where)
         return _Bounded(kind, first, second, vector, clip)
+
+    def _list_meshes(self, folder: Any, where: str) -> list[str]:
+        """The mesh files of ``folder`` (relative to the distribution file), sorted, as the folder
+        is written joined with each name."""
+        import posixpath
+
+        from ..assets import MESH_FORMATS
+
+        suffixes = tuple(f".{kind}" for kind in MESH_FORMATS)
+        if not isinstance(folder, str) or not folder.strip():
+            raise self._error(f"choice_dir needs a folder path relative to the distribution file (got {show(folder)})",
+                              where)
+        base = Path.cwd() if self.label.startswith("<") else Path(self.label).parent
+        directory = base / folder
+        if not directory.is_dir():
+            raise self._error(f"choice_dir folder {folder!r} does not exist (looked for {directory})", where)
+        names = sorted(p.name for p in directory.iterdir() if p.suffix.lower() in suffixes and p.is_file())
+        if not names:
+            raise self._error(f"choice_dir folder {folder!r} holds no mesh files ({', '.join(suffixes)}) "
+                              f"(looked in {directory})", where)
+        files = [posixpath.join(folder.replace("\\", "/"), name) for name in names]
+        self._listings[where] = files
+        return files
+
+    def _check_generate(self, table: Any) -> dict:
+        if table is None:
+            return {}
+        if not isinstance(table, Mapping):
+            raise self._error(f"must be a table of {', '.join(GENERATE_OPTIONS)} (got {show(table)})", "generate")
+        options = {}
+        for key, value in table.items():
+            where = join_path("generate", str(key))
+            if key not in GENERATE_OPTIONS:
+                raise self._error(f"unknown field ([generate] takes {', '.join(GENERATE_OPTIONS)})", where)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise self._error(f"must be a positive integer (got {show(value)})", where)
+            options[key] = int(value)
+        return options
 
     def _pair(self, args: Any, kind: str, where: str):
         names = "[mean, std]" if kind == "normal" else "[lo, hi]"
@@ -271,8 +328,9 @@ class SceneDistribution:
         """The drawn scene data (plain dicts and lists, before validation)."""
         return self._sample_data(base_seed, index, attempt, frames)[0]
 
-    def _sample_data(self, base_seed: int, index: int, attempt: int, frames: int | None) -> tuple[dict, dict]:
-        """Drawn data, plus where each spawned object comes from (object index -> file path)."""
+    def _sample_data(self, base_seed: int, index: int, attempt: int, frames: int | None) -> tuple[dict, dict, dict]:
+        """Drawn data, where each spawned object comes from (object index -> file path), and the
+        drawn values by their path in the drawn scene (see :meth:`sample_with_draws`)."""
         import numpy as np
 
         for name, value in (("seed", base_seed), ("index", index), ("attempt", attempt)):
@@ -280,21 +338,22 @@ class SceneDistribution:
                 raise HybridsimError(f"{name} must be a non-negative integer (got {value!r})")
         rng = np.random.default_rng([base_seed, index] if attempt == 0 else [base_seed, index, attempt])
         scene_seed = int(rng.integers(0, MAX_SEED, endpoint=True))
-        data = self._draw(self._tree, rng)
+        draws: dict[str, Any] = {}
+        data = self._draw(self._tree, rng, draws, "")
         data.setdefault("seed", scene_seed)
         data.setdefault("deterministic", True)
         objects = data.get("objects")
         objects = list(objects) if isinstance(objects, list) else ([] if objects is None else objects)
         origins: dict[int, str] = {}
         for spawn in self._spawns:
-            count = self._draw(spawn.count, rng)
+            count = self._draw(spawn.count, rng, draws, join_path(spawn.path, "count"))
             if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= MAX_SPAWN:
                 raise self._sample_error(f"count must be an integer in [0, {MAX_SPAWN}] (drew {show(count)})",
                                          join_path(spawn.path, "count"), index, attempt)
             if not isinstance(objects, list):
                 break  # the scene validator reports the malformed [[objects]]
             for k in range(count):
-                obj = self._draw(spawn.template, rng)
+                obj = self._draw(spawn.template, rng, draws, f"objects[{len(objects)}]")
                 if spawn.name is not None:
                     obj["name"] = f"{spawn.name}_{k}"
                 origins[len(objects)] = join_path(spawn.path, "template")
@@ -312,7 +371,7 @@ class SceneDistribution:
             camera["position"] = self._orbit_position(orbit, camera.get("look_at"), index, attempt)
             if "sweep_deg" in orbit:
                 self._orbit_path(camera, orbit, data.get("time"), index, attempt)
-        return data, origins
+        return data, origins, draws
 
     def _orbit_path(self, camera: dict, orbit: dict, time: Any, index: int, attempt: int) -> None:
         """``sweep_deg``: the camera circles look_at by that many degrees of azimuth over the clip,
@@ -344,22 +403,40 @@ class SceneDistribution:
 
     def sample(self, base_seed: int, index: int, *, attempt: int = 0, frames: int | None = None) -> SceneSpec:
         """Draw sample ``index`` (redraw ``attempt``) and validate it into a SceneSpec."""
-        data, origins = self._sample_data(base_seed, index, attempt, frames)
+        return self.sample_with_draws(base_seed, index, attempt=attempt, frames=frames)[0]
+
+    def sample_with_draws(self, base_seed: int, index: int, *, attempt: int = 0,
+                          frames: int | None = None) -> tuple[SceneSpec, dict]:
+        """As :meth:`sample`, plus every drawn value by its field path in the drawn scene
+        (``fluid.buoyancy``, ``objects[2].radius``, ``spawn[0].count``, ``camera.orbit.azimuth_deg``):
+        numbers, vectors, strings; a ``choice`` among tables or arrays records the option index
+        under ``PATH#choice`` and the draws inside it under their own paths."""
+        data, origins, draws = self._sample_data(base_seed, index, attempt, frames)
         try:
-            return scene_from_dict(data, source=self.label)
+            return scene_from_dict(data, source=self.label), draws
         except SceneError as error:
             path = self._file_path(error.field or "", origins)
             raise self._sample_error(error.message, path, index, attempt) from None
 
-    def _draw(self, node: Any, rng) -> Any:
+    def _draw(self, node: Any, rng, draws: dict | None = None, path: str = "") -> Any:
         if isinstance(node, _Bounded):
-            return node.draw(rng)
+            value = node.draw(rng)
+            if draws is not None:
+                draws[path] = value
+            return value
         if isinstance(node, _Choice):
-            return self._draw(node.options[node.draw(rng)], rng)
+            which = node.draw(rng)
+            option = node.options[which]
+            if draws is not None and isinstance(option, (dict, list, _Bounded, _Choice)):
+                draws[f"{path}#choice"] = which
+            value = self._draw(option, rng, draws, path)
+            if draws is not None and not isinstance(option, (dict, list, _Bounded, _Choice)):
+                draws[path] = value
+            return value
         if isinstance(node, dict):
-            return {key: self._draw(value, rng) for key, value in node.items()}
+            return {key: self._draw(value, rng, draws, join_path(path, str(key))) for key, value in node.items()}
         if isinstance(node, list):
-            return [self._draw(value, rng) for value in node]
+            return [self._draw(value, rng, draws, join_path(path, i)) for i, value in enumerate(node)]
         return node
 
     def _orbit_position(self, orbit: dict, look_at: Any, index: int, attempt: int) -> list[float]:

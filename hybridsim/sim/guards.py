@@ -316,14 +316,14 @@ class RigidGuard:
             x0, q0 = state.body_position.detach(), state.body_orientation.detach()
             v0, w0 = state.body_velocity.detach(), state.body_angular_velocity.detach()
             # overlap already present at t = 0 is allowed on top of the limit (scene authors' choice)
-            self.allow = self.allow + (self._depths(x0.double(), q0.double()).clamp(min=0.0) if R else 0.0)
+            self.allow = self.allow + (self.depths(x0.double(), q0.double()).clamp(min=0.0) if R else 0.0)
             self.mass = model.body_mass.detach().double()
             self.inertia = model.body_inertia.detach().double()
             self.inertia_rotation = model.body_inertia_rotation.detach().double()
             self.gravity = model.gravity.detach().double().reshape(3)
             self.energy_check = not external_input
             if self.energy_check:
-                kinetic0, potential0, spring0 = self._energy(x0.double(), q0.double(), v0.double(), w0.double())
+                kinetic0, potential0, spring0 = self.energy(x0.double(), q0.double(), v0.double(), w0.double())
                 self.e0 = float((kinetic0 + potential0).sum() + spring0)
                 g = float(self.gravity.norm())
                 height = ((x0[:, 2].double() - model.ground_height).clamp(min=0.0) if model.has_ground
@@ -333,7 +333,7 @@ class RigidGuard:
                 self.budget = limits.energy_growth * (self.available + floor)
 
     # -- geometry
-    def _depths(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    def depths(self, x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """Penetration depth of every row (point into solid) [m], (R,); negative when apart."""
         from ..solvers.rigid import quat_rotate
         from ..solvers.rigid.model import quat_multiply
@@ -365,7 +365,7 @@ class RigidGuard:
             depth = depth.index_copy(0, self.mesh_index, signed + r[self.mesh_index])
         return depth
 
-    def _energy(self, x, q, v, w):
+    def energy(self, x, q, v, w):
         """(kinetic per body, potential -m g.x per body, spring energy) in float64."""
         from ..solvers.rigid import quat_rotate
         from ..solvers.rigid.model import quat_multiply
@@ -398,10 +398,10 @@ class RigidGuard:
         bad = ~finite.all()
         xd, qd, vd, wd = x.double(), q.double(), v.double(), w.double()
         if self.row_count:
-            depth = self._depths(xd, qd)
+            depth = self.depths(xd, qd)
             bad = bad | (depth > self.allow).any()
         if self.energy_check:
-            kinetic, potential, spring = self._energy(xd, qd, vd, wd)
+            kinetic, potential, spring = self.energy(xd, qd, vd, wd)
             gain = (kinetic + potential).sum() + spring - self.e0
             bad = bad | (gain > self.budget)
         if not bool(bad):

@@ -1,0 +1,276 @@
+"""Fluid (2D smoke) and MPM samples of a generate job: guarded rollout, gates, render, encode.
+
+Both write the entries every sample has (see :mod:`hybridsim.data.job`):
+
+* ``[fluid]``: ``hybridsim.sim.fluid.fluid_rollout`` (its guard stops non-finite fields and CFL
+  numbers above 5), the gates of :func:`~hybridsim.data.gates.evaluate_fluid_gates` (density
+  against the inflow budget, CFL), ``hybridsim.render.fluid.render_fluid_frames`` (a fixed
+  camera: a moving one is a SceneError). states.npz holds the density and the cell-centred
+  velocity on every ``field_stride``-th cell.
+* ``[mpm]``: ``hybridsim.sim.mpm.mpm_rollout`` (``MPMGuard``: non-finite particles, particles
+  leaving the grid, particle CFL above 1), the gates of
+  :func:`~hybridsim.data.gates.evaluate_mpm_gates` (kinetic + gravitational energy gain, CFL),
+  ``hybridsim.render.particles.render_mpm_layers`` (cameras may move). states.npz holds at most
+  ``max_state_particles`` particles, an evenly strided subset, with their indices.
+
+Determinism: distributions make scenes deterministic unless they say otherwise; the MPM solver's
+deterministic mode then scatters in particle order (Warp on the CPU always does; Taichi
+serialises P2G/G2P), so the same draw gives the same bytes in any process.
+"""
+
+from __future__ import annotations
+
+import time
+
+from .job import Draw, GenerateJob, base_meta, finish_meta, non_finite_layers, reject, sample_entries
+
+__all__ = ["fluid_attempt", "mpm_attempt", "particle_subset"]
+
+_FLOW_LAYERS = ("alpha", "normal", "flow_forward", "flow_backward")  # depth is inf off the bodies
+
+
+def fluid_attempt(job: GenerateJob, draw: Draw, rejected: list, timing: dict) -> dict | None:
+    """One draw of a ``[fluid]`` scene: the entries, or None after recording why it was rejected."""
+    import torch
+
+    from ..errors import SceneError, SimulationError
+    from ..render import Camera
+    from ..render.camera_io import camera_moves
+    from ..render.fluid import render_fluid_frames
+    from ..sim.fluid import fluid_rollout
+    from .gates import evaluate_fluid_gates
+    from .sample import camera_layers
+
+    world, spec = draw.world, draw.spec
+    if getattr(spec.fluid, "dimension", 2) != 2:
+        raise SceneError("generate draws 2D [fluid] scenes only (3D smoke is not supported yet)",
+                         file=job.distribution_name, field="fluid")
+    if camera_moves(spec.camera):
+        raise SceneError("generate renders [fluid] scenes with a fixed camera (drop camera.orbit.sweep_deg and "
+                         "[[camera.keyframes]])", file=job.distribution_name, field="camera")
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            trajectory = fluid_rollout(world, check=True)
+    except SimulationError as error:
+        timing["simulate_s"] += time.perf_counter() - start
+        reject(rejected, draw, [_fluid_blow_up(error)])
+        return None
+    measured, failures = evaluate_fluid_gates(world, trajectory, job.gates)
+    timing["simulate_s"] += time.perf_counter() - start
+    if failures:
+        reject(rejected, draw, failures)
+        return None
+
+    start = time.perf_counter()
+    camera = Camera.from_spec(spec.camera)
+    with torch.no_grad():
+        rendered = render_fluid_frames(camera, spec.fluid, trajectory, 1.0 / spec.time.fps)
+    from ..render import to_uint8
+
+    rgb = to_uint8(rendered.pop("rgb").numpy())
+    layers = {key: _numpy_layer(value) for key, value in rendered.items()}
+    layers.update(camera_layers([camera] * rgb.shape[0]))
+    timing["render_s"] += time.perf_counter() - start
+    if non_finite_layers(rejected, draw, layers, ("alpha", "density", "normal", "flow_forward", "flow_backward")):
+        return None
+
+    stride = int(job.option("field_stride") or 1)
+    states = _fluid_states(trajectory, spec.fluid.cells, stride)
+    frame_count = rgb.shape[0]
+    fluid = spec.fluid
+    meta = base_meta(job, draw, layers, "fluid", frame_count)
+    meta["fluid"] = {
+        "cells": list(fluid.cells), "cell_size": fluid.cell_size, "origin": list(fluid.origin),
+        "boundary": list(fluid.boundary), "wall_slip": fluid.wall_slip, "buoyancy": fluid.buoyancy,
+        "vorticity": fluid.vorticity, "viscosity": fluid.viscosity, "advection": fluid.advection,
+        "density_advection": fluid.density_advection, "smoke_color": list(fluid.smoke_color),
+        "background": list(fluid.background), "opacity": fluid.opacity,
+        "inflows": [_shape_record(inflow, rate=inflow.rate, temperature=inflow.temperature) for inflow in fluid.inflows],
+        "obstacles": [_shape_record(obstacle, velocity=list(obstacle.velocity), angle=obstacle.angle,
+                                    angular_velocity=obstacle.angular_velocity) for obstacle in fluid.obstacles],
+        "obstacle_color": list(fluid.obstacle_color),
+        "temperature": None if fluid.temperature is None else {
+            "ambient": fluid.temperature.ambient, "buoyancy": fluid.temperature.buoyancy,
+            "cooling": fluid.temperature.cooling, "density_weight": fluid.temperature.density_weight},
+        "dt": spec.dt,
+        "field_stride": stride,
+    }
+    temperature = ", temperature (T,nx',ny') K" if "temperature" in states else ""
+    finish_meta(meta, job, draw, measured, rejected, {
+        "mp4": f"H.264 video, {frame_count} frames of {spec.camera.width}x{spec.camera.height} at {spec.time.fps:g} fps",
+        "layers.npz": "alpha (T,H,W) [smoke opacity], density (T,H,W) [the grid density seen by each pixel], depth "
+                      "(T,H,W) m [inf off the fluid plane], normal (T,H,W,3) camera space, segmentation (T,H,W) int32 "
+                      "[1 where alpha > 0.5], flow_forward/flow_backward (T,H,W,2) px [the fluid velocity over one "
+                      "frame], occlusion_forward/occlusion_backward (T,H,W) bool, intrinsics (T,3,3), extrinsics "
+                      "(T,4,4) world to camera (OpenCV axes)",
+        "states.npz": f"every {stride}-th cell (field_stride) of the {fluid.cells[0]}x{fluid.cells[1]} grid, grid x = "
+                      "world x, grid y = world z: density (T,nx',ny'), velocity (T,nx',ny',2) m/s [cell-centred, "
+                      f"averaged from the MAC faces]{temperature}, times (T,) s, field_stride () int64 "
+                      "(cell i of these arrays is grid cell field_stride * i; cell_size and origin: the json's fluid)",
+    })
+    return sample_entries(job, draw, meta, rgb, layers, states, timing)
+
+
+def _fluid_blow_up(error) -> dict:
+    """The rejection reason of a fluid rollout stopped by its guard (CFL above 5 counts as ``cfl``)."""
+    from .gates import blow_up_reason
+
+    reason = blow_up_reason(error)
+    if getattr(error, "quantity", None) == "cfl":
+        reason["gate"] = "cfl"
+    return reason
+
+
+def _numpy_layer(tensor):
+    import numpy as np
+
+    value = tensor.detach().cpu().numpy()
+    return value.astype(np.float32) if value.dtype.kind == "f" else value
+
+
+def _shape_record(shape, **extra) -> dict:
+    record = {"shape": shape.shape, "center": list(shape.center)}
+    if shape.shape == "disc":
+        record["radius"] = shape.radius
+    else:
+        record["half_size"] = list(shape.half_size)
+    record.update(extra)
+    return record
+
+
+def _fluid_states(trajectory, cells, stride: int) -> dict:
+    import numpy as np
+
+    from ..render.fluid import cell_velocity
+
+    velocity = np.stack([cell_velocity(u, v, tuple(cells)).detach().cpu().numpy()
+                         for u, v in zip(trajectory.velocity_x, trajectory.velocity_y)])
+    states = {"density": trajectory.density.detach().cpu().numpy()[:, ::stride, ::stride],
+              "velocity": velocity[:, ::stride, ::stride]}
+    if getattr(trajectory, "temperature", None) is not None:
+        states["temperature"] = trajectory.temperature.detach().cpu().numpy()[:, ::stride, ::stride]
+    states["times"] = trajectory.times.detach().cpu().numpy()
+    states["field_stride"] = np.asarray(stride, dtype=np.int64)
+    return states
+
+
+# --------------------------------------------------------------------------------------------
+# MPM
+# --------------------------------------------------------------------------------------------
+
+
+def particle_subset(count: int, limit: int | None):
+    """Indices of at most ``limit`` of ``count`` particles, evenly strided (all when ``limit`` is None)."""
+    import numpy as np
+
+    if limit is None or count <= limit:
+        return np.arange(count, dtype=np.int64)
+    return np.unique(np.floor(np.arange(limit) * (count / limit)).astype(np.int64))
+
+
+def mpm_attempt(job: GenerateJob, draw: Draw, rejected: list, timing: dict) -> dict | None:
+    """One draw of an ``[mpm]`` scene: the entries, or None after recording why it was rejected."""
+    import numpy as np
+    import torch
+
+    from ..errors import HybridsimError, SimulationError
+    from ..render.camera_io import scene_cameras
+    from ..render.particles import render_mpm_layers
+    from ..sim.mpm import mpm_rollout
+    from .gates import blow_up_reason, evaluate_mpm_gates, mpm_particle_mass
+    from .sample import camera_layers
+
+    world, spec = draw.world, draw.spec
+    if spec.objects:
+        raise HybridsimError("generate draws [mpm] scenes without [[objects]] only (coupled MPM + rigid scenes are "
+                             "not supported yet)", file=job.distribution_name)
+    start = time.perf_counter()
+    try:
+        with torch.no_grad():
+            trajectory = mpm_rollout(world)
+    except SimulationError as error:
+        timing["simulate_s"] += time.perf_counter() - start
+        reason = blow_up_reason(error)
+        if getattr(error, "quantity", None) == "cfl":
+            reason["gate"] = "cfl"
+        reject(rejected, draw, [reason])
+        return None
+    measured, failures = evaluate_mpm_gates(world, trajectory, job.gates)
+    timing["simulate_s"] += time.perf_counter() - start
+    if failures:
+        reject(rejected, draw, failures)
+        return None
+
+    start = time.perf_counter()
+    cameras = scene_cameras(spec.camera, trajectory.frame_count, spec.time.fps)
+    rgb, layers = render_mpm_layers(world, trajectory, cameras=cameras)
+    layers.update(camera_layers(cameras))
+    timing["render_s"] += time.perf_counter() - start
+    if non_finite_layers(rejected, draw, layers, _FLOW_LAYERS):
+        return None
+
+    model = trajectory.model
+    count = model.particle_count
+    keep = particle_subset(count, job.option("max_state_particles"))
+    index = torch.from_numpy(keep)
+    numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
+    states = {
+        "positions": numpy(trajectory.world_positions()[:, index]),  # (T, n, 3) world
+        "velocities": numpy(_lift(trajectory.velocities)[:, index]),
+        "times": numpy(trajectory.times),
+        "particle_index": keep,
+        "particle_material": numpy(model.particle_material[index]).astype(np.int64),
+        "particle_body": numpy(trajectory.particle_body[index]).astype(np.int64),
+        "particle_color": numpy(model.particle_color[index]).astype(np.float32),
+        "particle_volume": numpy(model.particle_volume[index]),
+        "particle_mass": numpy(mpm_particle_mass(model)[index]),
+        "particle_count": np.asarray(count, dtype=np.int64),
+    }
+    mpm = spec.mpm
+    masses = mpm_particle_mass(model)
+    bodies = []
+    for b, body in enumerate(mpm.bodies):
+        mine = trajectory.particle_body == b
+        record = {"name": body.name, "shape": body.shape, "material": body.material,
+                  "particles": int(mine.sum()), "mass": float(masses[mine].sum())}
+        for name in ("center", "half_size", "position", "velocity", "color"):
+            value = getattr(body, name)
+            if value is not None:
+                record[name] = list(value)
+        for name in ("radius", "file", "scale"):
+            value = getattr(body, name)
+            if value is not None and not (name == "scale" and body.shape != "mesh"):
+                record[name] = value
+        bodies.append(record)
+    frame_count = rgb.shape[0]
+    meta = base_meta(job, draw, layers, "mpm", frame_count)
+    meta["substeps"] = trajectory.substeps  # MPM substeps come from [mpm], not [time]
+    meta["mpm"] = {
+        "dim": mpm.dim, "resolution": list(model.grid.resolution), "dx": model.grid.dx, "dt": trajectory.dt,
+        "wall_mode": mpm.wall_mode, "particle_count": count, "state_particles": int(len(keep)),
+        "materials": [{"name": m.name, "kind": m.kind, "youngs_modulus": float(model.youngs_modulus[i]),
+                       "poisson_ratio": float(model.poisson_ratio[i]), "bulk_modulus": m.bulk_modulus,
+                       "viscosity": m.viscosity, "density": m.density, "color": list(m.display_color),
+                       "segmentation_id": i + 1} for i, m in enumerate(mpm.materials)],
+        "bodies": bodies,
+    }
+    meta["ground_height"] = spec.ground.height
+    finish_meta(meta, job, draw, measured, rejected, {
+        "mp4": f"H.264 video, {frame_count} frames of {spec.camera.width}x{spec.camera.height} at {spec.time.fps:g} fps",
+        "layers.npz": "alpha (T,H,W), depth (T,H,W) m [inf background], normal (T,H,W,3) camera space, segmentation "
+                      "(T,H,W) int32 [0 background, material m + 1], flow_forward/flow_backward (T,H,W,2) px, "
+                      "occlusion_forward/occlusion_backward (T,H,W) bool, intrinsics (T,3,3), extrinsics (T,4,4) "
+                      "world to camera (OpenCV axes)",
+        "states.npz": f"n = {len(keep)} of {count} particles (particle_index (n,), evenly strided; max_state_particles): "
+                      "positions (T,n,3) m and velocities (T,n,3) m/s in world axes (2D: (x, 0, z)), times (T,) s, "
+                      "particle_material, particle_body (n,) int64, particle_color (n,3), particle_volume (n,) "
+                      "m^dim, particle_mass (n,) kg, particle_count () [all particles]",
+    })
+    return sample_entries(job, draw, meta, rgb, layers, states, timing)
+
+
+def _lift(velocities):
+    from ..sim.mpm import lift_positions
+
+    return lift_positions(velocities)
