@@ -477,5 +477,6 @@ def test_scene_texture_and_light_errors(tmp_path):
     spheres = ('name = "s"\n[camera]\nposition = [0.0, -3.0, 1.0]\nlook_at = [0.0, 0.0, 0.0]\n'
                '[light]\ntype = "spot"\nposition = [0.0, 0.0, 2.0]\n'
                '[[objects]]\ntype = "sphere"\nposition = [0.0, 0.0, 0.5]\nradius = 0.2\n')
-    with pytest.raises(SceneError, match="mesh renderer"):
-        load(text=spheres)
+    assert load(text=spheres).light.type == "spot"  # the sphere renderer draws spot lights too
+    with pytest.raises(SceneError, match="rigid-body and sphere scenes only"):
+        load(text=spheres.split("[[objects]]")[0])  # nothing for the light to shine on

@@ -1,9 +1,10 @@
-"""Rendering: cameras, differentiable analytic sphere rendering, and video / frame I/O."""
+"""Rendering: cameras, differentiable analytic sphere rendering, volume ray marching, and video / frame I/O."""
 
 from hybridsim.render.camera import Camera
 from hybridsim.render.mesh import box_mesh, capsule_mesh, mesh_flow, render_meshes, transform_meshes, trimesh_to_mesh
 from hybridsim.render.spheres import render_frames, render_spheres, to_uint8
 from hybridsim.render.video import read_frame_folder, read_frames, read_video, write_layers, write_video
+from hybridsim.render.volume import light_transmittance, render_volume
 
 __all__ = [
     "Camera",
@@ -21,4 +22,6 @@ __all__ = [
     "read_frames",
     "read_frame_folder",
     "write_layers",
+    "render_volume",
+    "light_transmittance",
 ]

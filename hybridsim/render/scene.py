@@ -9,11 +9,12 @@ from .camera import Camera
 from .camera_io import camera_moves, scene_cameras
 from .spheres import render_frames
 
-__all__ = ["render_trajectory", "scene_render_options"]
+__all__ = ["render_trajectory", "scene_render_options", "sphere_textures"]
 
 
 def scene_render_options(world, params=None) -> dict:
-    """Keyword arguments of ``render_spheres`` taken from the scene (light values may be learned)."""
+    """Keyword arguments of ``render_spheres`` taken from the scene (light values may be learned);
+    the spot-light keys (``light_type``, ``light_position``, ``cone_deg``, ``falloff``) only for a spot."""
     spec = world.spec
     options = dict(
         ground_height=spec.ground.height,
@@ -24,11 +25,29 @@ def scene_render_options(world, params=None) -> dict:
         light_intensity=spec.light.intensity,
         ambient=spec.light.ambient,
     )
+    if spec.light.type == "spot":
+        options.update(light_type="spot", light_position=tuple(spec.light.position), cone_deg=spec.light.cone_deg,
+                       falloff=spec.light.falloff)
     for key, path in (("light_intensity", "light.intensity"), ("ambient", "light.ambient"),
-                      ("light_direction", "light.direction")):
-        if params is not None and path in params:
+                      ("light_direction", "light.direction"), ("light_position", "light.position"),
+                      ("cone_deg", "light.cone_deg"), ("falloff", "light.falloff")):
+        if params is not None and path in params and key in options:
             options[key] = world.value(path, params)
     return options
+
+
+def sphere_textures(world) -> list:
+    """Per-sphere ``Texture`` or None, in the world's sphere order (from ``[[objects]] texture``)."""
+    from .textures import texture_from_spec
+
+    spec = world.spec
+    out = []
+    for k in range(len(world.spheres)):
+        index = world._object_index(k)
+        texture = getattr(spec.objects[index], "texture", None)
+        out.append(None if texture is None else
+                   texture_from_spec(texture, spec.source, field=f"objects[{index}].texture"))
+    return out
 
 
 def render_trajectory(world, trajectory, params=None, *, world_index: int = 0,
@@ -43,6 +62,9 @@ def render_trajectory(world, trajectory, params=None, *, world_index: int = 0,
     centers = trajectory.positions[:, world_index]
     radii = trajectory.model.radius.reshape(world.world_count, -1)[world_index]
     options = dict(scene_render_options(world, params), albedo=albedo)
+    textures = sphere_textures(world)
+    if any(t is not None for t in textures):
+        options["textures"] = textures
     colors = world.colors(params)
     if camera is None and camera_moves(world.spec.camera):  # a camera path: one camera per frame
         cameras = scene_cameras(world.spec.camera, centers.shape[0], world.spec.time.fps)

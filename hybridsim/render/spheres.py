@@ -9,12 +9,15 @@ come from exact ray hits and carry no gradient.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 from torch.autograd.function import once_differentiable
 
 from hybridsim.errors import AssetError
 from hybridsim.render.camera import Camera
+from hybridsim.render.textures import Texture
 
 __all__ = ["render_spheres", "render_frames", "to_uint8"]
 
@@ -39,12 +42,27 @@ def render_spheres(
     ambient=0.35,
     edge_softness=0.75,
     albedo: bool = False,
+    light_type: str = "directional",
+    light_position=None,
+    cone_deg=30.0,
+    falloff=0.2,
+    textures: Sequence[Texture | None] | None = None,
 ) -> dict:
     """Render N spheres: centers (N, 3) m, radii (N,) m, colors (N, 3) in [0, 1]; float32 or float64.
 
     ``light_direction`` is the direction light travels (normalised here); shading is Lambert plus
     ambient on spheres and ground; ``edge_softness`` is the silhouette blur in pixels (0 = hard).
     Lighting, ground and sky parameters may be tensors to receive gradients.
+    ``light_type = "spot"``: a point light at ``light_position`` (3,) [m] shining along
+    ``light_direction`` within a cone of half angle ``cone_deg`` [deg], fading to zero over the
+    outer ``falloff`` fraction of that angle; spheres and ground are shaded per point with the
+    mesh renderer's formula (Lambert towards the light times the smooth cone edge, no distance
+    attenuation); position, cone and falloff may be tensors (differentiable).
+    ``textures``: optional per-sphere ``hybridsim.render.textures.Texture`` or None (N entries),
+    evaluated at each surface point in the sphere's frame (point - centre; spheres do not
+    rotate), filtered by the pixel footprint on the sphere and multiplied by the sphere's colour:
+    the texture moves with the sphere; ``rgb`` / ``albedo`` stay differentiable w.r.t. centres,
+    radii, colours and light (not w.r.t. the texture itself).
     Returns ``rgb`` (H, W, 3) in [0, 1] and ``alpha`` (H, W) sphere coverage, both differentiable,
     plus ``depth`` (H, W) camera z in m of the first hard hit (inf for sky), ``segmentation``
     (H, W) int32 (0 ground/sky, k+1 sphere k) and ``normal`` (H, W, 3) camera-space unit normal
@@ -59,11 +77,17 @@ def render_spheres(
     light = par(light_direction)
     light = light / light.norm()
     intensity, amb = par(light_intensity), par(ambient)
+    from hybridsim.render.mesh import _spot_light  # mesh imports this module: import here
+
+    spot = _spot_light(light_type, light_position, cone_deg, falloff, par)
+    # packed spot light: position (3), cos of the outer and inner cone angles; empty = directional
+    spot = torch.cat([spot[0], spot[1].reshape(1), spot[2].reshape(1)]) if spot is not None \
+        else centers.new_zeros(0)
 
     origins, dirs = (x.reshape(-1, 3) for x in camera.rays(device, dtype))
     background, t_ground, n_ground = _ground(
         origins, dirs, float(ground_height), float(checker_size), par(checker_colors), par(sky_color),
-        light, intensity, amb, 1.0 / camera.focal(), camera.orthographic,
+        light, intensity, amb, 1.0 / camera.focal(), camera.orthographic, spot,
     )
     rot = camera.rotation(device, dtype)
     soft_px = par(edge_softness)
@@ -76,16 +100,24 @@ def render_spheres(
 
     budget = _CHUNK_BYTES // (_VALUES_PER_PAIR * centers.element_size())
     plan = _plan_chunks(camera, centers.detach(), radii.detach() + _CULL_SIGMAS * softness.detach(), budget)
+    textured = None
+    if textures is not None:
+        if len(textures) != len(radii):
+            raise AssetError(f"got {len(textures)} textures for {len(radii)} spheres", field="textures")
+        if any(t is not None for t in textures):
+            textured = _SphereTextures(list(textures), rot, camera.focal(), camera.orthographic)
     rgb, alpha = _SoftSpheres.apply(
-        plan, hard_edges, origins, dirs, background, centers, radii, colors, softness, light, intensity, amb
+        plan, hard_edges, textured, origins, dirs, background, centers, radii, colors, softness, light, intensity, amb,
+        spot
     )
     unlit = None
     if albedo:  # the same composite with light off and ambient 1: the unlit colours
         off, full = intensity * 0.0, amb * 0.0 + 1.0
         ground_albedo = _ground(origins, dirs, float(ground_height), float(checker_size), par(checker_colors),
-                                par(sky_color), light, off, full, 1.0 / camera.focal(), camera.orthographic)[0]
-        unlit, _ = _SoftSpheres.apply(plan, hard_edges, origins, dirs, ground_albedo, centers, radii, colors, softness,
-                                      light, off, full)
+                                par(sky_color), light, off, full, 1.0 / camera.focal(), camera.orthographic,
+                                spot)[0]
+        unlit, _ = _SoftSpheres.apply(plan, hard_edges, textured, origins, dirs, ground_albedo, centers, radii, colors,
+                                      softness, light, off, full, spot)
     with torch.no_grad():
         t_first, seg, normal = t_ground.clone(), torch.zeros_like(t_ground, dtype=torch.int32), torch.zeros_like(dirs)
         normal[torch.isfinite(t_ground)] = n_ground
@@ -149,8 +181,11 @@ def _check_spheres(centers, radii, colors):
     return centers, radii, colors
 
 
-def _ground(origins, dirs, height, cell, checker, sky, light, intensity, ambient, pixel_scale, orthographic):
+def _ground(origins, dirs, height, cell, checker, sky, light, intensity, ambient, pixel_scale, orthographic,
+            spot=None):
     """Background per ray: shaded checker colour (P, 3), ground hit distance (P,) (inf on a miss), normal (3,).
+    ``spot``: packed spot light (see ``render_spheres``), shading each ground point; None or empty:
+    the directional ``light``.
 
     The checker is box-filtered over each pixel's footprint on the ground (``pixel_scale`` is
     metres per pixel at unit depth, or per pixel for orthographic), so far-away squares fade to
@@ -170,7 +205,12 @@ def _ground(origins, dirs, height, cell, checker, sky, light, intensity, ambient
     odd = 0.5 - 0.5 * mean_wave[:, 0] * mean_wave[:, 1]  # fraction of the footprint on odd squares
     side = 1.0 if float(origins[0, 2]) >= height else -1.0  # the face the camera looks at
     normal = torch.tensor([0.0, 0.0, side], device=origins.device, dtype=origins.dtype)
-    shade = ambient + intensity * torch.relu(-(normal @ light))
+    if spot is not None and spot.numel():
+        from hybridsim.render.mesh import _spot_direct
+
+        shade = ambient + intensity * _spot_direct(point, normal, light, spot[:3], spot[3], spot[4])[:, None]
+    else:
+        shade = ambient + intensity * torch.relu(-(normal @ light))
     colour = (checker[0] + (checker[1] - checker[0]) * odd[:, None]) * shade
     return torch.where(hit[:, None], colour, sky.expand_as(colour)), t, normal
 
@@ -179,19 +219,21 @@ class _SoftSpheres(torch.autograd.Function):
     """Chunked soft compositing; backward recomputes each chunk so memory stays per chunk."""
 
     @staticmethod
-    def forward(ctx, plan, hard_edges, o, d, bg, centers, radii, colors, softness, light, intensity, ambient):
+    def forward(ctx, plan, hard_edges, textured, o, d, bg, centers, radii, colors, softness, light, intensity, ambient,
+                spot):
         rgb, alpha = bg.clone(), bg.new_zeros(bg.shape[0])
         for pix, idx in plan:
             sph = (x[idx] for x in (centers, radii, colors, softness))
-            rgb[pix], alpha[pix] = _composite(o[pix], d[pix], bg[pix], *sph, light, intensity, ambient, hard_edges)
-        ctx.plan, ctx.hard_edges = plan, hard_edges
-        ctx.save_for_backward(o, d, bg, centers, radii, colors, softness, light, intensity, ambient)
+            rgb[pix], alpha[pix] = _composite(o[pix], d[pix], bg[pix], *sph, light, intensity, ambient, spot,
+                                              hard_edges, textured and textured.subset(idx))
+        ctx.plan, ctx.hard_edges, ctx.textured = plan, hard_edges, textured
+        ctx.save_for_backward(o, d, bg, centers, radii, colors, softness, light, intensity, ambient, spot)
         return rgb, alpha
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_rgb, g_alpha):
-        inputs, need = ctx.saved_tensors, ctx.needs_input_grad[2:]
+        inputs, need = ctx.saved_tensors, ctx.needs_input_grad[3:]
         grads = [torch.zeros_like(x) if n else None for x, n in zip(inputs, need)]
         if need[2]:
             grads[2] = g_rgb.clone()  # pixels without spheres show the background unchanged
@@ -200,7 +242,8 @@ class _SoftSpheres(torch.autograd.Function):
             with torch.enable_grad():
                 pixel = [x[pix].detach().requires_grad_(n) for x, n in zip(inputs[:3], need[:3])]
                 sph = [x[idx] for x in shared[:4]]
-                out = _composite(*pixel, *sph, *shared[4:], ctx.hard_edges)
+                out = _composite(*pixel, *sph, *shared[4:], ctx.hard_edges,
+                                 ctx.textured and ctx.textured.subset(idx))
             leaves = pixel + shared
             wanted = [i for i, n in enumerate(need) if n]
             live = [(y, g) for y, g in zip(out, (g_rgb[pix], g_alpha[pix])) if y.requires_grad]
@@ -213,7 +256,7 @@ class _SoftSpheres(torch.autograd.Function):
                     grads[i][pix] = 0.0 if g is None else g
                 elif g is not None:
                     grads[i] += g
-        return (None, None, *grads)
+        return (None, None, None, *grads)
 
 
 def _plan_chunks(camera: Camera, centers, reach, budget_pairs: int):
@@ -279,8 +322,45 @@ def _screen_boxes(camera: Camera, centers, reach):
     return tuple(out)
 
 
-def _composite(o, d, bg, centers, radii, colors, softness, light, intensity, ambient, hard_edges):
-    """Soft front-to-back compositing of all spheres for a chunk of P rays -> rgb (P, 3), alpha (P,)."""
+class _SphereTextures:
+    """Per-sphere textures plus what their pixel footprints need: the camera rotation (3, 3),
+    focal length [px] and projection."""
+
+    def __init__(self, textures, rot, focal, orthographic):
+        self.textures, self.rot, self.focal, self.orthographic = textures, rot, focal, orthographic
+
+    def subset(self, idx) -> "_SphereTextures | None":
+        chosen = [self.textures[i] for i in idx.tolist()]
+        return _SphereTextures(chosen, self.rot, self.focal, self.orthographic) if any(chosen) else None
+
+    def albedo(self, o, d, colors, offset, n, hit_t):
+        """Albedo (P, N, 3) of the surface points ``centre + offset`` (offset (P, N, 3) = radius *
+        unit normal ``n``) hit at ray distance ``hit_t`` (P, N)."""
+        nd = (n * d[:, None]).sum(-1, keepdim=True).clamp(max=-1e-3)  # front hits face the ray
+
+        def step(axis):  # surface-point motion for one pixel along camera ``axis`` (right or down)
+            if self.orthographic:  # the ray origin moves 1 / focal [m]; the point slides on the tangent plane
+                move = (axis / self.focal).expand_as(d)[:, None]
+                return move - d[:, None] * ((n * move).sum(-1, keepdim=True) / nd)
+            # the unit direction turns by ``move``; the point slides on the tangent plane
+            move = ((d @ self.rot[2])[:, None] * (axis - d * (d @ axis)[:, None]) / self.focal)[:, None]
+            return hit_t[..., None] * (move - d[:, None] * ((n * move).sum(-1, keepdim=True) / nd))
+
+        d_dx, d_dy = step(self.rot[0]), step(self.rot[1])
+        columns = []
+        for j, texture in enumerate(self.textures):
+            base = colors[j].expand(o.shape[0], 3)
+            if texture is not None:
+                base = base * texture.evaluate(offset[:, j], d_dx[:, j], d_dy[:, j], n[:, j])
+            columns.append(base)
+        return torch.stack(columns, dim=1)
+
+
+def _composite(o, d, bg, centers, radii, colors, softness, light, intensity, ambient, spot, hard_edges,
+               textured=None):
+    """Soft front-to-back compositing of all spheres for a chunk of P rays -> rgb (P, 3), alpha (P,).
+    ``spot``: packed spot light (position, cos outer, cos inner) or empty for the directional ``light``;
+    ``textured``: the chunk's ``_SphereTextures`` or None."""
     oc = centers[None] - o[:, None]  # (P, N, 3)
     t = (oc * d[:, None]).sum(-1)  # along-ray distance of closest approach
     perp = oc - t[..., None] * d[:, None]  # closest point on the ray -> centre
@@ -290,7 +370,14 @@ def _composite(o, d, bg, centers, radii, colors, softness, light, intensity, amb
     h = torch.sqrt(torch.maximum(r * r - d2, (1e-3 * r) ** 2))
     nvec = -perp - h[..., None] * d[:, None]  # hit point - centre; silhouette normal where d >= r
     n = nvec / torch.sqrt(d2 + h * h)[..., None]
-    shaded = colors[None] * (ambient + intensity * torch.relu(-(n @ light)))[..., None]
+    if spot.numel():  # the point of the sphere that faces the pixel (on the silhouette at and beyond it)
+        from hybridsim.render.mesh import _spot_direct
+
+        direct = _spot_direct(centers[None] + r[..., None] * n, n, light, spot[:3], spot[3], spot[4])
+    else:
+        direct = torch.relu(-(n @ light))
+    albedo = colors[None] if textured is None else textured.albedo(o, d, colors, r[..., None] * n, n, t - h)
+    shaded = albedo * (ambient + intensity * direct)[..., None]
     if hard_edges:
         alpha = (d2 < r * r).to(d2.dtype)
     else:

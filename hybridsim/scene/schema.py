@@ -473,7 +473,7 @@ class GroundSpec(_Spec):
 
 class LightSpec(_Spec):
     """``[light]``: one directional or spot light plus ambient term and sky colour. A spot
-    (``type = "spot"``, drawn by the mesh renderer: rigid-body scenes) sits at ``position`` and
+    (``type = "spot"``, drawn by the mesh and sphere renderers: rigid-body and sphere scenes) sits at ``position`` and
     shines along ``direction`` within a cone of half angle ``cone_deg``, fading out over the
     outer ``falloff`` fraction of it. ``object_shadows``: objects shadow each other (mesh
     renderer), not only the ground."""
@@ -510,11 +510,13 @@ class SphereSpec(_Spec):
     density: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
     restitution: _num_type(ge=0.0, le=1.0) = 0.5  # type: ignore[valid-type]
     color: Color = (0.8, 0.3, 0.2)
+    texture: TextureSpec | None = None
+    """Drawn in the sphere's frame (point - centre; spheres do not rotate), tinted by ``color``."""
 
     @model_validator(mode="before")
     @classmethod
     def _mass_or_density(cls, data: Any) -> Any:
-        return _one_of(data, "mass", "density", 1.0)
+        return _white_if_textured(_one_of(data, "mass", "density", 1.0))
 
     @model_validator(mode="after")
     def _check(self) -> "SphereSpec":
@@ -1205,9 +1207,10 @@ class SceneSpec(_Spec):
                         fail("must be a moving object (a static box can only be b)", f"{table}[{i}].a")
                 if item.b is not None and item.b == item.a:
                     fail("a and b must be different objects", f"{table}[{i}].b")
-        if self.light.type == "spot" and not any(obj.type in RIGID_TYPES for obj in self.objects):
-            fail("a spot light is drawn by the mesh renderer, used by rigid-body scenes only (add a box, capsule, "
-                 "mesh or static_box, or use a directional light)", "light.type")
+        if self.light.type == "spot" and not any(obj.type in RIGID_TYPES or obj.type == "sphere"
+                                                 for obj in self.objects):
+            fail("a spot light is drawn by the mesh and sphere renderers, used by rigid-body and sphere scenes only "
+                 "(add an object, or use a directional light)", "light.type")
         for key in self.learnable:
             if ".texture." in key:
                 fail("cannot be learnable: textures are not differentiable", key)
