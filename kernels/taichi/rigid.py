@@ -3,7 +3,8 @@
 Arrays are torch tensors passed as external ndarrays; ``real`` (ti.f32/ti.f64) types every
 literal. Selections are branch-free (``ti.select``) so the reverse mode (``kernel.grad``) stays
 exact; the two solve kernels walk (pass, slot) pairs in one serial inner loop that writes each
-history record once, which Taichi's reverse mode replays backwards. Quaternions are vec4 (x, y, z, w).
+history record once, which Taichi's reverse mode replays backwards; ``slot_bodies`` and
+``record_slot`` are the part they share. Quaternions are vec4 (x, y, z, w).
 """
 
 
@@ -476,6 +477,29 @@ def rigid_kernels(real):
         index = ti.select(prev >= 0, in_pass, ti.select(k > 0, last_pass, bb))
         return ti.select(body < 0, body_count, index)
 
+    @ti.func
+    def slot_bodies(k, c, a, b, contact_count, body_count, slot_prev: ti.template(), slot_prev_side: ti.template(),
+                    body_last: ti.template(), body_last_side: ti.template(), inv_mass: ti.template(),
+                    inv_inertia_world: ti.template(), linear_history: ti.template(), angular_history: ti.template()):
+        # both bodies of slot c before it in pass k: velocities, inverse masses, world inverse inertias
+        bi = ti.max(b, 0)
+        dyn_b = b >= 0
+        ia_index = history_index(k, c, 0, a, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
+        ib_index = history_index(k, c, 1, b, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
+        return (linear_history[ia_index], angular_history[ia_index], linear_history[ib_index], angular_history[ib_index],
+                inv_mass[a], ti.select(dyn_b, inv_mass[bi], lit(0.0)), inv_inertia_world[a],
+                ti.select(dyn_b, inv_inertia_world[bi], ti.Matrix.zero(real, 3, 3)))
+
+    @ti.func
+    def record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history: ti.template(),
+                    angular_history: ti.template()):
+        # both bodies' velocities after impulse dp at arms ra / rb (each record written once)
+        out = body_count + 1 + s * 2
+        linear_history[out] = va + ima * dp
+        angular_history[out] = wa + ia @ ra.cross(dp)
+        linear_history[out + 1] = vb - imb * dp
+        angular_history[out + 1] = wb - ib @ rb.cross(dp)
+
     @ti.kernel
     def seed_velocities(velocity_star: a_vec3, angular_velocity_star: a_vec3, linear_history: a_vec3, angular_history: a_vec3):
         for i in range(velocity_star.shape[0]):
@@ -494,20 +518,10 @@ def rigid_kernels(real):
             for s in range(pass_count * contact_count):
                 k = s // contact_count
                 c = s % contact_count
-                a = slot_body[c][0]
-                b = slot_body[c][1]
-                bi = ti.max(b, 0)
-                dyn_b = b >= 0
-                ia_index = history_index(k, c, 0, a, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
-                ib_index = history_index(k, c, 1, b, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
-                va = linear_history[ia_index]
-                wa = angular_history[ia_index]
-                vb = linear_history[ib_index]
-                wb = angular_history[ib_index]
-                ima = inv_mass[a]
-                imb = ti.select(dyn_b, inv_mass[bi], lit(0.0))
-                ia = inv_inertia_world[a]
-                ib = ti.select(dyn_b, inv_inertia_world[bi], ti.Matrix.zero(real, 3, 3))
+                va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count,
+                                                               body_count, slot_prev, slot_prev_side, body_last,
+                                                               body_last_side, inv_mass, inv_inertia_world,
+                                                               linear_history, angular_history)
                 n = contact_normal[c]
                 t1 = contact_tangent1[c]
                 t2 = contact_tangent2[c]
@@ -533,11 +547,7 @@ def rigid_kernels(real):
                 new = ti.select(k == 0, warm_impulse[c] * active, solved)
                 impulse_history[(k + 1) * contact_count + c] = new
                 dp = (new[0] - old[0]) * n + (new[1] - old[1]) * t1 + (new[2] - old[2]) * t2
-                out = body_count + 1 + s * 2
-                linear_history[out] = va + ima * dp
-                angular_history[out] = wa + ia @ ra.cross(dp)
-                linear_history[out + 1] = vb - imb * dp
-                angular_history[out + 1] = wb - ib @ rb.cross(dp)
+                record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
 
     @ti.kernel
     def finalize_velocities(body_last: a_int, body_last_side: a_int, linear_history: a_vec3, angular_history: a_vec3,
@@ -575,20 +585,10 @@ def rigid_kernels(real):
             for s in range(pass_count * contact_count):
                 k = s // contact_count
                 c = s % contact_count
-                a = slot_body[c][0]
-                b = slot_body[c][1]
-                bi = ti.max(b, 0)
-                dyn_b = b >= 0
-                ia_index = history_index(k, c, 0, a, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
-                ib_index = history_index(k, c, 1, b, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
-                va = linear_history[ia_index]
-                wa = angular_history[ia_index]
-                vb = linear_history[ib_index]
-                wb = angular_history[ib_index]
-                ima = inv_mass[a]
-                imb = ti.select(dyn_b, inv_mass[bi], lit(0.0))
-                ia = inv_inertia_world[a]
-                ib = ti.select(dyn_b, inv_inertia_world[bi], ti.Matrix.zero(real, 3, 3))
+                va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count,
+                                                               body_count, slot_prev, slot_prev_side, body_last,
+                                                               body_last_side, inv_mass, inv_inertia_world,
+                                                               linear_history, angular_history)
                 n = contact_normal[c]
                 ra = contact_arm_a[c]
                 rb = contact_arm_b[c]
@@ -598,11 +598,7 @@ def rigid_kernels(real):
                 new = ti.select(contact_impacting[c] > lit(0.0), trial, ti.max(trial, lit(0.0))) * contact_active[c]
                 impulse_history[(k + 1) * contact_count + c] = new
                 dp = (new - old) * n
-                out = body_count + 1 + s * 2
-                linear_history[out] = va + ima * dp
-                angular_history[out] = wa + ia @ ra.cross(dp)
-                linear_history[out + 1] = vb - imb * dp
-                angular_history[out + 1] = wb - ib @ rb.cross(dp)
+                record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
 
     @ti.kernel
     def integrate_positions(position: a_vec3, orientation: a_vec4, velocity: a_vec3, angular_velocity: a_vec3,

@@ -8,8 +8,13 @@ split impulses that never feed back into velocity) -> ``integrate_positions``.
 
 The two solve kernels run one thread that walks every (pass, slot) pair in order and writes
 each result once into a history buffer (impulses and the body velocities after each slot), so
-nothing is overwritten under the tape and the adjoint replays the chain exactly. Every helper
-here has a twin of the same arithmetic in kernels/taichi/rigid.py. Quaternions are vec4 (x, y, z, w).
+nothing is overwritten under the tape and the adjoint replays the chain exactly; the part they
+share (``slot_bodies``: read both bodies' latest velocities; ``record_slot``: write them after an
+impulse) is one pair of helpers. Every helper here has a twin of the same arithmetic in
+kernels/taichi/rigid.py.
+``collide`` computes the sliding-capsule point and the box-box manifold only for the slots that
+use them (real branches: the values it skips are never selected, so results and adjoints are
+those of computing everything). Quaternions are vec4 (x, y, z, w).
 """
 
 
@@ -414,9 +419,13 @@ def rigid_kernels(real):
         # nearest the other shape, so a crossing in the middle of the segment is caught; its ends
         # have their own slots, so it is active only inside the segment
         sliding = slot_order[c] == 1 and (kind == 2 or kind == 3)
-        p_slide, t_slide = sliding_point(xa + quat_rotate(qa, slot_a_position[c]), quat_mul(qa, slot_a_rotation[c]),
-                                         slot_a_size[c][1], cb, rot_b, size_b, kind == 2)
-        p = wp.where(sliding, p_slide, p)
+        # branches that only some kinds use run only for them (the skipped values are never selected,
+        # so results and adjoints are those of computing everything)
+        t_slide = half
+        if sliding:
+            p_slide, t_slide = sliding_point(xa + quat_rotate(qa, slot_a_position[c]), quat_mul(qa, slot_a_rotation[c]),
+                                             slot_a_size[c][1], cb, rot_b, size_b, kind == 2)
+            p = p_slide
         inner = t_slide > real(0.02) and t_slide < real(0.98)
 
         # ground plane z = cb.z
@@ -450,10 +459,13 @@ def rigid_kernels(real):
         # box against box: one slot per manifold candidate (slot_order holds the candidate index)
         ca = xa + quat_rotate(qa, slot_a_position[c])
         rot_a = quat_mul(qa, slot_a_rotation[c])
-        # other kinds get unit boxes here, so the unused branch stays finite (and its adjoint too)
-        box_a = wp.where(kind == 4, slot_a_size[c], vec3(one, one, one))
-        box_b = wp.where(kind == 4, size_b, vec3(one, one, one))
-        n_sat, d_sat, point_sat, valid_sat = box_box_contact(ca, rot_a, box_a, cb, rot_b, box_b, slot_order[c], face_tolerance)
+        n_sat = up
+        d_sat = zero
+        point_sat = ca
+        valid_sat = zero
+        if kind == 4:
+            n_sat, d_sat, point_sat, valid_sat = box_box_contact(ca, rot_a, slot_a_size[c], cb, rot_b, size_b, slot_order[c],
+                                                                 face_tolerance)
 
         n = wp.where(kind == 0, n_ground, wp.where(kind == 1, n_sphere, wp.where(kind == 2, n_box, wp.where(kind == 3, n_capsule, n_sat))))
         d = wp.where(kind == 0, d_ground, wp.where(kind == 1, d_sphere, wp.where(kind == 2, d_box, wp.where(kind == 3, d_capsule, d_sat))))
@@ -522,6 +534,33 @@ def rigid_kernels(real):
         index = wp.where(prev >= 0, in_pass, wp.where(k > 0, last_pass, bb))
         return wp.where(body < 0, body_count, index)
 
+    @wp.func
+    def slot_bodies(k: int, c: int, a: int, b: int, contact_count: int, body_count: int,
+                    slot_prev: wp.array(dtype=ivec2), slot_prev_side: wp.array(dtype=ivec2),
+                    body_last: wp.array(dtype=wp.int32), body_last_side: wp.array(dtype=wp.int32),
+                    inv_mass: wp.array(dtype=real), inv_inertia_world: wp.array(dtype=mat33),
+                    linear_history: wp.array(dtype=vec3), angular_history: wp.array(dtype=vec3)):
+        # both bodies of slot c before it in pass k: velocities (from the history), inverse masses and
+        # world inverse inertias (zero for a static b)
+        bi = wp.max(b, 0)
+        dyn_b = b >= 0
+        ia_index = history_index(k, c, 0, a, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
+        ib_index = history_index(k, c, 1, b, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
+        return (linear_history[ia_index], angular_history[ia_index], linear_history[ib_index], angular_history[ib_index],
+                inv_mass[a], wp.where(dyn_b, inv_mass[bi], zero), inv_inertia_world[a],
+                wp.where(dyn_b, inv_inertia_world[bi], mat33()))
+
+    @wp.func
+    def record_slot(s: int, body_count: int, va: vec3, wa: vec3, vb: vec3, wb: vec3, ima: real, imb: real, ia: mat33,
+                    ib: mat33, ra: vec3, rb: vec3, dp: vec3, linear_history: wp.array(dtype=vec3),
+                    angular_history: wp.array(dtype=vec3)):
+        # write both bodies' velocities after impulse dp at arms ra / rb (each record written once)
+        out = body_count + 1 + s * 2
+        linear_history[out] = va + ima * dp
+        angular_history[out] = wa + ia * wp.cross(ra, dp)
+        linear_history[out + 1] = vb - imb * dp
+        angular_history[out + 1] = wb - ib * wp.cross(rb, dp)
+
     @wp.kernel(module="unique")
     def seed_velocities(velocity_star: wp.array(dtype=vec3), angular_velocity_star: wp.array(dtype=vec3),
                         linear_history: wp.array(dtype=vec3), angular_history: wp.array(dtype=vec3)):
@@ -559,20 +598,9 @@ def rigid_kernels(real):
         for s in range(pass_count * contact_count):
             k = s // contact_count
             c = s % contact_count
-            a = slot_body[c][0]
-            b = slot_body[c][1]
-            bi = wp.max(b, 0)
-            dyn_b = b >= 0
-            ia_index = history_index(k, c, 0, a, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
-            ib_index = history_index(k, c, 1, b, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
-            va = linear_history[ia_index]
-            wa = angular_history[ia_index]
-            vb = linear_history[ib_index]
-            wb = angular_history[ib_index]
-            ima = inv_mass[a]
-            imb = wp.where(dyn_b, inv_mass[bi], zero)
-            ia = inv_inertia_world[a]
-            ib = wp.where(dyn_b, inv_inertia_world[bi], mat33())
+            va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count, body_count,
+                                                           slot_prev, slot_prev_side, body_last, body_last_side, inv_mass,
+                                                           inv_inertia_world, linear_history, angular_history)
             n = contact_normal[c]
             t1 = contact_tangent1[c]
             t2 = contact_tangent2[c]
@@ -600,11 +628,7 @@ def rigid_kernels(real):
             new = wp.where(k == 0, warm_impulse[c] * active, solved)
             impulse_history[(k + 1) * contact_count + c] = new
             dp = (new[0] - old[0]) * n + (new[1] - old[1]) * t1 + (new[2] - old[2]) * t2
-            out = body_count + 1 + s * 2
-            linear_history[out] = va + ima * dp
-            angular_history[out] = wa + ia * wp.cross(ra, dp)
-            linear_history[out + 1] = vb - imb * dp
-            angular_history[out + 1] = wb - ib * wp.cross(rb, dp)
+            record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
 
     @wp.kernel(module="unique")
     def finalize_velocities(
@@ -678,20 +702,9 @@ def rigid_kernels(real):
         for s in range(pass_count * contact_count):
             k = s // contact_count
             c = s % contact_count
-            a = slot_body[c][0]
-            b = slot_body[c][1]
-            bi = wp.max(b, 0)
-            dyn_b = b >= 0
-            ia_index = history_index(k, c, 0, a, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
-            ib_index = history_index(k, c, 1, b, contact_count, body_count, slot_prev, slot_prev_side, body_last, body_last_side)
-            va = linear_history[ia_index]
-            wa = angular_history[ia_index]
-            vb = linear_history[ib_index]
-            wb = angular_history[ib_index]
-            ima = inv_mass[a]
-            imb = wp.where(dyn_b, inv_mass[bi], zero)
-            ia = inv_inertia_world[a]
-            ib = wp.where(dyn_b, inv_inertia_world[bi], mat33())
+            va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count, body_count,
+                                                           slot_prev, slot_prev_side, body_last, body_last_side, inv_mass,
+                                                           inv_inertia_world, linear_history, angular_history)
             n = contact_normal[c]
             ra = contact_arm_a[c]
             rb = contact_arm_b[c]
@@ -702,11 +715,7 @@ def rigid_kernels(real):
             new = wp.where(contact_impacting[c] > zero, trial, wp.max(trial, zero)) * contact_active[c]
             impulse_history[(k + 1) * contact_count + c] = new
             dp = (new - old) * n
-            out = body_count + 1 + s * 2
-            linear_history[out] = va + ima * dp
-            angular_history[out] = wa + ia * wp.cross(ra, dp)
-            linear_history[out + 1] = vb - imb * dp
-            angular_history[out + 1] = wb - ib * wp.cross(rb, dp)
+            record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
 
     @wp.kernel(module="unique")
     def integrate_positions(

@@ -2,14 +2,18 @@
 ``finalize(device, dtype)`` into a RigidModel of tensors.
 
 Contact candidates are enumerated once here as fixed slots (every shape point against the
-ground and against every shape of another body), so the solver never allocates per step and a
-slot's impulse can warm-start the next step. There is no broad phase: slots grow with the
-number of shape pairs (``body_collisions=False`` keeps only ground and static contacts).
+ground and against every shape of another body of its world), so a slot's impulse can
+warm-start the next step. Slots grow with the number of shape pairs; the solver's broad phase
+(``broad_phase.py``) visits only those within reach each step (``body_collisions=False`` keeps
+only ground and static contacts). ``add_builder`` appends another builder's scene as a separate
+world: worlds share the ground and step together, but never touch each other.
 """
 
 from __future__ import annotations
 
 import math
+
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -95,6 +99,10 @@ class RigidBuilder:
         self.shapes: list[ShapeSpec] = []
         self.springs: list[dict] = []
         self.joints: list[dict] = []
+        self.world_count = 1
+        self.shape_world: list[int] = []
+        """World of each shape (shapes of different worlds never collide)."""
+        self.body_world: list[int] = []
 
     @property
     def body_count(self) -> int:
@@ -113,6 +121,7 @@ class RigidBuilder:
                     inertia=None if inertia is None else _vec3(inertia, "inertia"),
                     name=name or f"body{len(self.bodies)}")
         self.bodies.append(body)
+        self.body_world.append(0)
         return len(self.bodies) - 1
 
     def _add_shape(self, body: int, kind: str, size, position, rotation, density, friction, restitution, **mesh) -> int:
@@ -124,6 +133,7 @@ class RigidBuilder:
                           rotation=_unit_quat(rotation, "rotation"), density=_positive(density, "density"),
                           friction=float(friction), restitution=float(restitution), **mesh)
         self.shapes.append(shape)
+        self.shape_world.append(0)
         return len(self.shapes) - 1
 
     def add_shape_sphere(self, body: int, radius: float, *, position=(0.0, 0.0, 0.0), density: float = 1000.0,
@@ -193,16 +203,40 @@ class RigidBuilder:
                                 axis=axis / np.linalg.norm(axis)))
         return len(self.joints) - 1
 
+    def add_builder(self, other: "RigidBuilder") -> int:
+        """Append ``other``'s bodies, shapes (static ones too), springs and joints as a new world
+        and return its index. Its shapes collide only with each other and with this builder's
+        ground (``other``'s gravity and ground settings are not used). A model of many worlds
+        steps them all in one launch per phase; each world's results are the bits it gets alone.
+        Bodies keep their order: world w's bodies follow world w-1's."""
+        world = self.world_count if (self.bodies or self.shapes) else 0
+        self.world_count = world + 1
+        offset = len(self.bodies)
+        for body in other.bodies:
+            self.bodies.append(dict(body))
+            self.body_world.append(world)
+        for shape in other.shapes:
+            self.shapes.append(replace(shape, body=shape.body + offset if shape.body >= 0 else -1))
+            self.shape_world.append(world)
+        moved = lambda b: b + offset if b >= 0 else -1  # noqa: E731
+        for spring in other.springs:
+            self.springs.append({**spring, "body": tuple(moved(b) for b in spring["body"])})
+        for joint in other.joints:
+            self.joints.append({**joint, "body": tuple(moved(b) for b in joint["body"])})
+        return world
+
     # -- finalize --------------------------------------------------------------------------
     def _body_mass_properties(self):
         """Per body: (mass, centre of mass in its frame, principal moments, principal rotation)."""
         result = []
+        shapes_of = [[] for _ in self.bodies]
+        for shape in self.shapes:
+            if shape.body >= 0:
+                shapes_of[shape.body].append(shape)
         for b, body in enumerate(self.bodies):
             mass, first, second = 0.0, np.zeros(3), np.zeros((3, 3))
             parts = []
-            for shape in self.shapes:
-                if shape.body != b:
-                    continue
+            for shape in shapes_of[b]:
                 m, c, inertia = shape.mass_properties()
                 rot = _quat_matrix(shape.rotation)
                 parts.append((m, shape.position + rot @ c, rot @ inertia @ rot.T))
@@ -273,29 +307,33 @@ class RigidBuilder:
                 add(_TARGET_KIND[sj.kind], i, np.zeros(3), shapes[i].size[0], sj.body, j, sj.position, sj.rotation,
                     sj.size, 1)
 
-        for i in range(len(shapes)):
-            for j in range(i + 1, len(shapes)):
-                si, sj = shapes[i], shapes[j]
-                if si.body == sj.body or (si.body < 0 and sj.body < 0):
-                    continue
-                if si.body >= 0 and sj.body >= 0 and not self.body_collisions:
-                    continue
-                kinds = {si.kind, sj.kind}
-                if kinds == {SHAPE_SPHERE}:
-                    against(i, j)
-                elif SHAPE_SPHERE in kinds and kinds != {SHAPE_SPHERE, SHAPE_MESH}:
-                    # the sphere's centre against the other solid (box / capsule)
-                    s_idx, o_idx = (i, j) if si.kind == SHAPE_SPHERE else (j, i)
-                    if shapes[s_idx].body >= 0:
-                        against(s_idx, o_idx)
-                elif kinds == {SHAPE_BOX}:
-                    # a box pair is one manifold: the dynamic box is side a
-                    against(i, j) if si.body >= 0 else against(j, i)
-                else:
-                    if si.body >= 0:
+        worlds: dict[int, list[int]] = {}
+        for i, world in enumerate(self.shape_world):
+            worlds.setdefault(world, []).append(i)
+        for group in (worlds[w] for w in sorted(worlds)):
+            for position, i in enumerate(group):
+                for j in group[position + 1:]:
+                    si, sj = shapes[i], shapes[j]
+                    if si.body == sj.body or (si.body < 0 and sj.body < 0):
+                        continue
+                    if si.body >= 0 and sj.body >= 0 and not self.body_collisions:
+                        continue
+                    kinds = {si.kind, sj.kind}
+                    if kinds == {SHAPE_SPHERE}:
                         against(i, j)
-                    if sj.body >= 0:  # two capsules: one sliding slot for the pair is enough
-                        against(j, i, sliding=not (kinds == {SHAPE_CAPSULE} and si.body >= 0))
+                    elif SHAPE_SPHERE in kinds and kinds != {SHAPE_SPHERE, SHAPE_MESH}:
+                        # the sphere's centre against the other solid (box / capsule)
+                        s_idx, o_idx = (i, j) if si.kind == SHAPE_SPHERE else (j, i)
+                        if shapes[s_idx].body >= 0:
+                            against(s_idx, o_idx)
+                    elif kinds == {SHAPE_BOX}:
+                        # a box pair is one manifold: the dynamic box is side a
+                        against(i, j) if si.body >= 0 else against(j, i)
+                    else:
+                        if si.body >= 0:
+                            against(i, j)
+                        if sj.body >= 0:  # two capsules: one sliding slot for the pair is enough
+                            against(j, i, sliding=not (kinds == {SHAPE_CAPSULE} and si.body >= 0))
 
         count = len(rows)
         contact = dict(count=count)
@@ -395,4 +433,5 @@ class RigidBuilder:
             ground_friction=real(self.ground_friction), ground_restitution=real(self.ground_restitution),
             gravity=real(self.gravity), contact=contact_t, spring=spring, shapes=shapes,
             has_ground=self.ground, ground_height=self.ground_height, restitution_threshold=float(restitution_threshold),
-            iterations=int(iterations), position_iterations=int(position_iterations), device=device, dtype=dtype)
+            iterations=int(iterations), position_iterations=int(position_iterations), device=device, dtype=dtype,
+            world_count=self.world_count, body_world=torch.as_tensor(self.body_world, dtype=torch.int32, device=device))

@@ -105,6 +105,11 @@ class RigidModel:
     point for the world), axis_a / axis_b (J, 3) unit hinge axes likewise."""
     joint_iterations: int = 4
     """Gauss-Seidel sweeps over the joints per step."""
+    world_count: int = 1
+    """Independent worlds in the model (``RigidBuilder.add_builder``): they share the ground but
+    never touch each other, and step together."""
+    body_world: torch.Tensor | None = None
+    """World of each body, int32, shape (B,); world w's bodies are contiguous, after world w-1's."""
 
     def state(self, requires_grad: bool = False) -> "RigidState":
         """A fresh state holding the initial body poses and velocities and zero contact impulses."""

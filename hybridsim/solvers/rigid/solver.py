@@ -1,10 +1,13 @@
 """SolverRigid: one interface over the Warp and Taichi rigid-body kernels, and the torch
 autograd bridge.
 
-A step is a fixed list of phase launches (see kernels/warp/rigid.py) over torch buffers that
-are allocated fresh for the step and written once each, so the backward pass replays the same
-list under a Warp tape, or calls each Taichi kernel's ``.grad`` in reverse order, on the saved
-inputs. Springs are torch ops evaluated before the kernels (shared by both backends).
+A step is a fixed list of phase launches (see kernels/warp/rigid.py) over the contact slots
+that the broad phase keeps (``broad_phase.py``: the others are exact no-ops). Under autograd
+(``step_differentiable``) its buffers are allocated fresh and written once each, so the backward
+pass replays the same list under a Warp tape, or calls each Taichi kernel's ``.grad`` in reverse
+order, on the saved inputs. The forward-only ``step`` runs the same kernels on buffers (and, for
+Warp, array wrappers and recorded launches) kept across steps, so both give the same bits.
+Springs are torch ops evaluated before the kernels (shared by both backends).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import torch
 
 from ... import backends
 from ...errors import HybridsimError, SimulationError
+from .broad_phase import SMALL_SLOT_COUNT, ShapeBounds, candidate_slots, slot_chain
 from .model import RigidControl, RigidModel, RigidState, quat_multiply, quat_rotate
 
 __all__ = ["SolverRigid"]
@@ -28,10 +32,33 @@ _CONTACT_OUT = ("contact_normal", "contact_arm_a", "contact_arm_b", "contact_tan
                 "contact_gap_target", "contact_active", "contact_impacting")
 
 
-def _phases(model: RigidModel, dt: float):
-    """The step as (kernel name, launch dim, argument list); a str names a buffer,
+class _SlotPlan:
+    """The slots one step visits: ``slots`` (K,) int64 ascending indices into the model's slots
+    (None: all of them), and ``tables``, the slot tables and Gauss-Seidel chain restricted to them."""
+
+    def __init__(self, slots: torch.Tensor | None, tables: dict):
+        self.slots, self.tables = slots, tables
+        self.count = int(tables["slot_kind"].shape[0])
+
+
+def _full_plan(model: RigidModel) -> _SlotPlan:
+    tables = {f"slot_{k}": model.contact[k] for k in (*_SLOT_KEYS, "prev", "prev_side")}
+    tables.update(body_last=model.contact["body_last"], body_last_side=model.contact["body_last_side"])
+    return _SlotPlan(None, tables)
+
+
+def _sub_plan(model: RigidModel, slots: torch.Tensor) -> _SlotPlan:
+    tables = {f"slot_{k}": model.contact[k].index_select(0, slots) for k in _SLOT_KEYS}
+    chain = slot_chain(tables["slot_body"], model.body_count)
+    tables.update(slot_prev=chain["prev"], slot_prev_side=chain["prev_side"], body_last=chain["body_last"],
+                  body_last_side=chain["body_last_side"])
+    return _SlotPlan(slots, tables)
+
+
+def _phases(model: RigidModel, dt: float, C: int):
+    """The step over C slots as (kernel name, launch dim, argument list); a str names a buffer,
     ("real", x)/("int", n) is a scalar."""
-    B, C = model.body_count, model.contact_count
+    B = model.body_count
     pv, pp = model.iterations + 1, model.position_iterations
     real, integer = (lambda x: ("real", float(x))), (lambda n: ("int", int(n)))
     slots = [f"slot_{k}" for k in _SLOT_KEYS]
@@ -68,18 +95,16 @@ def _phases(model: RigidModel, dt: float):
     return phases
 
 
-def _buffers(model: RigidModel, inputs: dict) -> dict:
-    """Fresh (write-once) buffers of one step, plus the model's constant slot tables."""
-    B, C = model.body_count, model.contact_count
+def _buffers(model: RigidModel, plan: _SlotPlan, inputs: dict, capacity: int | None = None) -> dict:
+    """Zeroed buffers of one step for the plan's slots (``capacity`` slots when given, for reuse),
+    plus the plan's slot tables."""
+    B = model.body_count
+    C = plan.count if capacity is None else capacity
     pv, pp = model.iterations + 1, model.position_iterations
     opts = dict(dtype=model.dtype, device=model.device)
     buf = dict(inputs)
-    buf["inertia_rotation"] = model.body_inertia_rotation
-    for k in _SLOT_KEYS:
-        buf[f"slot_{k}"] = model.contact[k]
-    for k in ("prev", "prev_side"):
-        buf[f"slot_{k}"] = model.contact[k]
-    buf["body_last"], buf["body_last_side"] = model.contact["body_last"], model.contact["body_last_side"]
+    buf["inertia_rotation"] = model.body_inertia_rotation.detach()
+    buf.update(plan.tables)
     for name in ("velocity_star", "angular_velocity_star", "velocity_final", "angular_velocity_final",
                  "position_out", "velocity_out", "angular_velocity_out"):
         buf[name] = torch.zeros(B, 3, **opts)
@@ -97,6 +122,55 @@ def _buffers(model: RigidModel, inputs: dict) -> dict:
     buf["pseudo_linear_history"], buf["pseudo_angular_history"] = torch.zeros(rows_p, 3, **opts), torch.zeros(rows_p, 3, **opts)
     buf["pseudo_impulse_history"] = torch.zeros((pp + 1) * C, **opts)
     return buf
+
+
+class _Workspace:
+    """Buffers of the forward-only step, reused from step to step (per solver).
+
+    K-sized buffers hold ``capacity`` slots (grown when a step keeps more). Only what a step
+    reads before writing is reset: the zero rows of the histories stay zero (no kernel writes
+    them), and the first pass's "previous impulse" rows are zeroed per step."""
+
+    def __init__(self):
+        self.capacity, self.version, self.buf, self.plan = -1, 0, {}, None
+        self.backend_cache = None  # the launcher's own per-workspace data (Warp arrays, recorded launches)
+
+    def prepare(self, model: RigidModel, plan: _SlotPlan, inputs: dict) -> dict:
+        """Copy the step's inputs and the plan's tables in (the plan's K rows of K-sized buffers);
+        return the buffers (full capacity: kernels index by the slot count they are given)."""
+        K = plan.count
+        if K > self.capacity:
+            capacity = min(max(K, int(1.25 * self.capacity) + 8), model.contact_count)
+            self.buf = _buffers(model, plan, {name: torch.empty_like(t) for name, t in inputs.items()}, capacity)
+            for name, t in plan.tables.items():
+                shape = (capacity, *t.shape[1:]) if name in _K_SIZED else t.shape
+                self.buf[name] = torch.zeros(shape, dtype=t.dtype, device=t.device)
+            for name in ("warm_impulse", "slot_friction", "slot_restitution"):
+                self.buf[name] = torch.zeros((capacity, *inputs[name].shape[1:]), dtype=model.dtype, device=model.device)
+            self.buf["inertia_rotation"] = torch.empty_like(self.buf["inertia_rotation"])  # not the model's own
+            self.capacity, self.version, self.plan = capacity, self.version + 1, None
+        buf = self.buf
+        buf["inertia_rotation"].copy_(model.body_inertia_rotation)
+        for name, t in inputs.items():
+            buf[name][:t.shape[0]].copy_(t)
+        if plan is not self.plan:
+            for name, t in plan.tables.items():
+                buf[name][:t.shape[0]].copy_(t)
+            self.plan = plan
+        buf["impulse_history"][:K].zero_()
+        buf["pseudo_impulse_history"][:K].zero_()
+        return buf
+
+    def cut(self, model: RigidModel, K: int) -> dict:
+        """The buffers cut to K slots (for kernels that loop over array lengths)."""
+        cut = {name: (t[:K] if name in _K_SIZED else t) for name, t in self.buf.items()}
+        cut["impulse_history"] = self.buf["impulse_history"][:(model.iterations + 2) * K]
+        return cut
+
+
+# buffers with one row per visited slot (the workspace keeps them at capacity)
+_K_SIZED = frozenset((*(f"slot_{k}" for k in (*_SLOT_KEYS, "prev", "prev_side")), "warm_impulse", "slot_friction",
+                      "slot_restitution", *_CONTACT_OUT, "contact_pseudo_target"))
 
 
 class _WarpRigid:
@@ -125,18 +199,40 @@ class _WarpRigid:
             return wp.from_torch(t, dtype=dtype, requires_grad=False)
         return wp.from_torch(t, dtype=dtype, requires_grad=True, grad=grad)
 
+    def _scalar(self, arg):
+        return self.real(arg[1]) if arg[0] == "real" else int(arg[1])
+
     def _launch_all(self, phases, arrays):
         for name, dim, args in phases:
-            values = []
-            for a in args:
-                if isinstance(a, tuple):
-                    values.append(self.real(a[1]) if a[0] == "real" else int(a[1]))
-                else:
-                    values.append(arrays[a])
+            values = [self._scalar(a) if isinstance(a, tuple) else arrays[a] for a in args]
             self.wp.launch(getattr(self.k, name), dim=dim, inputs=values, device=self.device)
 
     def forward(self, model, phases, buf):
         self._launch_all(phases, {name: self._view(t) for name, t in buf.items()})
+
+    def forward_reused(self, model, work: _Workspace, phases):
+        """``forward`` on the workspace: Warp arrays over its full buffers are made once per
+        allocation and the launches recorded once; a step only updates launch sizes and scalars.
+        (The kernels index by the slot count they are given, never by array length.)"""
+        cache = work.backend_cache
+        if cache is None or cache["version"] != work.version:
+            cache = work.backend_cache = {"version": work.version, "launches": None, "phases": None,
+                                          "arrays": {name: self._view(t) for name, t in work.buf.items()}}
+        if cache["launches"] is None or [p[0] for p in cache["phases"]] != [p[0] for p in phases]:
+            cache["launches"] = [
+                self.wp.launch(getattr(self.k, name), dim=dim, device=self.device, record_cmd=True,
+                               inputs=[self._scalar(a) if isinstance(a, tuple) else cache["arrays"][a] for a in args])
+                for name, dim, args in phases]
+        else:
+            for launch, (_, dim, args), (_, old_dim, old_args) in zip(cache["launches"], phases, cache["phases"]):
+                if dim != old_dim:
+                    launch.set_dim(dim)
+                for index, (arg, old) in enumerate(zip(args, old_args)):
+                    if isinstance(arg, tuple) and arg != old:
+                        launch.set_param_at_index(index, self._scalar(arg))
+        cache["phases"] = phases
+        for launch in cache["launches"]:
+            launch.launch()
 
     def backward(self, model, phases, buf, grad_outputs):
         # plain contiguous gradients: zeros_like would copy a size-1 dimension's stride 0, which Warp rejects
@@ -171,6 +267,10 @@ class _TaichiRigid:
     def forward(self, model, phases, buf):
         self._run(phases, buf)
 
+    def forward_reused(self, model, work: _Workspace, phases):
+        # Taichi takes the torch buffers as they are; its loops run over the arrays' lengths
+        self._run(phases, work.cut(model, work.plan.count))
+
     def backward(self, model, phases, buf, grad_outputs):
         # Taichi's reverse mode reads and accumulates the ``.grad`` of each external array
         tracked = {}
@@ -197,40 +297,40 @@ def _launcher(backend: str, device: str, dtype: torch.dtype):
     return _launcher_cache[key]
 
 
-def _outputs(model: RigidModel, buf: dict) -> tuple:
-    C = model.contact_count
+def _outputs(model: RigidModel, plan: _SlotPlan, buf: dict) -> tuple:
+    K = plan.count
     return (buf["position_out"], buf["orientation_out"], buf["velocity_out"], buf["angular_velocity_out"],
-            buf["impulse_history"][(model.iterations + 1) * C:])
+            buf["impulse_history"][(model.iterations + 1) * K:(model.iterations + 2) * K])
 
 
 class _RigidStep(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, launcher, model, dt, *inputs):
+    def forward(ctx, launcher, model, plan, dt, *inputs):
         inputs = tuple(t.detach().contiguous() for t in inputs)
-        phases = _phases(model, dt)
-        buf = _buffers(model, dict(zip(_INPUTS, inputs)))
+        phases = _phases(model, dt, plan.count)
+        buf = _buffers(model, plan, dict(zip(_INPUTS, inputs)))
         launcher.forward(model, phases, buf)
-        ctx.launcher, ctx.model, ctx.dt = launcher, model, dt
+        ctx.launcher, ctx.model, ctx.plan, ctx.dt = launcher, model, plan, dt
         ctx.save_for_backward(*inputs)
-        return tuple(t.clone() for t in _outputs(model, buf))
+        return tuple(t.clone() for t in _outputs(model, plan, buf))
 
     @staticmethod
     def backward(ctx, *grad_outputs):
-        model, inputs = ctx.model, ctx.saved_tensors
-        phases = _phases(model, ctx.dt)
-        buf = _buffers(model, dict(zip(_INPUTS, inputs)))
+        model, plan, inputs = ctx.model, ctx.plan, ctx.saved_tensors
+        phases = _phases(model, ctx.dt, plan.count)
+        buf = _buffers(model, plan, dict(zip(_INPUTS, inputs)))
         full = []
         for name, g in zip(_OUTPUTS, grad_outputs):
             target = torch.zeros_like(buf[name])
             if g is not None:
                 if name == "impulse_history":
-                    target[(model.iterations + 1) * model.contact_count:] = g
+                    target[(model.iterations + 1) * plan.count:] = g
                 else:
                     target.copy_(g)
             full.append(target)
         grads = ctx.launcher.backward(model, phases, buf, full)
-        result = [grads[name] if need else None for name, need in zip(_INPUTS, ctx.needs_input_grad[3:])]
-        return (None, None, None, *result)
+        result = [grads[name] if need else None for name, need in zip(_INPUTS, ctx.needs_input_grad[4:])]
+        return (None, None, None, None, *result)
 
 
 class SolverRigid:
@@ -241,14 +341,20 @@ class SolverRigid:
         model: the scene's constants (tensors may carry gradients).
         backend: ``"warp"`` or ``"taichi"``; both run the same numerics.
         device: ``"cpu"`` or ``"cuda"`` (must match the model's tensors).
+        broad_phase: visit only the slots whose shapes' bounds come within reach this step
+            (``broad_phase.py``); off, every slot is visited. The results are the same bits.
     """
 
-    def __init__(self, model: RigidModel, *, backend: str = "warp", device: str | None = None):
+    def __init__(self, model: RigidModel, *, backend: str = "warp", device: str | None = None, broad_phase: bool = True):
         if backend not in _LAUNCHERS:
             raise HybridsimError(f"unknown backend {backend!r}; expected one of {sorted(_LAUNCHERS)}", field="backend")
         self.model, self.backend = model, backend
         self.device = device or model.device
         self._launcher = _launcher(backend, self.device, model.dtype)
+        self._bounds = None if broad_phase else False  # broad-phase shape data, made on the first step (False: none)
+        self._last_plan = None    # the last step's slots, reused while unchanged
+        self._workspace = None    # buffers of the forward-only step
+        self._constants_cache = None
 
     # -- loads ---------------------------------------------------------------------------
     def spring_loads(self, state: RigidState, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -290,7 +396,7 @@ class SolverRigid:
         torque = torque.index_add(0, bb, -torch.cross(arm_b, f, dim=1) * keep)
         return force, torque
 
-    def _inputs(self, state: RigidState, control: RigidControl | None, dt: float) -> tuple:
+    def _inputs(self, state: RigidState, control: RigidControl | None, dt: float, cached: bool = False) -> tuple:
         model = self.model
         zeros = torch.zeros(model.body_count, 3, dtype=model.dtype, device=model.device)
         force = zeros if control is None or control.body_force is None else control.body_force
@@ -309,26 +415,93 @@ class SolverRigid:
                                                     q / q.norm(dim=1, keepdim=True), state.body_velocity, w,
                                                     force, torque)
             force, torque = force + joint_force, torque + joint_torque
-        friction, restitution = model.slot_materials()
+        inv_mass, inv_inertia, inertia, gravity, friction, restitution = (
+            self._constants() if cached else self._model_inputs())
         return (state.body_position, state.body_orientation, state.body_velocity, state.body_angular_velocity,
-                state.contact_impulse, force, torque, 1.0 / model.body_mass, 1.0 / model.body_inertia,
-                model.body_inertia, model.gravity.reshape(1, 3), friction, restitution)
+                state.contact_impulse, force, torque, inv_mass, inv_inertia, inertia, gravity, friction, restitution)
+
+    def _model_inputs(self) -> tuple:
+        """The model's per-body and per-slot inputs of a step (torch ops: gradients reach the model)."""
+        model = self.model
+        friction, restitution = model.slot_materials()
+        return (1.0 / model.body_mass, 1.0 / model.body_inertia, model.body_inertia, model.gravity.reshape(1, 3),
+                friction, restitution)
+
+    def _constants(self) -> tuple:
+        """``_model_inputs`` without autograd, recomputed only when a model tensor is replaced or
+        changed in place (the cache holds the tensors, so their ids cannot be reused)."""
+        model = self.model
+        sources = (model.body_mass, model.body_inertia, model.gravity, model.shape_friction, model.shape_restitution,
+                   model.ground_friction, model.ground_restitution, model.contact["shape"])
+        key = tuple((id(t), t._version) for t in sources)
+        if self._constants_cache is None or self._constants_cache[0] != key:
+            with torch.no_grad():
+                self._constants_cache = (key, sources, self._model_inputs())
+        return self._constants_cache[2]
 
     # -- stepping ------------------------------------------------------------------------
+    def _plan(self, inputs: tuple, dt: float) -> _SlotPlan:
+        """The broad phase of this step (see ``broad_phase.py``); the last plan is reused while
+        the kept slots do not change."""
+        model = self.model
+        if self._bounds is None:
+            self._bounds = ShapeBounds(model) if model.contact_count >= SMALL_SLOT_COUNT else False
+        slots = None
+        if self._bounds:
+            x, _, v, w, _, f, tau = (t.detach() for t in inputs[:7])
+            slots = candidate_slots(model, self._bounds, x, v, w, f, tau, dt)
+            if slots is not None and slots.shape[0] == model.contact_count:
+                slots = None
+        last = self._last_plan
+        if slots is None:
+            if last is None or last.slots is not None:
+                last = _full_plan(model)
+        elif last is None or last.slots is None or not torch.equal(last.slots, slots):
+            last = _sub_plan(model, slots)
+        self._last_plan = last
+        return last
+
+    @staticmethod
+    def _restrict(plan: _SlotPlan, inputs: tuple) -> tuple:
+        """The per-slot inputs (warm impulse, friction, restitution) of the plan's slots only."""
+        if plan.slots is None:
+            return inputs
+        return (*inputs[:4], inputs[4].index_select(0, plan.slots), *inputs[5:11],
+                inputs[11].index_select(0, plan.slots), inputs[12].index_select(0, plan.slots))
+
+    def _impulses(self, plan: _SlotPlan, impulse: torch.Tensor) -> torch.Tensor:
+        """Per-slot impulses (K, 3) of the plan back to all slots (C, 3); skipped slots hold 0."""
+        if plan.slots is None:
+            return impulse
+        full = torch.zeros(self.model.contact_count, 3, dtype=impulse.dtype, device=impulse.device)
+        return full.index_copy(0, plan.slots, impulse)
+
     def step(self, state_in: RigidState, state_out: RigidState, control: RigidControl | None, dt: float) -> None:
-        """Advance ``state_in`` by ``dt`` seconds into ``state_out`` (no autograd; state_in untouched)."""
+        """Advance ``state_in`` by ``dt`` seconds into ``state_out`` (no autograd; state_in untouched).
+
+        Runs the kernels of ``step_differentiable`` on buffers kept from step to step, without
+        the tape; the results are the same bits."""
+        dt = float(dt)
         with torch.no_grad():
-            inputs = tuple(t.detach().contiguous() for t in self._inputs(state_in, control, dt))
-            buf = _buffers(self.model, dict(zip(_INPUTS, inputs)))
-            self._launcher.forward(self.model, _phases(self.model, float(dt)), buf)
-            outputs = self._joints(_outputs(self.model, buf), dt)
+            inputs = self._inputs(state_in, control, dt, cached=True)
+            plan = self._plan(inputs, dt)
+            inputs = self._restrict(plan, inputs)
+            if self._workspace is None:
+                self._workspace = _Workspace()
+            buf = self._workspace.prepare(self.model, plan, dict(zip(_INPUTS, inputs)))
+            self._launcher.forward_reused(self.model, self._workspace, _phases(self.model, dt, plan.count))
+            outputs = _outputs(self.model, plan, buf)
+            outputs = self._joints((*outputs[:4], self._impulses(plan, outputs[4])), dt)
             for dst, src in zip(state_out.tensors(), outputs):
                 dst.copy_(src)
 
     def step_differentiable(self, state: RigidState, control: RigidControl | None, dt: float) -> RigidState:
         """Advance ``state`` by ``dt``; a torch autograd op over state, control and model tensors."""
-        outputs = _RigidStep.apply(self._launcher, self.model, float(dt), *self._inputs(state, control, dt))
-        return RigidState(*self._joints(outputs, dt))
+        dt = float(dt)
+        inputs = self._inputs(state, control, dt)
+        plan = self._plan(inputs, dt)
+        outputs = _RigidStep.apply(self._launcher, self.model, plan, dt, *self._restrict(plan, inputs))
+        return RigidState(*self._joints((*outputs[:4], self._impulses(plan, outputs[4])), dt))
 
     def _joints(self, outputs: tuple, dt: float) -> tuple:
         """Project the stepped poses onto the ball / hinge joints (torch ops, both backends)."""
