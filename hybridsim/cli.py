@@ -194,6 +194,10 @@ def _refine_written(args, out: Path, fps: float, code: int) -> int:
 
 def _render_fluid(world, frames: int, out: Path, quiet: bool, trajectory=None) -> int:
     """``hybridsim render`` for a scene with a 2D grid fluid: smoke video, layers, states."""
+    if world.spec.fluid.dimension == 3:  # a smoke volume over the ground and its obstacles
+        from .render.fluid3d import write_fluid3d_outputs
+
+        return write_fluid3d_outputs(world, frames, out, quiet, trajectory)
     import numpy as np
     import torch
     from tqdm import tqdm

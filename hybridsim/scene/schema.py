@@ -752,7 +752,7 @@ class Learnable(_Spec):
 
 
 # --------------------------------------------------------------------------------------------
-# 2D grid fluid (smoke)
+# 2D and 3D grid fluid (smoke)
 # --------------------------------------------------------------------------------------------
 
 
@@ -760,21 +760,22 @@ def _boundary(v: Any):
     kinds = ("wall", "open", "periodic")
     v = _maybe_list(v)
     if isinstance(v, str):
-        v = [v] * 4
-    if not isinstance(v, (list, tuple)) or len(v) != 4 or not all(isinstance(k, str) for k in v):
-        fail(f"must be one of {kinds} or a list of 4 of them [x_lo, x_hi, y_lo, y_hi] (got {show(v)})")
+        v = [v] * 4  # one kind everywhere; FluidSpec widens it to 6 sides for a 3D grid
+    if not isinstance(v, (list, tuple)) or len(v) not in (4, 6) or not all(isinstance(k, str) for k in v):
+        fail(f"must be one of {kinds} or a list of 4 of them [x_lo, x_hi, y_lo, y_hi] (6 in 3D: "
+             f"[x_lo, x_hi, y_lo, y_hi, z_lo, z_hi]) (got {show(v)})")
     for i, kind in enumerate(v):
         if kind not in kinds:
             fail(f"must be one of {', '.join(map(repr, kinds))} (got {show(kind)})", f"[{i}]")
-    if (v[0] == "periodic") != (v[1] == "periodic") or (v[2] == "periodic") != (v[3] == "periodic"):
-        fail("periodic sides come in pairs (x_lo with x_hi, y_lo with y_hi)")
+    if any((v[a] == "periodic") != (v[a + 1] == "periodic") for a in range(0, len(v), 2)):
+        fail("periodic sides come in pairs (x_lo with x_hi, y_lo with y_hi, z_lo with z_hi)")
     return tuple(v)
 
 
 def _cells(v: Any):
     v = _maybe_list(v)
-    if not isinstance(v, (list, tuple)) or len(v) != 2 or not all(isinstance(c, int) and not isinstance(c, bool) for c in v):
-        fail(f"must be a list of 2 integers [nx, ny] (got {show(v)})")
+    if not isinstance(v, (list, tuple)) or len(v) not in (2, 3) or not all(isinstance(c, int) and not isinstance(c, bool) for c in v):
+        fail(f"must be a list of 2 integers [nx, ny] (a 2D fluid) or 3 [nx, ny, nz] (3D) (got {show(v)})")
     for i, c in enumerate(v):
         if not 3 <= c <= 4096:
             fail(f"must be in [3, 4096] (got {c})", f"[{i}]")
@@ -782,19 +783,20 @@ def _cells(v: Any):
 
 
 class FluidShapeSpec(_Spec):
-    """A disc (``radius``) or axis-aligned box (``half_size``) in the fluid plane [m]."""
+    """A disc (``radius``) or axis-aligned box (``half_size`` [hx, hy]) in the fluid plane [m]; in a
+    3D fluid a sphere (``radius``) or box (``half_size`` [hx, hy, hz]) with a 3-vector ``center``."""
 
-    shape: _choice_type("disc", "box") = "disc"  # type: ignore[valid-type]
-    center: Vec2
+    shape: _choice_type("disc", "sphere", "box") = "disc"  # type: ignore[valid-type]
+    center: Annotated[tuple[float, ...], BeforeValidator(lambda v: _to_vec23(v))]
     radius: _num_type(gt=0.0, optional=True) = None  # type: ignore[valid-type]
-    half_size: Annotated[tuple[float, float] | None, BeforeValidator(lambda v: None if v is None else _to_vec2(v))] = None
+    half_size: Annotated[tuple[float, ...] | None, BeforeValidator(lambda v: None if v is None else _to_vec23(v))] = None
 
     @model_validator(mode="after")
     def _check_size(self):
-        if self.shape == "disc" and self.radius is None:
-            fail("a disc needs a radius", "radius")
+        if self.shape in ("disc", "sphere") and self.radius is None:
+            fail(f"a {self.shape} needs a radius", "radius")
         if self.shape == "box" and (self.half_size is None or min(self.half_size) <= 0):
-            fail("a box needs a positive half_size [hx, hy]", "half_size")
+            fail("a box needs a positive half_size [hx, hy] ([hx, hy, hz] in 3D)", "half_size")
         return self
 
 
@@ -828,12 +830,14 @@ class FluidTemperatureSpec(_Spec):
 
 
 class FluidSpec(_Spec):
-    """A 2D smoke domain in the world's x-z plane: grid x is world x, grid y is world z."""
+    """A 2D smoke domain in the world's x-z plane (grid x is world x, grid y is world z), or with
+    ``cells = [nx, ny, nz]`` a 3D one (grid (i, j, k) is world (x, y, z); 3-vector ``origin`` and
+    centres, sphere / box shapes, six boundary sides)."""
 
-    cells: Annotated[tuple[int, int], BeforeValidator(_cells)]
+    cells: Annotated[tuple[int, ...], BeforeValidator(_cells)]
     cell_size: PosFloat = 1.0
-    origin: Vec2 = (0.0, 0.0)
-    boundary: Annotated[tuple[str, str, str, str], BeforeValidator(_boundary)] = ("wall",) * 4
+    origin: Annotated[tuple[float, ...], BeforeValidator(lambda v: _to_vec23(v))] = (0.0, 0.0)
+    boundary: Annotated[tuple[str, ...], BeforeValidator(_boundary)] = ("wall",) * 4
     wall_slip: _choice_type("free_slip", "no_slip") = "free_slip"  # type: ignore[valid-type]
     buoyancy: Float = 1.0
     vorticity: NonNegFloat = 0.0
@@ -847,6 +851,43 @@ class FluidSpec(_Spec):
     obstacles: tuple[FluidObstacleSpec, ...] = ()
     obstacle_color: Color = (0.45, 0.42, 0.4)
     temperature: FluidTemperatureSpec | None = None
+
+    @property
+    def dimension(self) -> int:
+        """2 for a smoke plane, 3 for a smoke volume."""
+        return len(self.cells)
+
+    @model_validator(mode="after")
+    def _check_dimensions(self) -> "FluidSpec":
+        dim = self.dimension
+        if dim == 3 and "origin" not in self.model_fields_set:
+            object.__setattr__(self, "origin", (0.0, 0.0, 0.0))  # frozen: the default is the 2D one
+        if len(self.origin) != dim:
+            fail(f"origin has {len(self.origin)} components but cells has {dim} (a {dim}D fluid)", "origin")
+        if dim == 3 and len(self.boundary) == 4:
+            if len(set(self.boundary)) != 1:
+                fail("a 3D fluid needs 6 sides [x_lo, x_hi, y_lo, y_hi, z_lo, z_hi] (or one kind)", "boundary")
+            object.__setattr__(self, "boundary", (self.boundary[0],) * 6)
+        if len(self.boundary) != 2 * dim:
+            fail(f"a {dim}D fluid needs {2 * dim} boundary sides (got {len(self.boundary)})", "boundary")
+        round_shape = "sphere" if dim == 3 else "disc"
+        for group, shapes in (("inflows", self.inflows), ("obstacles", self.obstacles)):
+            for i, shape in enumerate(shapes):
+                if len(shape.center) != dim:
+                    fail(f"center has {len(shape.center)} components but cells has {dim} (a {dim}D fluid)",
+                         f"{group}[{i}].center")
+                if shape.shape not in (round_shape, "box"):
+                    fail(f"a {dim}D fluid takes shape = {round_shape!r} or 'box' (got {shape.shape!r})",
+                         f"{group}[{i}].shape")
+                if shape.shape == "box" and len(shape.half_size) != dim:
+                    fail(f"half_size has {len(shape.half_size)} components but cells has {dim} (a {dim}D fluid)",
+                         f"{group}[{i}].half_size")
+        if dim == 3:
+            for i, obstacle in enumerate(self.obstacles):
+                if any(obstacle.velocity) or obstacle.angular_velocity or obstacle.angle:
+                    fail("obstacles of a 3D fluid are static and axis-aligned (velocity, angular_velocity and "
+                         "angle are 2D only)", f"obstacles[{i}]")
+        return self
 
     @model_validator(mode="after")
     def _check_temperature(self) -> "FluidSpec":

@@ -1,5 +1,6 @@
 """Scenes with a 2D grid fluid: the ``[fluid]`` table of a scene made into a GridFluidModel, and
-differentiable rollouts of it recorded once per frame.
+differentiable rollouts of it recorded once per frame. A ``[fluid]`` with ``cells = [nx, ny, nz]``
+is a 3D fluid: both functions hand it to ``hybridsim.sim.fluid3d``.
 
 The fluid lives in the world's x-z plane (y = 0): grid x is world x, grid y is world z, and
 ``fluid.origin`` is the world (x, z) of the grid's lower-left corner. Gravity points along -z,
@@ -16,7 +17,7 @@ import torch
 
 from ..errors import SceneError, SimulationError
 
-__all__ = ["fluid_model", "fluid_rollout", "FLUID_LEARNABLE"]
+__all__ = ["fluid_model", "fluid_rollout", "set_fluid_coefficients", "FLUID_LEARNABLE"]
 
 FLUID_LEARNABLE = ("fluid.buoyancy", "fluid.vorticity", "fluid.viscosity", "fluid.inflows[i].rate", "fluid.inflows[i].center",
                    "fluid.inflows[i].temperature", "fluid.temperature.buoyancy", "fluid.temperature.ambient",
@@ -31,6 +32,10 @@ def fluid_model(world, params: Mapping[str, torch.Tensor] | None = None):
     spec = world.spec.fluid
     if spec is None:
         raise SceneError("the scene has no [fluid] table", file=world.spec.source, field="fluid")
+    if spec.dimension == 3:  # cells = [nx, ny, nz]: a smoke volume (hybridsim.sim.fluid3d)
+        from .fluid3d import fluid_model3d
+
+        return fluid_model3d(world, params)
     origin = torch.tensor(spec.origin, dtype=world.dtype, device=world.device)
     heat = spec.temperature
     builder = GridFluidBuilder(cell_count=spec.cells, cell_size=spec.cell_size, boundary=spec.boundary,
@@ -56,8 +61,19 @@ def fluid_model(world, params: Mapping[str, torch.Tensor] | None = None):
     except Exception as error:  # HybridsimError from the builder: name the scene file and table
         raise SceneError(getattr(error, "message", str(error)), file=world.spec.source,
                          field=f"fluid.{getattr(error, 'field', '') or ''}".rstrip(".")) from None
+    set_fluid_coefficients(world, params, model)
+    if spec.inflows:
+        model.inflow_center = torch.stack([world.value(f"fluid.inflows[{i}].center", params) - origin
+                                           for i in range(len(spec.inflows))])
+    return model
+
+
+def set_fluid_coefficients(world, params, model) -> None:
+    """Put the scene's (possibly learned) coefficients on a 2D or 3D fluid model: buoyancy,
+    vorticity, viscosity, inflow rates and, with ``[fluid.temperature]``, the Boussinesq values."""
+    spec = world.spec.fluid
     model.buoyancy = world.value("fluid.buoyancy", params).reshape(1)
-    if heat is not None:  # Boussinesq: the density term is the smoke's weight
+    if spec.temperature is not None:  # Boussinesq: the density term is the smoke's weight
         model.buoyancy = -world.value("fluid.temperature.density_weight", params).reshape(1)
         model.temperature_buoyancy = world.value("fluid.temperature.buoyancy", params).reshape(1)
         model.ambient_temperature = world.value("fluid.temperature.ambient", params).reshape(1)
@@ -71,9 +87,6 @@ def fluid_model(world, params: Mapping[str, torch.Tensor] | None = None):
     if spec.inflows:
         model.inflow_rate = torch.stack([world.value(f"fluid.inflows[{i}].rate", params).reshape(())
                                          for i in range(len(spec.inflows))])
-        model.inflow_center = torch.stack([world.value(f"fluid.inflows[{i}].center", params) - origin
-                                           for i in range(len(spec.inflows))])
-    return model
 
 
 def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: int | None = None,
@@ -90,6 +103,12 @@ def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
     from ..solvers.grid_fluid import SolverGridFluid, rollout_grid_fluid
 
     spec = world.spec
+    if spec.fluid.dimension == 3:  # a GridFluid3DTrajectory (no motion prior or frame guard in 3D yet)
+        if motion_prior is not None:
+            raise SceneError("a motion prior is not supported for a 3D fluid yet", file=spec.source, field="fluid.cells")
+        from .fluid3d import fluid_rollout3d
+
+        return fluid_rollout3d(world, params, frames=frames, checkpoint=checkpoint, progress=progress)
     frames = spec.frame_count if frames is None else int(frames)
     from .resources import check_scene_memory
 

@@ -241,12 +241,14 @@ def estimate_scene(spec, *, frames: int | None = None, grad: bool = False, rende
     what = ("grad rollout of " if grad else "") + f"{frames} frames"
     mpm = getattr(spec, "mpm", None)
     if spec.fluid is not None:
-        nx, ny = spec.fluid.cells
-        cells = nx * ny
-        state = (nx + 1) * ny + nx * (ny + 1) + cells
+        shape = tuple(spec.fluid.cells)
+        cells = math.prod(shape)
+        # one face array per axis (n + 1 faces along it) and the density
+        state = sum(cells // n * (n + 1) for n in shape) + cells
         if getattr(spec.fluid, "temperature", None) is not None:
             state += cells  # the temperature field is recorded and carried like density
-        est = MemoryEstimate(f"fluid grid {nx}x{ny} with {what}", "fluid.cells", "reduce cells or frames", device)
+        est = MemoryEstimate(f"fluid grid {'x'.join(map(str, shape))} with {what}", "fluid.cells",
+                             "reduce cells or frames", device)
         est.add("per-frame records", RECORD_COPIES * kept * state * s)
         est.add("solver workspace", FLUID_WORKSPACE_FLOATS * cells * s)
         if grad:

@@ -63,7 +63,7 @@ class _ProjectFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, projection: PressureProjection, solid, u, v):
         ctx.projection = projection
-        return projection.project(u.detach(), v.detach(), solid)
+        return projection.project(u.detach(), v.detach(), solid=solid)
 
     @staticmethod
     def backward(ctx, grad_u, grad_v):
@@ -82,30 +82,28 @@ def project(projection: PressureProjection, u: torch.Tensor, v: torch.Tensor,
 
 class _DiffuseFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, diffusion: ViscousDiffusion, dt: float, viscosity, u, v):
+    def forward(ctx, diffusion: ViscousDiffusion, dt: float, viscosity, *fields):
         nu = float(viscosity.detach().reshape(-1)[0])
-        u_out, v_out = diffusion.solve(nu * dt, u.detach(), v.detach())
+        outs = diffusion.solve(nu * dt, *(f.detach() for f in fields))
         ctx.diffusion, ctx.dt, ctx.nu = diffusion, dt, nu
-        ctx.save_for_backward(viscosity, u_out, v_out)
-        return u_out, v_out
+        ctx.save_for_backward(viscosity, *outs)
+        return outs
 
     @staticmethod
-    def backward(ctx, grad_u, grad_v):
-        viscosity, u_out, v_out = ctx.saved_tensors
+    def backward(ctx, *grads):
+        viscosity, *outs = ctx.saved_tensors
         diffusion = ctx.diffusion
-        grad_u = torch.zeros_like(u_out) if grad_u is None else grad_u
-        grad_v = torch.zeros_like(v_out) if grad_v is None else grad_v
-        psi_u, psi_v = diffusion.solve(ctx.nu * ctx.dt, grad_u, grad_v)
+        grads = [torch.zeros_like(out) if g is None else g for g, out in zip(grads, outs)]
+        psi = diffusion.solve(ctx.nu * ctx.dt, *grads)
         grad_viscosity = None
         if ctx.needs_input_grad[2]:
-            k_u, k_v = diffusion.apply_laplacian(u_out, v_out)
-            value = -ctx.dt * (torch.dot(psi_u.reshape(-1), k_u.reshape(-1))
-                               + torch.dot(psi_v.reshape(-1), k_v.reshape(-1)))
+            laplacian = diffusion.apply_laplacian(*outs)
+            value = -ctx.dt * sum(torch.dot(a.reshape(-1), k.reshape(-1)) for a, k in zip(psi, laplacian))
             grad_viscosity = value.reshape(viscosity.shape)
-        return None, None, grad_viscosity, psi_u, psi_v
+        return (None, None, grad_viscosity, *psi)
 
 
-def diffuse(diffusion: ViscousDiffusion, dt: float, viscosity: torch.Tensor, u: torch.Tensor,
-            v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Implicit viscous step (I + nu dt K)^-1 m (u, v); differentiable in nu, u and v."""
-    return _DiffuseFunction.apply(diffusion, float(dt), viscosity, u, v)
+def diffuse(diffusion: ViscousDiffusion, dt: float, viscosity: torch.Tensor,
+            *fields: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Implicit viscous step (I + nu dt K)^-1 m (u, v[, w]); differentiable in nu and the fields."""
+    return _DiffuseFunction.apply(diffusion, float(dt), viscosity, *fields)

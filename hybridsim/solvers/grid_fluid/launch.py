@@ -6,6 +6,8 @@ reverse-mode twin (Warp ``adjoint=True``, Taichi ``kernel.grad``) on the given i
 the gradients of all input arrays; ``bind`` returns a zero-argument callable that relaunches one
 kernel on fixed arrays (the inner loop of the conjugate gradient solver). A kernel is named by a
 string, or by ("add_inflow", source_count) / ("heat_inflow", source_count) for the source kernels.
+``dimension`` picks the 2D kernels (kernels/*/grid_fluid.py) or the 3D ones (grid_fluid3d.py);
+the Python around them (solves, autograd) is shared.
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ __all__ = ["launcher_for"]
 class _WarpLauncher:
     backend = "warp"
 
-    def __init__(self, device: str, dtype: torch.dtype):
+    def __init__(self, device: str, dtype: torch.dtype, dimension: int = 2):
         wp = backends.warp()
-        from hybridsim.kernels.warp.grid_fluid import grid_fluid_kernels, inflow_kernels
+        if dimension == 3:
+            from hybridsim.kernels.warp.grid_fluid3d import grid_fluid3d_kernels as grid_fluid_kernels
+            from hybridsim.kernels.warp.grid_fluid3d import inflow3d_kernels as inflow_kernels
+        else:
+            from hybridsim.kernels.warp.grid_fluid import grid_fluid_kernels, inflow_kernels
 
         self.wp = wp
         self.real = wp.float64 if dtype == torch.float64 else wp.float32
@@ -73,9 +79,13 @@ class _WarpLauncher:
 class _TaichiLauncher:
     backend = "taichi"
 
-    def __init__(self, device: str, dtype: torch.dtype):
+    def __init__(self, device: str, dtype: torch.dtype, dimension: int = 2):
         ti = backends.taichi(device)
-        from hybridsim.kernels.taichi.grid_fluid import grid_fluid_kernels, inflow_kernels
+        if dimension == 3:
+            from hybridsim.kernels.taichi.grid_fluid3d import grid_fluid3d_kernels as grid_fluid_kernels
+            from hybridsim.kernels.taichi.grid_fluid3d import inflow3d_kernels as inflow_kernels
+        else:
+            from hybridsim.kernels.taichi.grid_fluid import grid_fluid_kernels, inflow_kernels
 
         self.ti = ti
         real = ti.f64 if dtype == torch.float64 else ti.f32
@@ -114,6 +124,6 @@ _LAUNCHERS = {"warp": _WarpLauncher, "taichi": _TaichiLauncher}
 
 
 @functools.cache
-def launcher_for(backend: str, device: str, dtype: torch.dtype):
-    """The (cached) launcher of ``backend`` for ``device`` and ``dtype``."""
-    return _LAUNCHERS[backend](device, dtype)
+def launcher_for(backend: str, device: str, dtype: torch.dtype, dimension: int = 2):
+    """The (cached) launcher of ``backend`` for ``device``, ``dtype`` and grid ``dimension`` (2 or 3)."""
+    return _LAUNCHERS[backend](device, dtype, dimension)

@@ -120,12 +120,21 @@ def _warn_unconverged(name: str, result: SolveResult, tolerance: float, max_iter
             RuntimeWarning, stacklevel=4)
 
 
+def _cell_shape(face_fields) -> tuple[int, ...]:
+    """Cell counts of a MAC grid from its per-axis face arrays (axis d of the next axis' array)."""
+    count = len(face_fields)
+    return tuple(int(face_fields[(d + 1) % count].shape[d]) for d in range(count))
+
+
 class PressureProjection:
     """Makes face velocities discretely divergence-free; ``project_adjoint`` is its transpose.
 
+    Dimension-agnostic: the face fields come one per axis (2D: u, v; 3D: u, v, w, with the 3D
+    launcher), and every method takes them in that order.
+
     Args:
         launcher: the backend launcher (see launch.py).
-        area_x, area_y: face open fractions, shapes (Fx, ny) and (nx, Fy).
+        areas: face open fractions per axis, shapes (Fx, ny) and (nx, Fy) in 2D (3D: (Fx, ny, nz), ...).
         cell_size: dx [m].
         flags: boundary bits.
         singular: True when no side is open (remove the mean).
@@ -135,18 +144,20 @@ class PressureProjection:
             iterations, but its triangular sweeps run serially: meant for CPUs).
     """
 
-    def __init__(self, launcher, area_x: torch.Tensor, area_y: torch.Tensor, *, cell_size: float, flags: int,
+    def __init__(self, launcher, *areas: torch.Tensor, cell_size: float, flags: int,
                  singular: bool, tolerance: float, max_iterations: int, preconditioner: str = "jacobi"):
         self.launcher = launcher
-        self.area_x, self.area_y = area_x.contiguous(), area_y.contiguous()
-        self.mask_x = (area_x > 0).to(area_x.dtype)
-        self.mask_y = (area_y > 0).to(area_y.dtype)
+        self.areas = tuple(a.contiguous() for a in areas)
+        self.masks = tuple((a > 0).to(a.dtype) for a in self.areas)
+        self.area_x, self.area_y = self.areas[:2]
+        self.mask_x, self.mask_y = self.masks[:2]
+        area_x = self.area_x
         self.cell_size, self.flags = float(cell_size), int(flags)
         self.tolerance, self.max_iterations = float(tolerance), int(max_iterations)
-        self.cell_shape = (area_y.shape[0], area_x.shape[1])
-        self.face_dim = (self.cell_shape[0] + 1, self.cell_shape[1] + 1)
+        self.cell_shape = _cell_shape(self.areas)
+        self.face_dim = tuple(n + 1 for n in self.cell_shape)
         diagonal = area_x.new_empty(self.cell_shape)
-        launcher.launch("pressure_diagonal", self.cell_shape, [self.area_x, self.area_y], [self.cell_size, self.flags],
+        launcher.launch("pressure_diagonal", self.cell_shape, list(self.areas), [self.cell_size, self.flags],
                         [diagonal])
         fluid = diagonal > 0
         self.fluid_cells = fluid.to(area_x.dtype)
@@ -161,18 +172,18 @@ class PressureProjection:
                                        periodic=(bool(self.flags & 1), bool(self.flags & 2)))
         if preconditioner == "incomplete_cholesky":
             self.precon = area_x.new_empty(self.cell_shape)
-            launcher.launch("factor_incomplete_cholesky", 1, [self.area_x, self.area_y], [self.cell_size, self.flags],
+            launcher.launch("factor_incomplete_cholesky", 1, list(self.areas), [self.cell_size, self.flags],
                             [self.precon])
         self.last_result: SolveResult | None = None
 
-    def divergence(self, u: torch.Tensor, v: torch.Tensor, weighted: bool = True, weights=None) -> torch.Tensor:
+    def divergence(self, *velocities: torch.Tensor, weighted: bool = True, weights=None) -> torch.Tensor:
         """Per-cell divergence [1/s] of the area-weighted (or mask-weighted, or ``weights``-weighted)
         face velocities."""
-        out = u.new_empty(self.cell_shape)
+        out = velocities[0].new_empty(self.cell_shape)
         if weights is None:
-            weights = [self.area_x, self.area_y] if weighted else [self.mask_x, self.mask_y]
+            weights = self.areas if weighted else self.masks
         weights = [w.contiguous() for w in weights]
-        self.launcher.launch("divergence", self.cell_shape, [u.contiguous(), v.contiguous(), *weights],
+        self.launcher.launch("divergence", self.cell_shape, [*(f.contiguous() for f in velocities), *weights],
                              [self.cell_size, self.flags], [out])
         return out
 
@@ -181,12 +192,12 @@ class PressureProjection:
 
         def apply_operator(p: torch.Tensor, out: torch.Tensor):
             return self.launcher.bind("apply_pressure_operator", self.cell_shape,
-                                      [p.view(self.cell_shape), self.area_x, self.area_y],
+                                      [p.view(self.cell_shape), *self.areas],
                                       [self.cell_size, self.flags], [out.view(self.cell_shape)])
 
         def apply_preconditioner(r: torch.Tensor, z: torch.Tensor):
             return self.launcher.bind("apply_incomplete_cholesky", 1,
-                                      [r.view(self.cell_shape), self.area_x, self.area_y, self.precon],
+                                      [r.view(self.cell_shape), *self.areas, self.precon],
                                       [self.cell_size], [z.new_empty(self.cell_shape), z.view(self.cell_shape)])
 
         preconditioner = {"incomplete_cholesky": apply_preconditioner,
@@ -198,65 +209,74 @@ class PressureProjection:
         _warn_unconverged("pressure", result, self.tolerance, self.max_iterations)
         return result.solution.view(self.cell_shape)
 
-    def _subtract_gradient(self, u, v, p, weights) -> tuple[torch.Tensor, torch.Tensor]:
-        u_out, v_out = torch.empty_like(u), torch.empty_like(v)
+    def _subtract_gradient(self, velocities, p, weights) -> tuple[torch.Tensor, ...]:
+        outs = tuple(torch.empty_like(f) for f in velocities)
         self.launcher.launch("subtract_pressure_gradient", self.face_dim,
-                             [u, v, p, self.mask_x, self.mask_y, *weights], [self.cell_size, self.flags],
-                             [u_out, v_out])
-        return u_out, v_out
+                             [*velocities, p, *self.masks, *weights], [self.cell_size, self.flags], list(outs))
+        return outs
 
-    def solid_divergence(self, solid_u: torch.Tensor, solid_v: torch.Tensor) -> torch.Tensor:
+    def pressure_gradient(self, p: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """m G p on every face [pressure / m], one tensor per axis (zero on solid faces)."""
+        zeros = [torch.zeros_like(m) for m in self.masks]
+        return tuple(-g for g in self._subtract_gradient(zeros, p.contiguous(), self.masks))
+
+    def solid_divergence(self, *solid: torch.Tensor) -> torch.Tensor:
         """Divergence of the solid part (1 - A) u_s of the face fluxes [1/s]."""
-        return self.divergence(solid_u.contiguous(), solid_v.contiguous(),
-                               weights=(1.0 - self.area_x, 1.0 - self.area_y))
+        return self.divergence(*(s.contiguous() for s in solid), weights=tuple(1.0 - a for a in self.areas))
 
-    def project(self, u: torch.Tensor, v: torch.Tensor, solid=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def project(self, *velocities: torch.Tensor, solid=None) -> tuple[torch.Tensor, ...]:
         """u' = m (u - G p) with M p = G^T A u = -div_A(u). With ``solid`` = (u_s, v_s), the solid
         velocity normal to each face: M p = -div(A u + (1 - A) u_s) on fluid cells and solid faces
         get u_s."""
-        u, v = u.contiguous(), v.contiguous()
+        velocities = tuple(f.contiguous() for f in velocities)
         if solid is None:
-            pressure = self.solve(-self.divergence(u, v))
-            return self._subtract_gradient(u, v, pressure, (self.mask_x, self.mask_y))
-        solid_u, solid_v = solid
-        rhs = -(self.divergence(u, v) + self.solid_divergence(solid_u, solid_v)) * self.fluid_cells
+            pressure = self.solve(-self.divergence(*velocities))
+            return self._subtract_gradient(velocities, pressure, self.masks)
+        rhs = -(self.divergence(*velocities) + self.solid_divergence(*solid)) * self.fluid_cells
         pressure = self.solve(rhs)
-        u_out, v_out = self._subtract_gradient(u, v, pressure, (self.mask_x, self.mask_y))
-        return u_out + (1.0 - self.mask_x) * solid_u, v_out + (1.0 - self.mask_y) * solid_v
+        outs = self._subtract_gradient(velocities, pressure, self.masks)
+        return tuple(out + (1.0 - m) * s for out, m, s in zip(outs, self.masks, solid))
 
-    def project_adjoint(self, grad_u: torch.Tensor, grad_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """P^T g = m g - A G psi with M psi = G^T (m g): one solve with the same matrix."""
-        grad_u, grad_v = grad_u.contiguous(), grad_v.contiguous()
-        psi = self.solve(-self.divergence(grad_u, grad_v, weighted=False))
-        return self._subtract_gradient(grad_u, grad_v, psi, (self.area_x, self.area_y))
+    def adjoint_pressure(self, *grads: torch.Tensor) -> torch.Tensor:
+        """psi with M psi = G^T (m g): the adjoint solve of ``project_adjoint``."""
+        return self.solve(-self.divergence(*(g.contiguous() for g in grads), weighted=False))
+
+    def project_adjoint(self, *grads: torch.Tensor, psi: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """P^T g = m g - A G psi with M psi = G^T (m g): one solve with the same matrix (skipped when
+        ``psi`` from ``adjoint_pressure`` is given)."""
+        grads = tuple(g.contiguous() for g in grads)
+        psi = self.adjoint_pressure(*grads) if psi is None else psi
+        return self._subtract_gradient(grads, psi, self.areas)
 
 
 class ViscousDiffusion:
     """Implicit viscosity: solves (I + nu dt K) u' = m u for both face fields at once."""
 
-    def __init__(self, launcher, mask_x: torch.Tensor, mask_y: torch.Tensor, *, cell_size: float, flags: int,
-                 tolerance: float, max_iterations: int):
+    def __init__(self, launcher, *masks: torch.Tensor, cell_size: float, flags: int, tolerance: float,
+                 max_iterations: int):
         self.launcher = launcher
-        self.mask_x, self.mask_y = mask_x.contiguous(), mask_y.contiguous()
+        self.masks = tuple(m.contiguous() for m in masks)
+        self.mask_x, self.mask_y = self.masks[:2]
         self.cell_size, self.flags = float(cell_size), int(flags)
         self.tolerance, self.max_iterations = float(tolerance), int(max_iterations)
-        self.shape_x, self.shape_y = tuple(mask_x.shape), tuple(mask_y.shape)
-        self.split = mask_x.numel()
-        self.face_dim = (self.shape_y[0] + 1, self.shape_x[1] + 1)
-        self.mask = torch.cat([mask_x.reshape(-1), mask_y.reshape(-1)])
+        self.shapes = tuple(tuple(m.shape) for m in self.masks)
+        self.shape_x, self.shape_y = self.shapes[:2]
+        self.splits = [m.numel() for m in self.masks]
+        self.face_dim = tuple(n + 1 for n in _cell_shape(self.masks))
+        self.mask = torch.cat([m.reshape(-1) for m in self.masks])
         self.last_result: SolveResult | None = None
 
-    def _views(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return flat[: self.split].view(self.shape_x), flat[self.split:].view(self.shape_y)
+    def _views(self, flat: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(part.view(shape) for part, shape in zip(flat.split(self.splits), self.shapes))
 
     def _launch(self, name: str, x: torch.Tensor, alpha: float, beta: float, out: torch.Tensor, bind: bool = False):
         launch = self.launcher.bind if bind else self.launcher.launch
-        return launch(name, self.face_dim, [*self._views(x), self.mask_x, self.mask_y],
+        return launch(name, self.face_dim, [*self._views(x), *self.masks],
                       [float(alpha), float(beta), self.cell_size, self.flags], list(self._views(out)))
 
-    def solve(self, coefficient: float, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Solve (I + coefficient K) x = m (u, v); coefficient = nu dt [m^2]."""
-        rhs = torch.cat([u.reshape(-1), v.reshape(-1)]) * self.mask
+    def solve(self, coefficient: float, *fields: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Solve (I + coefficient K) x = m (u, v[, w]); coefficient = nu dt [m^2]."""
+        rhs = torch.cat([f.reshape(-1) for f in fields]) * self.mask
         diagonal = torch.empty_like(rhs)
         self._launch("diffusion_diagonal", rhs, 1.0, coefficient, diagonal)
         result = conjugate_gradient(lambda p, out: self._launch("apply_diffusion_operator", p, 1.0, coefficient, out, bind=True),
@@ -265,9 +285,9 @@ class ViscousDiffusion:
         _warn_unconverged("viscosity", result, self.tolerance, self.max_iterations)
         return self._views(result.solution)
 
-    def apply_laplacian(self, u: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K (u, v): the negated face Laplacian [1/m^2 times velocity], zero on solid faces."""
-        x = torch.cat([u.reshape(-1), v.reshape(-1)])
+    def apply_laplacian(self, *fields: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """K (u, v[, w]): the negated face Laplacian [1/m^2 times velocity], zero on solid faces."""
+        x = torch.cat([f.reshape(-1) for f in fields])
         out = torch.empty_like(x)
         self._launch("apply_diffusion_operator", x, 0.0, 1.0, out)
         return self._views(out)

@@ -1,0 +1,105 @@
+"""Scenes with a 3D grid fluid: ``[fluid]`` with ``cells = [nx, ny, nz]`` made into a
+GridFluid3DModel, and differentiable rollouts of it recorded once per frame.
+
+Grid (i, j, k) is world (x, y, z), z up, gravity along -z; ``fluid.origin`` is the world position
+of the grid's low corner. Inflows and obstacles are spheres or axis-aligned boxes at world
+centres; obstacles are static. ``[fluid.temperature]`` adds a temperature field as in 2D.
+Learnable: buoyancy, vorticity, viscosity, the temperature values, every inflow's rate and centre
+and every obstacle's centre (through its face fractions).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping
+
+import torch
+
+from ..errors import SceneError, SimulationError
+from .fluid import set_fluid_coefficients
+
+__all__ = ["fluid_model3d", "fluid_rollout3d"]
+
+
+def fluid_model3d(world, params: Mapping[str, torch.Tensor] | None = None):
+    """A GridFluid3DModel of the scene's 3D ``[fluid]``, differentiable w.r.t. its learnable values."""
+    from ..solvers.grid_fluid3d import GridFluid3DBuilder
+
+    spec = world.spec.fluid
+    heat = spec.temperature
+    builder = GridFluid3DBuilder(cell_count=spec.cells, cell_size=spec.cell_size, origin=spec.origin,
+                                 boundary=spec.boundary, wall_slip=spec.wall_slip,
+                                 temperature_buoyancy=None if heat is None else heat.buoyancy,
+                                 ambient_temperature=0.0 if heat is None else heat.ambient,
+                                 cooling_rate=0.0 if heat is None else heat.cooling)
+    for inflow in spec.inflows:
+        if inflow.shape == "sphere":
+            builder.add_inflow_sphere(inflow.center, inflow.radius, inflow.rate, temperature=inflow.temperature)
+        else:
+            builder.add_inflow_box(inflow.center, inflow.half_size, inflow.rate, temperature=inflow.temperature)
+    for obstacle in spec.obstacles:
+        if obstacle.shape == "sphere":
+            builder.add_obstacle_sphere(obstacle.center, obstacle.radius)
+        else:
+            builder.add_obstacle_box(obstacle.center, obstacle.half_size)
+    try:
+        model = builder.finalize(dtype=world.dtype, device=world.device)
+    except Exception as error:  # HybridsimError from the builder: name the scene file and table
+        raise SceneError(getattr(error, "message", str(error)), file=world.spec.source,
+                         field=f"fluid.{getattr(error, 'field', '') or ''}".rstrip(".")) from None
+    set_fluid_coefficients(world, params, model)
+    if spec.inflows:
+        model.inflow_center = torch.stack([world.value(f"fluid.inflows[{i}].center", params).reshape(3)
+                                           for i in range(len(spec.inflows))])
+    if spec.obstacles:
+        model.obstacle_center = torch.stack([world.value(f"fluid.obstacles[{i}].center", params).reshape(3)
+                                             for i in range(len(spec.obstacles))])
+        with torch.no_grad():  # the fractions where the (possibly learned) centres put the obstacles
+            model.face_fraction_x, model.face_fraction_y, model.face_fraction_z = model.face_fractions()
+    return model
+
+
+def fluid_rollout3d(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: int | None = None,
+                    checkpoint: bool | str = "auto", progress=None):
+    """Simulate the scene's 3D fluid from rest for ``frames`` frames (default: the scene's); returns
+    a GridFluid3DTrajectory with one record per frame (record 0 = initial state). A non-finite step
+    raises SimulationError naming the frame and substep.
+
+    Torch runs on one CPU thread meanwhile: the solves' vector updates are too small to gain from
+    more, and on a busy machine a second thread stalled them up to 25x (measured)."""
+    from ..solvers.grid_fluid3d import SolverGridFluid3D, rollout_grid_fluid3d
+
+    spec = world.spec
+    frames = spec.frame_count if frames is None else int(frames)
+    model = fluid_model3d(world, params)
+    solver = SolverGridFluid3D(model, backend=world.backend, device=world.device, dtype=world.dtype,
+                               advection=spec.fluid.advection, density_advection=spec.fluid.density_advection)
+    substeps = spec.time.substeps
+    steps = frames * substeps
+    if checkpoint == "auto":
+        checkpoint = torch.is_grad_enabled() and steps >= 16
+    segment_steps = substeps * max(1, round(math.sqrt(steps) / substeps)) if checkpoint else substeps
+
+    def control(step, state):
+        if progress is not None and step % substeps == 0:
+            progress(step // substeps)
+        return None
+
+    threads = torch.get_num_threads()
+    if world.device == "cpu":
+        torch.set_num_threads(1)
+    try:
+        trajectory = rollout_grid_fluid3d(model, model.state(), steps, dt=spec.dt, solver=solver, control=control,
+                                          record_every=substeps, checkpoint=checkpoint, segment_steps=segment_steps)
+    except SimulationError as error:
+        step = error.step or 0
+        frame, substep = (step - 1) // substeps + 1, (step - 1) % substeps + 1
+        raise SimulationError(f"3D fluid simulation blew up at frame {frame}, substep {substep}: {error.message}; "
+                              f"raise [time] substeps from {substeps} to {4 * substeps} or lower the inflow rate or "
+                              "buoyancy", step=step, quantity=error.quantity, frame=frame, substep=substep,
+                              file=spec.source) from None
+    finally:
+        torch.set_num_threads(threads)
+    if progress is not None:
+        progress(frames)
+    return trajectory
