@@ -414,7 +414,7 @@ def cmd_metrics(args) -> int:
     import torch
 
     from .errors import AssetError
-    from .metrics import flicker, flow_consistency, sphere_physics_metrics, warping_error
+    from .metrics import flicker, flow_consistency, scene_physics_metrics, warping_error
     from .render import read_frames
 
     frames, _ = read_frames(args.video)
@@ -433,14 +433,19 @@ def cmd_metrics(args) -> int:
         result["warping_error"] = warping_error(torch.from_numpy(frames), forward.double(), occlusion)
         result["flow_consistency_px"] = flow_consistency(forward.double(), backward.double(), occlusion)
     states_path = Path(args.states) if args.states else Path(str(args.video)).with_suffix(".states.npz")
-    if states_path.exists() and args.scene:
-        from .sim.world import World
-        world = World(_load_scene(args.scene), precision="float64")
-        model = world.model()
-        states = np.load(states_path, allow_pickle=False)
-        result.update(sphere_physics_metrics(torch.from_numpy(states["positions"]).double(),
-                                             torch.from_numpy(states["velocities"]).double(), model.mass, model.radius,
-                                             gravity=world.spec.gravity, ground_height=world.spec.ground.height))
+    if states_path.exists() and args.scene:  # spheres: flat keys (as before); other simulators under "physics"
+        spec = _load_scene(args.scene)
+        try:
+            with np.load(states_path, allow_pickle=False) as data:
+                states = {key: data[key] for key in data.files}
+            physics = scene_physics_metrics(spec, states)
+        except (KeyError, ValueError, OSError) as error:
+            raise AssetError(f"cannot read the states this scene's simulator writes ({error})",
+                             file=str(states_path)) from None
+        if physics["simulator"] == "spheres":
+            result.update(physics)
+        else:
+            result["physics"] = physics
     print(json.dumps(result, indent=2))
     return 0
 
@@ -602,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("video", help="video file or frame folder")
     p.add_argument("--layers", help="layers npz with flow (default: VIDEO.layers.npz beside it)")
     p.add_argument("--states", help="states npz (default: VIDEO.states.npz beside it)")
-    p.add_argument("--scene", help="scene file, for physical checks of the states (masses, radii)")
+    p.add_argument("--scene", help="scene file, for physical checks of the states (masses, shapes, grids; any "
+                   "simulator)")
     p.set_defaults(run=cmd_metrics)
 
     p = sub.add_parser(
