@@ -35,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sizes", nargs="*", type=int, default=[32, 64])
     parser.add_argument("--backend", choices=["warp", "taichi"], action="append")
-    parser.add_argument("--preconditioner", default="auto", choices=["auto", "jacobi", "incomplete_cholesky"])
+    parser.add_argument("--preconditioner", default="auto", choices=["auto", "jacobi", "incomplete_cholesky", "multigrid"])
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -1,11 +1,12 @@
-"""A multigrid V-cycle that preconditions the pressure CG (MGPCG).
+"""A multigrid V-cycle that preconditions the pressure CG (MGPCG), in 2D and 3D.
 
 The pressure matrix is M = L / dx^2 with L p = sum over a cell's faces of a_f (p_c - p_n): a_f
 the face's open fraction, p_n = 0 beyond an open side, faces wrapped on periodic axes, and a
-wall (or solid) face a_f = 0. Every level keeps that form. A coarse cell is a 2 x 2 block of fine
-cells; a coarse face's coefficient is the mean of the two fine faces it covers (the operator
-re-discretised on the coarse grid, so obstacles and open sides carry over); the residual is
-restricted by summing the four children and the correction prolonged by injection (R = P^T).
+wall (or solid) face a_f = 0. Every level keeps that form. A coarse cell is a 2 x 2 (x 2) block
+of fine cells; a coarse face's coefficient is the mean of the fine faces it covers (2 in 2D, 4 in
+3D: the operator re-discretised on the coarse grid, so obstacles and open sides carry over; in 3D
+a level's operator also doubles with the spacing, face area over distance); the residual is
+restricted by summing the children and the correction prolonged by injection (R = P^T).
 Each level smooths with damped Jacobi, the same sweeps before and after the coarse correction,
 so the V-cycle is a symmetric operator, positive definite because the smoother contracts; the
 coarsest level (at most ``MAX_COARSEST`` cells) is solved exactly with a precomputed
@@ -18,6 +19,8 @@ coarsest grid; ``Multigrid.supports`` says whether they do.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -27,94 +30,113 @@ MAX_COARSEST = 256
 """Largest coarsest level (cells) solved by a dense pseudo-inverse."""
 
 
+def _pad_axis(p: torch.Tensor, axis: int) -> torch.Tensor:
+    """p with one zero layer before and after along ``axis``."""
+    pad = [0, 0] * (p.dim() - axis)
+    pad[-2:] = [1, 1]
+    return F.pad(p, pad)
+
+
+def _pairs(t: torch.Tensor, axis: int, start: int) -> torch.Tensor:
+    """Every other slice of ``t`` along ``axis`` from ``start``."""
+    index = [slice(None)] * t.dim()
+    index[axis] = slice(start, None, 2)
+    return t[tuple(index)]
+
+
 class _Level:
-    def __init__(self, ax: torch.Tensor, ay: torch.Tensor, periodic: tuple[bool, bool], omega: float):
-        self.ax, self.ay, self.periodic = ax, ay, periodic
-        self.shape = (ay.shape[0], ax.shape[1])
-        nx, ny = self.shape
-        diag = torch.zeros(self.shape, dtype=ax.dtype, device=ax.device)
-        if periodic[0]:
-            diag += ax + torch.roll(ax, -1, 0)
-        else:
-            diag += ax[:-1] + ax[1:]
-        if periodic[1]:
-            diag += ay + torch.roll(ay, -1, 1)
-        else:
-            diag += ay[:, :-1] + ay[:, 1:]
+    """One grid: face coefficients per axis and the operator ``factor * sum_f a_f (p_c - p_n)``."""
+
+    def __init__(self, areas: tuple[torch.Tensor, ...], periodic: tuple[bool, ...], omega: float, factor: float):
+        self.areas, self.periodic, self.factor = areas, periodic, float(factor)
+        count = len(areas)
+        self.shape = tuple(int(areas[(d + 1) % count].shape[d]) for d in range(count))
+        diag = torch.zeros(self.shape, dtype=areas[0].dtype, device=areas[0].device)
+        for axis, a in enumerate(areas):
+            n = self.shape[axis]
+            diag += a + torch.roll(a, -1, axis) if periodic[axis] else a.narrow(axis, 0, n) + a.narrow(axis, 1, n)
+        diag *= self.factor
         self.weight = torch.where(diag > 0, omega / torch.where(diag > 0, diag, torch.ones_like(diag)),
                                   torch.zeros_like(diag))
 
     def apply(self, p: torch.Tensor) -> torch.Tensor:
-        """L p (dimensionless: no 1/dx^2)."""
-        if self.periodic[0]:
-            flux = self.ax * (p - torch.roll(p, 1, 0))
-            out = flux - torch.roll(flux, -1, 0)
-        else:
-            padded = F.pad(p, (0, 0, 1, 1))
-            flux = self.ax * (padded[1:] - padded[:-1])
-            out = flux[:-1] - flux[1:]
-        if self.periodic[1]:
-            flux = self.ay * (p - torch.roll(p, 1, 1))
-            out += flux - torch.roll(flux, -1, 1)
-        else:
-            padded = F.pad(p, (1, 1))
-            flux = self.ay * (padded[:, 1:] - padded[:, :-1])
-            out += flux[:, :-1] - flux[:, 1:]
-        return out
+        """The level's operator on p."""
+        out = torch.zeros_like(p)
+        for axis, a in enumerate(self.areas):
+            n = self.shape[axis]
+            if self.periodic[axis]:
+                flux = a * (p - torch.roll(p, 1, axis))
+                out += flux - torch.roll(flux, -1, axis)
+            else:
+                padded = _pad_axis(p, axis)
+                flux = a * (padded.narrow(axis, 1, n + 1) - padded.narrow(axis, 0, n + 1))
+                out += flux.narrow(axis, 0, n) - flux.narrow(axis, 1, n)
+        return out.mul_(self.factor) if self.factor != 1.0 else out
 
     def coarsen(self, omega: float) -> "_Level":
-        # coarse face I sits on fine face 2I; it spans two fine faces across
-        ax = self.ax[0::2]
-        ax = 0.5 * (ax[:, 0::2] + ax[:, 1::2])
-        ay = self.ay[:, 0::2]
-        ay = 0.5 * (ay[0::2] + ay[1::2])
-        return _Level(ax.contiguous(), ay.contiguous(), self.periodic, omega)
+        # coarse face I sits on fine face 2I; its coefficient is the mean of the 2 (2D) or 4 (3D)
+        # fine faces it spans; in 3D the face area over the spacing doubles per level
+        areas = []
+        for axis, a in enumerate(self.areas):
+            a = _pairs(a, axis, 0)
+            for other in range(a.dim()):
+                if other != axis:
+                    a = 0.5 * (_pairs(a, other, 0) + _pairs(a, other, 1))
+            areas.append(a.contiguous())
+        return _Level(tuple(areas), self.periodic, omega, self.factor * 2.0 ** (len(areas) - 2))
 
 
 def _restrict(r: torch.Tensor) -> torch.Tensor:
-    nx, ny = r.shape
-    return r.view(nx // 2, 2, ny // 2, 2).sum(dim=(1, 3))
+    shape = []
+    for n in r.shape:
+        shape += [n // 2, 2]
+    return r.reshape(shape).sum(dim=tuple(range(1, 2 * r.dim(), 2)))
 
 
 def _prolong(e: torch.Tensor) -> torch.Tensor:
-    nx, ny = e.shape
-    return e[:, None, :, None].expand(nx, 2, ny, 2).reshape(2 * nx, 2 * ny)
+    for axis in range(e.dim()):
+        e = e.repeat_interleave(2, dim=axis)
+    return e
 
 
 class Multigrid:
-    """V-cycle preconditioner for the pressure matrix M = L / dx^2 of face fractions ``area_x``
-    (Fx, ny), ``area_y`` (nx, Fy); ``periodic`` per axis.
+    """V-cycle preconditioner for the pressure matrix M = L / dx^2 of face fractions per axis
+    (2D: ``area_x`` (Fx, ny), ``area_y`` (nx, Fy); 3D: (Fx, ny, nz), (nx, Fy, nz), (nx, ny, Fz));
+    ``periodic`` per axis.
 
     Args:
         smoothing: Jacobi sweeps before and after each coarse correction.
         omega: Jacobi damping.
     """
 
-    def __init__(self, area_x: torch.Tensor, area_y: torch.Tensor, *, cell_size: float,
-                 periodic: tuple[bool, bool], smoothing: int = 2, omega: float = 0.8):
-        if not self.supports((area_y.shape[0], area_x.shape[1])):
+    def __init__(self, *areas: torch.Tensor, cell_size: float, periodic: tuple[bool, ...], smoothing: int = 2,
+                 omega: float = 0.8):
+        if len(areas) not in (2, 3) or len(periodic) != len(areas):
+            raise ValueError(f"multigrid takes 2 or 3 face arrays and one periodic flag per axis, got {len(areas)} "
+                             f"and {len(periodic)}")
+        level = _Level(tuple(a.contiguous() for a in areas), tuple(bool(p) for p in periodic), omega, 1.0)
+        if not self.supports(level.shape):
             raise ValueError(f"multigrid needs cell counts that halve evenly down to at most {MAX_COARSEST} "
-                             f"cells; got {(area_y.shape[0], area_x.shape[1])}")
+                             f"cells; got {level.shape}")
         self.scale = float(cell_size) ** 2
         self.smoothing, self.omega = int(smoothing), float(omega)
-        self.levels = [_Level(area_x.contiguous(), area_y.contiguous(), tuple(bool(p) for p in periodic), omega)]
-        while self.levels[-1].shape[0] * self.levels[-1].shape[1] > MAX_COARSEST:
+        self.levels = [level]
+        while math.prod(self.levels[-1].shape) > MAX_COARSEST:
             self.levels.append(self.levels[-1].coarsen(omega))
         coarsest = self.levels[-1]
-        cells = coarsest.shape[0] * coarsest.shape[1]
-        basis = torch.eye(cells, dtype=torch.float64, device=area_x.device)
-        level64 = _Level(coarsest.ax.double(), coarsest.ay.double(), coarsest.periodic, omega)
+        basis = torch.eye(math.prod(coarsest.shape), dtype=torch.float64, device=areas[0].device)
+        level64 = _Level(tuple(a.double() for a in coarsest.areas), coarsest.periodic, omega, coarsest.factor)
         matrix = torch.stack([level64.apply(column.view(coarsest.shape)).reshape(-1) for column in basis], dim=1)
-        self.coarsest_inverse = torch.linalg.pinv(matrix, hermitian=True).to(area_x.dtype)
+        self.coarsest_inverse = torch.linalg.pinv(matrix, hermitian=True).to(areas[0].dtype)
 
     @staticmethod
-    def supports(shape: tuple[int, int]) -> bool:
+    def supports(shape: tuple[int, ...]) -> bool:
         """Whether the cell counts halve evenly down to at most MAX_COARSEST cells."""
-        nx, ny = shape
-        while nx * ny > MAX_COARSEST:
-            if nx % 2 or ny % 2 or nx < 4 or ny < 4:
+        shape = tuple(shape)
+        while math.prod(shape) > MAX_COARSEST:
+            if any(n % 2 or n < 4 for n in shape):
                 return False
-            nx, ny = nx // 2, ny // 2
+            shape = tuple(n // 2 for n in shape)
         return True
 
     def _cycle(self, index: int, r: torch.Tensor) -> torch.Tensor:

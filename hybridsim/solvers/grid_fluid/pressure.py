@@ -168,8 +168,8 @@ class PressureProjection:
         if preconditioner == "multigrid":
             from .multigrid import Multigrid
 
-            self.multigrid = Multigrid(self.area_x, self.area_y, cell_size=self.cell_size,
-                                       periodic=(bool(self.flags & 1), bool(self.flags & 2)))
+            self.multigrid = Multigrid(*self.areas, cell_size=self.cell_size,
+                                       periodic=tuple(bool(self.flags >> axis & 1) for axis in range(len(self.areas))))
         if preconditioner == "incomplete_cholesky":
             self.precon = area_x.new_empty(self.cell_shape)
             launcher.launch("factor_incomplete_cholesky", 1, list(self.areas), [self.cell_size, self.flags],

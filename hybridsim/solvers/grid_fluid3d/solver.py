@@ -27,6 +27,7 @@ from ... import backends
 from ...errors import HybridsimError, SimulationError
 from ..grid_fluid.autograd import diffuse
 from ..grid_fluid.launch import launcher_for
+from ..grid_fluid.multigrid import MAX_COARSEST, Multigrid
 from ..grid_fluid.pressure import PressureProjection, ViscousDiffusion
 from ..grid_fluid.solver import ADVECTION_SCHEMES, DENSITY_ADVECTION_SCHEMES, SolverGridFluid
 from .model import GridFluid3DControl, GridFluid3DModel, GridFluid3DState
@@ -34,7 +35,7 @@ from .model import GridFluid3DControl, GridFluid3DModel, GridFluid3DState
 __all__ = ["SolverGridFluid3D", "project3d"]
 
 _NAMES = ("velocity_x", "velocity_y", "velocity_z")
-PRECONDITIONERS_3D = ("auto", "jacobi", "incomplete_cholesky")  # the multigrid V-cycle is 2D only
+PRECONDITIONERS_3D = ("auto", "jacobi", "incomplete_cholesky", "multigrid")
 
 
 class _Project3DFunction(torch.autograd.Function):
@@ -83,8 +84,10 @@ class SolverGridFluid3D:
         pressure_tolerance: relative residual of the pressure (and viscosity) solve (default 1e-5
             in float32, 1e-10 in float64).
         max_iterations: cap on CG iterations per solve (default 20 * max(n) + 200).
-        preconditioner: of the pressure CG: "jacobi", "incomplete_cholesky" (MIC(0), serial
-            sweeps: about 3x fewer iterations) or "auto" (incomplete Cholesky on CPU, Jacobi on CUDA).
+        preconditioner: of the pressure CG: "multigrid" (a V-cycle, see grid_fluid/multigrid.py; needs
+            cell counts that halve evenly), "jacobi", "incomplete_cholesky" (MIC(0), serial sweeps:
+            about 3x fewer iterations than Jacobi) or "auto" (multigrid where the grid allows it,
+            else incomplete Cholesky on CPU and Jacobi on CUDA).
         cfl_limit: warn when max|u| dt / dx exceeds it.
         check_finite: raise SimulationError when a step produces non-finite values.
     """
@@ -125,7 +128,11 @@ class SolverGridFluid3D:
             areas = model.face_fractions()
         self._areas = tuple(a.detach().to(**self._to).contiguous() for a in areas)
         if preconditioner == "auto":
-            preconditioner = "jacobi" if device.startswith("cuda") else "incomplete_cholesky"
+            preconditioner = ("multigrid" if nx * ny * nz >= 16 ** 3 and Multigrid.supports((nx, ny, nz)) else
+                              "jacobi" if device.startswith("cuda") else "incomplete_cholesky")
+        elif preconditioner == "multigrid" and not Multigrid.supports((nx, ny, nz)):
+            raise HybridsimError(f"the multigrid preconditioner needs cell counts that halve evenly down to at most "
+                                 f"{MAX_COARSEST} cells; {nx}x{ny}x{nz} does not (use 'auto')", field="preconditioner")
         for axis, area in enumerate(self._areas):
             if tuple(area.shape) != model.face_shape(axis):
                 raise HybridsimError(f"face_fraction_{'xyz'[axis]} has shape {tuple(area.shape)}; expected "
