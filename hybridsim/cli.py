@@ -495,11 +495,16 @@ def cmd_fit(args) -> int:
         prior = args.motion_prior if args.motion_prior in (None, "new") else Path(args.motion_prior)
         networks = dict(refiner=Path(args.refiner) if args.refiner else None, motion_prior=prior,
                         network_settings=NetworkSettings(lr=args.network_lr, freeze_refiner=args.freeze_refiner))
+    from .fit import FitSettings
+
+    settings = FitSettings(lr=args.lr, max_offset=args.offset, drag=args.drag, drag_max=args.drag_max)
     try:
         result = fit(spec, Path(args.target), iterations=args.iterations, restarts=args.restarts, lr=args.lr,
                      frames=args.frames, camera=Path(args.camera) if args.camera else None,
                      run_dir=Path(args.output), progress=not args.quiet, resume=not args.fresh,
-                     backend=args.backend, device=args.device, threads=args.threads, **networks)
+                     backend=args.backend, device=args.device, threads=args.threads, settings=settings,
+                     masks=Path(args.masks) if args.masks else None,
+                     tracks=Path(args.tracks) if args.tracks else None, **networks)
     except KeyboardInterrupt:
         print(f"fit stopped; the checkpoint in {args.output} resumes it: run the same command again", file=sys.stderr)
         raise
@@ -514,6 +519,8 @@ def cmd_fit(args) -> int:
             unc = ", ".join("n/a" if s is None else f"{s:.2g}" for s in sigma) if isinstance(sigma, list) else f"{sigma:.2g}"
         flag = "" if (all(ident) if isinstance(ident, list) else ident) is not False else "  (not identifiable)"
         print(f"{path:<{width}}  {shown}  +- {unc}{flag}")
+    for path, value in result.nuisance.items():
+        print(f"{path:<{width}}  {value:.5g}  (nuisance; not written to fitted.toml)")
     resumed = f", resumed after {result.resumed_from} iterations" if result.resumed_from else ""
     print(f"final loss {result.final_loss:.5g} ({', '.join(result.losses_used)}; {result.frames} frames; "
           f"best of {result.restarts} restart(s){resumed}; {result.wall_time_s:.1f} s)")
@@ -678,6 +685,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--motion-prior", metavar="new|WEIGHTS", help="train a residual-force motion prior inside the "
                    "rollout: 'new' or weights (.safetensors) to start from (sphere scenes only)")
     p.add_argument("--network-lr", type=float, default=1e-3, help="Adam learning rate of the networks (default 1e-3)")
+    p.add_argument("--offset", type=float, default=0.0, metavar="MAX_FRAMES",
+                   help="learn the target's start offset after the simulation, 0..MAX_FRAMES frames (fractional; "
+                   "a nuisance value reported in fit.json; sphere, rigid and MPM scenes)")
+    p.add_argument("--drag", choices=["linear", "quadratic"], help="learn an air-drag coefficient on the spheres "
+                   "(nuisance, reported in fit.json; the scene has no drag term)")
+    p.add_argument("--drag-max", type=float, default=2.0, help="upper end of the drag coefficient's range "
+                   "(1/s linear, 1/m quadratic; default 2)")
+    p.add_argument("--masks", metavar="DIR", help="folder of one binary PNG mask of the object(s) per target frame "
+                   "(extra loss term 'masks')")
+    p.add_argument("--tracks", metavar="FILE", help="CSV (frame,object,x,y) or JSON of the objects' pixel positions "
+                   "per target frame (extra loss term 'tracks')")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=cmd_fit)
 

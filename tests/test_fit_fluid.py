@@ -60,11 +60,12 @@ def test_fit_recovers_the_buoyancy_of_a_smoke_plume(tmp_path):
     assert (tmp_path / "run" / "side_by_side.mp4").exists()
 
 
-def test_mpm_scenes_are_refused_with_a_clear_error():
+def test_mpm_scenes_coupled_with_rigid_bodies_are_refused_with_a_clear_error():
     from pathlib import Path
 
     from hybridsim.scene import load_scene
 
-    spec = load_scene(Path(__file__).resolve().parent.parent / "scenes" / "elastic_drop.toml")
-    with pytest.raises(HybridsimError, match="MPM scenes cannot be fitted yet"):
+    spec = load_scene(Path(__file__).resolve().parent.parent / "scenes" / "box_splash.toml")
+    assert spec.mpm is not None and spec.objects
+    with pytest.raises(HybridsimError, match="MPM coupled with rigid bodies cannot be fitted yet"):
         fit(spec, torch.zeros(3, 8, 8, 3), iterations=1, progress=False, uncertainty=False)

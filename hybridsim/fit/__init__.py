@@ -16,8 +16,16 @@ Target preparation (once, :mod:`hybridsim.fit.target`)
     line and, in a 2 px band around the core, a coverage estimate a from pixel = a fg + (1 - a)
     background (projection onto fg - background, fg the local mean interior colour), so edges are
     sub-pixel and not grown by the threshold. Per frame the mask gives an area and a centroid;
-    frames with < 4 px of mask count as "nothing visible". (The renderer draws no shadows; a
-    target with cast shadows would have them in its mask.)
+    frames with < 4 px of mask count as "nothing visible". Pixels 2 px inside the core are always
+    covered (a face shaded close to the background colour).
+
+    Which background: the scene's own render when the target shows it on >= 90 % of the pixels
+    (same look); else the target's first frame where the scene's frame 0 shows no moving object
+    (around the objects: the last frame where they have left, else the median), provided the
+    target's first frame differs from the median where the scene's objects start and the start is
+    not learned (no learnable position / centre, no offset nuisance); else the temporal median.
+    With another look, sphere and rigid fits drop cast shadows (darker copies of the background)
+    from the mask and from the rendered coverage.
 
 Loss (per iteration, on the current time window of frames; :mod:`hybridsim.fit.losses`)
     * ``silhouette`` (always, weight 1): mean over frames of 1 - soft IoU between the rendered
@@ -34,6 +42,11 @@ Loss (per iteration, on the current time window of frames; :mod:`hybridsim.fit.l
       between the target's median background and the scene's background rendered without spheres
       is <= 0.05. Otherwise it is switched off, since with another palette it only adds bias
       (``FitSettings(rgb="on"|"off")`` forces it).
+    * ``masks`` / ``tracks`` (weight 1, only when given): the user's per-frame mask PNGs and 2D pixel
+      tracks of the objects (:mod:`hybridsim.fit.evidence`).
+    * Nuisance values (sphere scenes; ``FitSettings(max_offset=, drag=)``): the target's start
+      offset in fractional frames and an air-drag coefficient, learned with the values and reported
+      apart from them (:mod:`hybridsim.fit.nuisance`).
     * Coarse to fine in time: the window starts at the first third of the frames (at least 8) and
       grows linearly to all frames by iteration 20, so early (ballistic) frames fix the launch
       before later bounces are matched.

@@ -17,10 +17,12 @@ import torch
 from ..errors import HybridsimError, SimulationError
 from .checkpoint import clear_checkpoint, load_checkpoint, save_checkpoint
 from .networks import NetworkSettings, resolve_networks
+from .evidence import Evidence, load_masks, load_tracks, track_loss
+from .nuisance import DRAG, OFFSET, drag_hook, extra_frames, nuisance_specs, shift_trajectory, split_nuisance
 from .losses import (APPEARANCE_TOLERANCE, DEFAULT_WEIGHTS, centroid_loss, charbonnier, multiscale_rgb_loss,
                      rendered_centroids, silhouette_loss)
 from .params import ParamSpec, param_specs
-from .target import Target, load_camera_json, load_target_frames, prepare_target
+from .target import Target, first_frame_background, load_camera_json, load_target_frames, prepare_target
 
 __all__ = ["fit", "FitResult", "FitSettings", "NetworkSettings"]
 
@@ -60,6 +62,18 @@ class FitSettings:
     """Loss weights (name, weight)."""
     rgb: str = "auto"
     """"auto": use the rgb term when the backgrounds agree; "on"/"off" force it."""
+    max_offset: float = 0.0
+    """> 0: learn the target's start offset after the simulation, in [0, max_offset] frames (nuisance)."""
+    drag: str | None = None
+    """"linear" or "quadratic": learn an air-drag coefficient on the spheres (nuisance)."""
+    drag_max: float = 2.0
+    """Upper end of the drag coefficient's range ([1/s] linear, [1/m] quadratic)."""
+    gradients: str = "autodiff"
+    """"autodiff" (through simulation and rendering), or "finite_difference": central differences
+    of the loss in the reparameterised values (2 rollouts per value component; a reference for
+    benchmarks and a cross-check, not a faster path)."""
+    fd_step: float = 1e-2
+    """Step of the finite differences, in reparameterised units."""
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -100,6 +114,8 @@ class FitResult:
     """The best restart's trained VideoRefiner (fits with ``refiner=``), else None."""
     motion_prior: Any = None
     """The best restart's trained ResidualForcePrior (fits with ``motion_prior=``), else None."""
+    nuisance: dict = field(default_factory=dict)
+    """Fitted nuisance values (start offset [frames], drag coefficient), not part of the scene."""
 
 
 # -------------------------------------------------------------------------------------------- helpers
@@ -150,10 +166,13 @@ def _fmt(value) -> str:
 class _Problem:
     """Scene + target + loss: evaluates the loss of a window of frames for given values."""
 
-    def __init__(self, world, camera, target: Target, weights: dict[str, float]):
+    def __init__(self, world, camera, target: Target, weights: dict[str, float], settings: FitSettings | None = None):
         from .scenes import fit_scene
 
         self.world, self.camera, self.weights = world, camera, weights
+        self.evidence = Evidence()
+        self.max_offset = settings.max_offset if settings is not None else 0.0
+        self.drag = settings.drag if settings is not None else None
         self.networks = None  # the current restart's RestartNetworks (refiner, motion prior), if any
         self.scene = fit_scene(world)
         self.target = dataclasses.replace(  # on the simulation's device
@@ -161,7 +180,16 @@ class _Problem:
             centroid=target.centroid.to(world.device), visible=target.visible.to(world.device))
 
     def render(self, values: dict, frames: int):
+        values, nuisance = split_nuisance(values)
         nets = self.networks
+        if nuisance or self.max_offset > 0 or self.drag is not None:
+            hook = None
+            if self.drag is not None:
+                hook = drag_hook(self.world, values, self.drag, nuisance[DRAG])
+            trajectory = self.scene.rollout(values, frames - 1 + extra_frames(self.max_offset), motion_prior=hook)
+            if OFFSET in nuisance:
+                trajectory = shift_trajectory(trajectory, nuisance[OFFSET], frames, self.scene.time_fields)
+            return trajectory, self.scene.render(trajectory, values, self.camera)
         if nets is None:
             trajectory = self.scene.rollout(values, frames - 1)
             return trajectory, self.scene.render(trajectory, values, self.camera)
@@ -185,12 +213,33 @@ class _Problem:
         }
         if self.weights.get("rgb", 0.0) > 0.0:
             terms["rgb"] = multiscale_rgb_loss(out["rgb"], t.rgb[:frames])
+        evidence = self.evidence
+        if evidence.masks is not None:
+            terms["masks"] = silhouette_loss(alpha, evidence.masks[:frames].to(alpha.device))
+        if evidence.track_points is not None:
+            pixels = self.camera.project(self.scene.centres(trajectory))[0]
+            terms["tracks"] = track_loss(pixels, evidence.track_points[:frames].to(pixels.device),
+                                         evidence.track_present[:frames].to(pixels.device))
         total = sum(self.weights[name] * term for name, term in terms.items())
         prior = self.networks.prior_loss() if self.networks is not None else None
         if prior is not None:
             terms["prior"] = prior
             total = total + prior  # the regulariser carries its own weights
         return total, {name: float(term.detach()) for name, term in terms.items()}
+
+
+def _evidence(scene, target: Target, camera, masks, tracks) -> Evidence:
+    """The user's masks and tracks at the render size and the scene's frames (AssetError naming the file)."""
+    evidence, digests = Evidence(), []
+    args = (target.frame_index, target.source_frames, target.source_size, camera.height, camera.width)
+    if masks is not None:
+        evidence.masks, digest = load_masks(masks, *args)
+        digests.append(digest)
+    if tracks is not None:
+        evidence.track_points, evidence.track_present, digest = load_tracks(tracks, *args, scene.object_names())
+        digests.append(digest)
+    evidence.digest = hashlib.sha256("".join(digests).encode()).hexdigest()
+    return evidence
 
 
 def _appearance_gap(scene, camera, target: Target) -> float:
@@ -217,6 +266,27 @@ def _screen(scene, camera, target: Target, specs: list[ParamSpec], seed: int, co
         score = charbonnier(dist[visible], 1.0).mean(dim=0) if bool(visible.any()) else torch.zeros(count)
     best = int(torch.argmin(score))
     return {s.path: draws[s.path][best] for s in specs}, float(score[best])
+
+
+def _finite_difference_gradients(problem: _Problem, state: "_RestartState", window: int, step: float):
+    """Loss at the current values (no graph) and central-difference gradients written into ``u.grad``."""
+    if state.networks is not None:
+        raise HybridsimError("finite-difference gradients cannot train a refiner or motion prior")
+    with torch.no_grad():
+        loss, terms = problem.loss(state.values(), window)
+        for u in state.u:
+            grad = torch.zeros_like(u)
+            flat = u.data.view(-1)
+            for i in range(flat.numel()):
+                saved = float(flat[i])
+                flat[i] = saved + step
+                plus = float(problem.loss(state.values(), window)[0])
+                flat[i] = saved - step
+                minus = float(problem.loss(state.values(), window)[0])
+                flat[i] = saved
+                grad.view(-1)[i] = (plus - minus) / (2.0 * step)
+            u.grad = grad
+    return loss, terms
 
 
 def _lr_at(settings: FitSettings, iteration: int) -> float:
@@ -302,7 +372,7 @@ def fit(spec, target, *, iterations: int = 60, restarts: int = 1, lr: float = 0.
         max_render_height: int | None = 160, backend: str | None = None, device: str | None = None,
         threads: int | None = None, uncertainty: bool = True, outputs: bool = True,
         callback: Callable[[dict], None] | None = None, refiner=None, motion_prior=None,
-        network_settings: NetworkSettings | None = None) -> FitResult:
+        network_settings: NetworkSettings | None = None, masks=None, tracks=None) -> FitResult:
     """Fit every ``learn = true`` value of ``spec`` to ``target`` by gradient descent through
     simulation and rendering. See :mod:`hybridsim.fit` for the losses.
 
@@ -318,6 +388,11 @@ def fit(spec, target, *, iterations: int = 60, restarts: int = 1, lr: float = 0.
     ``refiner`` (a VideoRefiner or weights path) and ``motion_prior`` (a ResidualForcePrior, a weights
     path or ``"new"``) are trained jointly with the values (see :mod:`hybridsim.fit.networks`;
     ``network_settings`` sets their learning rate, freezing and regularisers); sphere scenes only.
+
+    ``masks`` (a folder of one binary PNG per target frame) and ``tracks`` (a CSV / JSON file of
+    per-frame pixel positions of the moving objects) add the loss terms ``masks`` and ``tracks``
+    (see :mod:`hybridsim.fit.evidence`). ``settings.max_offset`` / ``settings.drag`` learn the target's
+    start offset and air drag as nuisance values (:mod:`hybridsim.fit.nuisance`).
     """
     if threads is not None and threads < 1:
         raise HybridsimError(f"threads must be >= 1 (got {threads})")
@@ -330,12 +405,12 @@ def fit(spec, target, *, iterations: int = 60, restarts: int = 1, lr: float = 0.
                     target_fps=target_fps, run_dir=run_dir, progress=progress, resume=resume, settings=settings,
                     max_render_height=max_render_height, backend=backend, device=device,
                     uncertainty=uncertainty, outputs=outputs, callback=callback, stack=stack, refiner=refiner,
-                    motion_prior=motion_prior, network_settings=network_settings)
+                    motion_prior=motion_prior, network_settings=network_settings, masks=masks, tracks=tracks)
 
 
 def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, run_dir, progress, resume,
          settings, max_render_height, backend, device, uncertainty, outputs, callback, stack, refiner=None,
-         motion_prior=None, network_settings=None) -> FitResult:
+         motion_prior=None, network_settings=None, masks=None, tracks=None) -> FitResult:
     from ..scene import load_scene
     from ..sim.world import World
     from .scenes import fit_scene
@@ -349,6 +424,8 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
         raise HybridsimError(f"learning rate must be positive (got {lr})")
     if not spec.learnable:
         raise HybridsimError("no learnable fields (mark some with learn = true)", file=spec.source)
+    if settings is not None and settings.gradients not in ("autodiff", "finite_difference"):
+        raise HybridsimError(f"gradients must be 'autodiff' or 'finite_difference' (got {settings.gradients!r})")
     from .scenes import check_fittable
 
     check_fittable(spec)
@@ -391,20 +468,55 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                                   target_fps=target_fps, max_frames=max_images, source=source,
                                   background=scene_background)
         background_source = "scene"
+    else:  # another look (colours, light, camera, renderer)
+        # cast shadows fall where the target's light puts them, not ours: leave them out of both sides
+        drop_shadows = problem_scene.kind in ("spheres", "rigid")
+        first = None
+        if settings.max_offset == 0 and not any(p.endswith((".position", ".center")) for p in spec.learnable):
+            # the objects start where the scene puts them, so the target's first frame is its background
+            # except where the scene's own frame 0 shows them
+            first = first_frame_background(prepared.rgb[0], prepared.rgb[-1], prepared.background,
+                                           problem_scene.initial_coverage(cam), prepared.threshold)
+        if first is not None or drop_shadows:
+            prepared = prepare_target(target, height=cam.height, width=cam.width, scene_fps=spec.time.fps,
+                                      target_fps=target_fps, max_frames=max_images, source=source, background=first,
+                                      drop_shadows=drop_shadows)
+            background_source = "median" if first is None else "first_frame"
     gap = _appearance_gap(problem_scene, cam, prepared)
     use_rgb = settings.rgb == "on" or (settings.rgb == "auto" and (gap <= APPEARANCE_TOLERANCE or (
         networks is not None and networks.refiner is not None)))
     if not use_rgb:
         weights.pop("rgb", None)
     weights = {k: v for k, v in weights.items() if v > 0}
-    problem = _Problem(world, cam, prepared, weights)
+    problem = _Problem(world, cam, prepared, weights, settings)
+    if background_source != "scene" and problem.scene.kind == "rigid":
+        problem.scene.shadows_in_coverage = False  # the target's mask has its shadows dropped
+    if masks is not None or tracks is not None:
+        problem.evidence = _evidence(problem_scene, prepared, cam, masks, tracks)
+        for name, given in (("masks", masks), ("tracks", tracks)):
+            if given is not None:
+                weights[name] = 1.0
     specs = param_specs(spec)
+    extra_specs = nuisance_specs(settings.max_offset, settings.drag, settings.drag_max)
+    if extra_specs:
+        if settings.max_offset > 0 and problem_scene.time_fields is None:
+            raise HybridsimError(f"a start offset (--offset) cannot be learned for {problem_scene.kind} scenes: "
+                                 "interpolating grid fields between frames cross-fades them", file=spec.source)
+        if settings.drag is not None and problem_scene.kind != "spheres":
+            raise HybridsimError("air drag (--drag) can be learned for sphere scenes only so far "
+                                 f"(this is a {problem_scene.kind} scene)", file=spec.source)
+        if networks is not None:
+            raise HybridsimError("a start offset or air drag cannot be learned together with a refiner or motion prior",
+                                 file=spec.source)
+    scene_specs, specs = specs, specs + extra_specs
 
     config = {"settings": settings.to_json(), "frames": images, "render_size": [cam.width, cam.height],
               "background": background_source,
               "backend": world.backend, "precision": world.precision, "weights_used": weights, "seed": spec.seed}
     if networks is not None:
         config["networks"] = networks.header()
+    if masks is not None or tracks is not None:
+        config["evidence"] = problem.evidence.header()
     header = {"scene_sha256": _scene_digest(spec), "target_sha256": prepared.digest, "config": config}
 
     # ---- resume ---------------------------------------------------------------------------------
@@ -462,8 +574,9 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                                for s in specs}
                 else:
                     count = settings.candidates if problem.scene.kind == "spheres" else settings.rigid_candidates
-                    initial, _ = _screen(problem.scene, cam, prepared, specs,
+                    initial, _ = _screen(problem.scene, cam, prepared, scene_specs,
                                          seed=spec.seed * 1_000_003 + r, count=count)
+                    initial.update({s.path: torch.tensor(s.initial[0], dtype=torch.float64) for s in extra_specs})
                 states[r] = _RestartState(r, specs, initial, settings.lr, settings.betas, networks)
             state = states[r]
             problem.networks = state.networks
@@ -475,11 +588,15 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                 state.optimizer.zero_grad(set_to_none=True)
                 if state.networks is not None:
                     state.networks.zero_grad()
-                loss, terms = problem.loss(state.values(), window)
+                if settings.gradients == "finite_difference":
+                    loss, terms = _finite_difference_gradients(problem, state, window, settings.fd_step)
+                else:
+                    loss, terms = problem.loss(state.values(), window)
                 if not torch.isfinite(loss):
                     raise SimulationError(f"fit loss became non-finite at restart {r}, iteration {it}",
                                           file=spec.source)
-                loss.backward()
+                if settings.gradients != "finite_difference":
+                    loss.backward()
                 state.optimizer.step()
                 if state.networks is not None:
                     state.networks.step(networks.settings.lr * _lr_at(settings, it) / settings.lr)
@@ -510,17 +627,19 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     best = min(range(restarts), key=lambda k: (final_losses[k], k))
     best_state = states[best]
     problem.networks = best_state.networks
-    values = best_state.plain_values()
-    initial = {k: _plain(v) for k, v in states[0].initial.items()}
+    values, nuisance = split_nuisance(best_state.plain_values())
+    initial, _ = split_nuisance({k: _plain(v) for k, v in states[0].initial.items()})
     fitted = spec.with_values(values)
 
     laplace = {}
-    if uncertainty:
+    if uncertainty and extra_specs:  # the Laplace residuals know nothing of offset or drag
+        laplace = {"_skipped": "not computed when nuisance terms (offset, drag) are learned"}
+    elif uncertainty:
         world64 = World(fitted, precision="float64", **world_kwargs)
         prior = best_state.networks.prior if best_state.networks is not None else None
         laplace = _laplace(world64, cam, prepared, specs, values, images, motion_prior=prior)
-    uncertainties = {s.path: laplace.get(s.path, {}).get("uncertainty") for s in specs}
-    identifiable = {s.path: laplace.get(s.path, {}).get("identifiable") for s in specs}
+    uncertainties = {s.path: laplace.get(s.path, {}).get("uncertainty") for s in scene_specs}
+    identifiable = {s.path: laplace.get(s.path, {}).get("identifiable") for s in scene_specs}
     wall = previous_wall + time.perf_counter() - started
     save(step)
 
@@ -533,11 +652,13 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
         run_dir=run_dir, target=prepared,
         details={"appearance_gap": gap, "rgb_used": use_rgb, "windows": list(best_state.windows),
                  "terms": list(best_state.terms), "laplace": {k: v for k, v in laplace.items() if k.startswith("_")},
-                 "curvature": {s.path: laplace.get(s.path, {}).get("curvature") for s in specs},
+                 "curvature": {s.path: laplace.get(s.path, {}).get("curvature") for s in scene_specs},
                  "render_size": [cam.width, cam.height], "settings": settings.to_json(),
                  "background": background_source, "background_agreement": agree,
+                 "shadows_dropped": background_source != "scene" and problem.scene.kind in ("spheres", "rigid"),
                  "wall_time_this_run_s": time.perf_counter() - started, "source": source,
                  "ranges": {s.path: None if not s.bounded else [s.lo, s.hi] for s in specs}},
+        nuisance=nuisance,
     )
     if networks is not None:
         result.refiner = best_state.networks.refiner

@@ -41,6 +41,7 @@ def fit_json(result) -> dict:
     laplace = result.details.get("laplace", {})
     return {
         "parameters": params,
+        "nuisance": dict(result.nuisance),
         "final_loss": result.final_loss,
         "final_losses_per_restart": result.final_losses,
         "best_restart": result.best_restart,
@@ -105,7 +106,7 @@ def _side_by_side(result, problem) -> np.ndarray:
     from ..render.spheres import to_uint8
 
     values = {}
-    for path, value in result.values.items():
+    for path, value in {**result.values, **result.nuisance}.items():
         values[path] = torch.tensor(value, dtype=problem.world.dtype, device=problem.world.device)
     with torch.no_grad():
         _, out = problem.render(values, result.frames)

@@ -11,6 +11,8 @@ projected centres of the moving objects.
   target's background).
 * ``fluid``: the 2D grid fluid and its plane renderer; coverage is the smoke opacity, the centre
   the smoke's density-weighted centroid.
+* ``mpm``: MPM particles (2D or 3D, without rigid bodies) and the splat renderer; coverage is the
+  splat coverage, the centres the mean particle position of each ``[[mpm.bodies]]``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,16 @@ from ..errors import HybridsimError
 __all__ = ["FitScene", "fit_scene", "check_fittable", "NETWORKS_UNSUPPORTED"]
 
 NETWORKS_UNSUPPORTED = ("a refiner or motion prior in the fit works on sphere scenes only; rigid-body and fluid scenes are not "
-                        "supported yet (fit them without --refiner / --motion-prior)")
+                        "supported yet, nor MPM scenes (fit them without --refiner / --motion-prior)")
 
 
 class FitScene:
     """Adapter between the fit and one world's simulator and renderer."""
 
     kind = "spheres"
+    time_fields = ("positions", "velocities", "times")
+    """Trajectory fields with a leading frame axis, interpolated for a fractional start offset (None:
+    the scene kind cannot learn one)."""
 
     def __init__(self, world):
         self.world = world
@@ -51,6 +56,11 @@ class FitScene:
     def centres(self, trajectory) -> torch.Tensor:
         """World centres (T, N, 3) of the moving objects of world 0."""
         return trajectory.positions[:, 0]
+
+    def object_names(self) -> list[str]:
+        """Names of the moving objects in ``centres`` order (the index where a name is missing)."""
+        spec = self.world.spec
+        return [spec.objects[self.world._object_index(k)].name or str(k) for k in range(self.world.sphere_count)]
 
     def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
         """Centres (T, M, N, 3) of the moving objects for ``count`` value sets (no gradients)."""
@@ -80,6 +90,12 @@ class FitScene:
         return torch.stack([x if x is not None else torch.full(shape, float("nan"), dtype=torch.float64)
                             for x in out], dim=1)
 
+    def initial_coverage(self, camera) -> torch.Tensor:
+        """Coverage (H, W) of the moving objects in frame 0 at the scene's values."""
+        with torch.no_grad():
+            trajectory = self.rollout({}, 0, check=False)
+            return self.render(trajectory, {}, camera)["coverage"][0].detach().float().cpu()
+
     def background(self, camera) -> torch.Tensor:
         """The scene rendered without its moving objects (H, W, 3)."""
         from ..render.scene import scene_render_options
@@ -93,6 +109,7 @@ class FitScene:
 
 class RigidFitScene(FitScene):
     kind = "rigid"
+    time_fields = ("positions", "orientations", "velocities", "angular_velocities", "times")
 
     def rollout(self, values: dict, frames: int, *, check: bool = True, motion_prior=None):
         from ..sim.rigid import rigid_rollout
@@ -102,13 +119,23 @@ class RigidFitScene(FitScene):
 
         return rigid_rollout(self.world, values, frames=frames, check=check)
 
+    shadows_in_coverage = True
+    """False: the coverage leaves out the moving bodies' cast shadows (a target lit differently)."""
+
     def render(self, trajectory, values: dict, camera) -> dict:
         from ..render.rigid import render_rigid
 
-        return render_rigid(self.world, trajectory, values, camera=camera)
+        out = render_rigid(self.world, trajectory, values, camera=camera)
+        if not self.shadows_in_coverage:
+            out["coverage"] = out["coverage_objects"]
+        return out
 
     def centres(self, trajectory) -> torch.Tensor:
         return trajectory.positions
+
+    def object_names(self) -> list[str]:
+        moving = [obj for obj in self.world.spec.objects if obj.type != "static_box"]
+        return [obj.name or str(k) for k, obj in enumerate(moving)]
 
     def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
         # the rigid solver runs one world at a time: one rollout per value set
@@ -151,6 +178,7 @@ class FluidFitScene(FitScene):
     density-weighted centroid in the fluid plane (world x, z at y = 0)."""
 
     kind = "fluid"
+    time_fields = None  # blending two frames of a grid field cross-fades the smoke: no start offset
 
     def rollout(self, values: dict, frames: int, *, check: bool = True, motion_prior=None):
         from ..sim.fluid import fluid_rollout
@@ -177,6 +205,9 @@ class FluidFitScene(FitScene):
         cz = (density.sum(dim=1) * zs).sum(1) / mass
         return torch.stack([cx, torch.zeros_like(cx), cz], dim=-1)[:, None, :]
 
+    def object_names(self) -> list[str]:
+        return ["smoke"]
+
     def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
         return self._screen_one_by_one(draws, count, frames)
 
@@ -197,17 +228,70 @@ class FluidFitScene(FitScene):
         return out["rgb"][0].float().cpu()
 
 
+class MPMFitScene(FitScene):
+    """MPM particles: the splat coverage is the coverage; the centres are the bodies' mean particle
+    positions (world coordinates; a 2D domain's (x, z) lifted to (x, 0, z)). Rollouts are
+    checkpointed by ``mpm_rollout`` (one segment replayed at a time in the backward pass)."""
+
+    kind = "mpm"
+
+    def rollout(self, values: dict, frames: int, *, check: bool = True, motion_prior=None):
+        from ..sim.mpm import mpm_rollout
+
+        if motion_prior is not None:
+            raise HybridsimError(NETWORKS_UNSUPPORTED, file=self.world.spec.source)
+        return mpm_rollout(self.world, values, frames=frames)
+
+    def render(self, trajectory, values: dict, camera) -> dict:
+        from ..render.particles import render_mpm
+
+        out = render_mpm(self.world, trajectory, values, cameras=camera)
+        out["coverage"] = out["alpha"]
+        return out
+
+    def centres(self, trajectory) -> torch.Tensor:
+        positions = trajectory.world_positions()  # (T, N, 3)
+        body = trajectory.particle_body.to(positions.device)
+        count = int(body.max()) + 1 if body.numel() else 0
+        weights = torch.nn.functional.one_hot(body, count).to(positions.dtype)  # (N, B)
+        return torch.einsum("tnd,nb->tbd", positions, weights) / weights.sum(0)[None, :, None]
+
+    def object_names(self) -> list[str]:
+        return [body.name or str(k) for k, body in enumerate(self.world.spec.mpm.bodies)]
+
+    def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
+        return self._screen_one_by_one(draws, count, frames)
+
+    def background(self, camera) -> torch.Tensor:
+        """The empty domain (2D: its background colour; 3D: ground and sky) as the splat renderer draws it."""
+        from types import SimpleNamespace
+
+        from ..render.particles import _background, _mpm_options
+        from ..sim.mpm import mpm_model
+
+        model = mpm_model(self.world)
+        options, _, _ = _mpm_options(self.world, SimpleNamespace(model=model), None)
+        with torch.no_grad():
+            light = torch.as_tensor(options["light_direction"], dtype=torch.float64)
+            colour, _, _ = _background(camera, torch.float64, "cpu", options.get("background"), options.get("ground"),
+                                       light / light.norm(), torch.as_tensor(options["light_intensity"]).double(),
+                                       torch.as_tensor(options["ambient"]).double())
+        return colour.reshape(camera.height, camera.width, 3).float().cpu()
+
+
 def check_fittable(spec) -> None:
     """Refuse scenes the fit cannot handle yet, before any target is read."""
-    if getattr(spec, "mpm", None) is not None:
-        raise HybridsimError("fit works on sphere, rigid-body and grid-fluid scenes; MPM scenes cannot be fitted yet",
-                             file=spec.source)
+    if getattr(spec, "mpm", None) is not None and spec.objects:
+        raise HybridsimError("fit works on sphere, rigid-body, grid-fluid and MPM scenes; MPM coupled with rigid "
+                             "bodies cannot be fitted yet", file=spec.source)
 
 
 def fit_scene(world) -> FitScene:
-    """The adapter for ``world``: spheres, rigid bodies or a grid fluid; MPM cannot be fitted yet."""
+    """The adapter for ``world``: spheres, rigid bodies, a grid fluid or MPM particles."""
     spec = world.spec
     if getattr(spec, "fluid", None) is not None:
         return FluidFitScene(world)
     check_fittable(spec)
+    if getattr(spec, "mpm", None) is not None:
+        return MPMFitScene(world)
     return RigidFitScene(world) if world.rigid else FitScene(world)

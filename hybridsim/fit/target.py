@@ -20,12 +20,16 @@ import torch.nn.functional as F
 from ..errors import AssetError
 
 __all__ = ["Target", "prepare_target", "load_target_frames", "load_camera_json", "foreground_mask",
-           "resample_frames", "mask_moments"]
+           "resample_frames", "mask_moments", "first_frame_background"]
 
 MIN_THRESHOLD = 0.08
 """Smallest colour distance (RGB in [0, 1], Euclidean) that counts as foreground."""
 NOISE_SIGMAS = 5.0
 """The threshold is also at least this many robust noise sigmas of the colour distance."""
+SHADOW_REACH_PX = 6
+"""How far (pixels) from the scene's objects in frame 0 their shadow in the target is looked for."""
+SHADOW_CHROMA_COSINE = 0.995
+"""A pixel is a shadow of another if their RGB directions agree this well and it is darker."""
 MIN_AREA_PX = 4.0
 """A frame whose mask covers fewer pixels than this counts as 'nothing visible'."""
 
@@ -111,7 +115,8 @@ def resample_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tens
 
 
 def foreground_mask(frames: torch.Tensor, background: torch.Tensor | None = None, *,
-                    min_threshold: float = MIN_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+                    min_threshold: float = MIN_THRESHOLD,
+                    drop_shadows: bool = False) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """Background subtraction: (T, H, W, 3) in [0, 1] -> (mask (T, H, W), background, threshold, noise).
 
     The background is the per-pixel temporal median. ``distance`` is the Euclidean RGB distance
@@ -119,15 +124,19 @@ def foreground_mask(frames: torch.Tensor, background: torch.Tensor | None = None
     The *core* is where distance > threshold = max(min_threshold, NOISE_SIGMAS * noise), cleaned with
     a 3x3 morphological opening (drops specks) then closing (fills pinholes). The *interior* is the
     part of the core above half the frame's median core distance (about the silhouette line),
-    eroded by 2 px. The returned mask is 1 on the interior and, within 2 px of the core, an
+    eroded by 2 px, together with the core eroded by 2 px. The returned mask is 1 on the interior and, within 2 px of the core, an
     estimate of coverage a from the compositing model pixel = a fg + (1 - a) background: the
     projection of (pixel - background) onto (fg - background), fg being the mean colour of the
     interior pixels in the 7x7 neighbourhood. A hard threshold would instead grow every silhouette
-    by about a pixel and bias the fitted depth.
+    by about a pixel and bias the fitted depth. With ``drop_shadows`` a pixel that is a darker copy
+    of the background (RGB directions within SHADOW_CHROMA_COSINE) is not foreground: cast shadows,
+    which a target lit from elsewhere puts elsewhere than the scene's light would.
     """
     if background is None:
         background = frames.median(dim=0).values
     distance = (frames - background).norm(dim=-1)  # (T, H, W)
+    if drop_shadows:
+        distance = torch.where(is_shadow(frames, background), torch.zeros_like(distance), distance)
     noise = float(1.4826 * distance.flatten().median())
     threshold = max(float(min_threshold), NOISE_SIGMAS * noise)
     core = _close(_open((distance > threshold).to(torch.float32)))
@@ -137,6 +146,9 @@ def foreground_mask(frames: torch.Tensor, background: torch.Tensor | None = None
     for _ in range(2):
         eroded = _erode(inner)
         inner = torch.where(eroded.sum(dim=(1, 2), keepdim=True) > 0, eroded, inner)  # keep tiny objects
+    # also 2 px inside the core itself: a face shaded close to the background (a dark side on dark
+    # ground) is below half the typical contrast yet surely covered
+    inner = torch.maximum(inner, _erode(_erode(core)))
     near = _dilate(_dilate(core))
     # foreground colour near each pixel: mean colour of the interior pixels in its 7x7 neighbourhood
     pool = lambda x: F.avg_pool2d(x, 7, stride=1, padding=3, count_include_pad=False)  # noqa: E731
@@ -152,6 +164,44 @@ def foreground_mask(frames: torch.Tensor, background: torch.Tensor | None = None
     soft = coverage.clamp(0.0, 1.0)  # linear in the pixel, so zero-mean noise adds no bias (unlike a distance)
     mask = torch.where(inner > 0, torch.ones_like(soft), soft * near)
     return mask, background, threshold, noise
+
+
+def is_shadow(pixels: torch.Tensor, lit: torch.Tensor) -> torch.Tensor:
+    """(...) bool: ``pixels`` (..., 3) is a darker copy of ``lit`` (same chromaticity, less bright)."""
+    cosine = (pixels * lit).sum(-1) / (pixels.norm(dim=-1) * lit.norm(dim=-1)).clamp(min=1e-6)
+    return (cosine > SHADOW_CHROMA_COSINE) & (pixels.norm(dim=-1) < lit.norm(dim=-1))
+
+
+def first_frame_background(first: torch.Tensor, last: torch.Tensor, median: torch.Tensor, occupied: torch.Tensor,
+                           threshold: float, agreement: float = 0.5) -> torch.Tensor | None:
+    """The target's background from its first frame, for a target with another look.
+
+    ``occupied`` (H, W) is the coverage of the scene's own moving objects in frame 0. Where it is
+    > 0.01 (grown by 2 px) the first frame shows the object, so the last frame is taken where it
+    differs from the first (the object has left), else the temporal median; within
+    ``SHADOW_REACH_PX`` of it, the last frame where the first is a darker copy of it (same
+    chromaticity: the object's shadow, which the target's light may cast elsewhere than the
+    scene's). Everywhere else the
+    first frame *is* the background, also where an object lingers for most of the clip (which the
+    temporal median would take for background). Returns None (keep the median) unless the first
+    frame differs from the median on at least ``agreement`` of the pixels the scene's objects cover
+    (> 0.5) in frame 0, i.e. unless the target's objects start where the scene's do."""
+    cover = occupied > 0.5
+    if not bool(cover.any()):
+        return first if bool((occupied <= 0.01).all()) else None
+    differs = (first - median).norm(dim=-1) > threshold
+    if float(differs[cover].float().mean()) < agreement:
+        return None
+    seen = (occupied > 0.01).to(torch.float32)[None, None]
+    grown = F.max_pool2d(seen, 5, stride=1, padding=2)[0, 0] > 0
+    near = F.max_pool2d(seen, 2 * SHADOW_REACH_PX + 1, stride=1, padding=SHADOW_REACH_PX)[0, 0] > 0
+    moved = (last - first).norm(dim=-1) > threshold
+    inside = torch.where(moved[..., None], last, median)
+    # next to the objects, a first-frame pixel that is a darker copy of the last frame's (same
+    # chromaticity) is their shadow, which the target's light may cast elsewhere than the scene's
+    shadow = near & moved & is_shadow(first, last)
+    around = torch.where(shadow[..., None], last, first)
+    return torch.where(grown[..., None], inside, around)
 
 
 def _masked_median(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -195,12 +245,14 @@ def mask_moments(mask: torch.Tensor, eps: float = 1e-8) -> tuple[torch.Tensor, t
 
 def prepare_target(frames, *, height: int, width: int, scene_fps: float, target_fps: float | None = None,
                    max_frames: int | None = None, source: str | None = None,
-                   min_threshold: float = MIN_THRESHOLD, background: torch.Tensor | None = None) -> Target:
+                   min_threshold: float = MIN_THRESHOLD, background: torch.Tensor | None = None,
+                   drop_shadows: bool = False) -> Target:
     """Prepare target frames (F, h, w, 3), uint8 or float in [0, 1], for a render of height x width.
 
     ``background`` (height, width, 3) in [0, 1] is the clip's empty background when it is known
     (the scene's own render, when the target shares the scene's appearance); by default it is the
     per-pixel temporal median, which misses objects that rest in one place for half the clip.
+    ``drop_shadows``: leave cast shadows out of the mask (see ``foreground_mask``).
 
     Frame k of the result is the target frame nearest in time to scene time k / scene_fps (when
     ``target_fps`` is None the target is taken to run at the scene's rate). At most ``max_frames``
@@ -250,7 +302,10 @@ def prepare_target(frames, *, height: int, width: int, scene_fps: float, target_
         if tuple(background.shape) != (height, width, 3):
             raise AssetError(f"background must be ({height}, {width}, 3), got {tuple(background.shape)}", file=source)
         digest.update(b"background" + background.numpy().tobytes())
-    mask_all, background, threshold, noise = foreground_mask(all_frames, background, min_threshold=min_threshold)
+    if drop_shadows:
+        digest.update(b"drop_shadows")
+    mask_all, background, threshold, noise = foreground_mask(all_frames, background, min_threshold=min_threshold,
+                                                             drop_shadows=drop_shadows)
     pick = torch.tensor(index)
     rgb, mask = all_frames[pick].contiguous(), mask_all[pick].contiguous()
     area, centroid = mask_moments(mask.double())

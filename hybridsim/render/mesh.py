@@ -92,7 +92,8 @@ def render_meshes(
             soft-composited weight (e.g. 1 for moving objects, 0 for static ones: the soft
             coverage of the moving objects, hidden where a static object is in front), plus, with
             ``shadows``, the ground shadow cast by the weighted objects where no object covers
-            it (hard, no gradient): what background subtraction finds in a video of the scene.
+            it (hard, no gradient): what background subtraction finds in a video of the scene;
+            and ``coverage_objects``, the same without the shadows.
         textures: optional per-object ``hybridsim.render.textures.Texture`` or None (K entries).
             A textured object's albedo varies per pixel: the rasteriser interpolates the texture
             coordinates of every pixel-face pair perspective-correctly (with their screen
@@ -286,6 +287,7 @@ def render_meshes(
     }
     if coverage_weights is not None:
         coverage = tail[:, 0].clamp(0.0, 1.0)
+        layers["coverage_objects"] = coverage.reshape(height, width)  # without the cast shadows
         if shadows:  # what background subtraction sees: the objects and the shadows they cast
             coverage = coverage + (1.0 - alpha.clamp(0.0, 1.0)) * moving_shade.to(dtype)
         layers["coverage"] = coverage.reshape(height, width)
