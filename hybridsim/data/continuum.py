@@ -1,12 +1,17 @@
-"""Fluid (2D smoke) and MPM samples of a generate job: guarded rollout, gates, render, encode.
+"""Fluid (2D and 3D smoke) and MPM samples of a generate job: guarded rollout, gates, render, encode.
 
 Both write the entries every sample has (see :mod:`hybridsim.data.job`):
 
-* ``[fluid]``: ``hybridsim.sim.fluid.fluid_rollout`` (its guard stops non-finite fields and CFL
+* 2D ``[fluid]``: ``hybridsim.sim.fluid.fluid_rollout`` (its guard stops non-finite fields and CFL
   numbers above 5), the gates of :func:`~hybridsim.data.gates.evaluate_fluid_gates` (density
   against the inflow budget, CFL), ``hybridsim.render.fluid.render_fluid_frames`` (a fixed
   camera: a moving one is a SceneError). states.npz holds the density and the cell-centred
   velocity on every ``field_stride``-th cell.
+* 3D ``[fluid]`` (``cells = [nx, ny, nz]``): the same with ``fluid_rollout3d`` (its guard also
+  stops density above twice the inflow budget), ``hybridsim.render.fluid3d.render_fluid3d_frames``
+  (smoke ray-marched over the ground and obstacles; cameras may move, e.g. ``[camera.orbit]``
+  with ``sweep_deg``, the surfaces then rasterised every frame). states.npz holds the density
+  and the cell-centred 3D velocity on every ``field_stride``-th cell of each axis.
 * ``[mpm]``: ``hybridsim.sim.mpm.mpm_rollout`` (``MPMGuard``: non-finite particles, particles
   leaving the grid, particle CFL above 1), the gates of
   :func:`~hybridsim.data.gates.evaluate_mpm_gates` (kinetic + gravitational energy gain, CFL),
@@ -42,10 +47,7 @@ def fluid_attempt(job: GenerateJob, draw: Draw, rejected: list, timing: dict) ->
     from .sample import camera_layers
 
     world, spec = draw.world, draw.spec
-    if getattr(spec.fluid, "dimension", 2) != 2:
-        raise SceneError("generate draws 2D [fluid] scenes only (3D smoke is not supported yet)",
-                         file=job.distribution_name, field="fluid")
-    if camera_moves(spec.camera):
+    if spec.fluid.dimension == 2 and camera_moves(spec.camera):
         raise SceneError("generate renders [fluid] scenes with a fixed camera (drop camera.orbit.sweep_deg and "
                          "[[camera.keyframes]])", file=job.distribution_name, field="camera")
     start = time.perf_counter()
@@ -62,6 +64,8 @@ def fluid_attempt(job: GenerateJob, draw: Draw, rejected: list, timing: dict) ->
         reject(rejected, draw, failures)
         return None
 
+    if spec.fluid.dimension == 3:
+        return _fluid3d_entries(job, draw, trajectory, measured, rejected, timing)
     start = time.perf_counter()
     camera = Camera.from_spec(spec.camera)
     with torch.no_grad():
@@ -112,6 +116,69 @@ def fluid_attempt(job: GenerateJob, draw: Draw, rejected: list, timing: dict) ->
     return sample_entries(job, draw, meta, rgb, layers, states, timing)
 
 
+def _fluid3d_entries(job: GenerateJob, draw: Draw, trajectory, measured: dict, rejected: list, timing: dict):
+    """Render, encode and label one 3D smoke draw that passed its gates (``fluid_attempt``)."""
+    import torch
+
+    from ..render import to_uint8
+    from ..render.camera_io import scene_cameras
+    from ..render.fluid3d import render_fluid3d_frames
+    from .sample import camera_layers
+
+    world, spec = draw.world, draw.spec
+    fluid = spec.fluid
+    start = time.perf_counter()
+    cameras = scene_cameras(spec.camera, int(trajectory.density.shape[0]), spec.time.fps)
+    with torch.no_grad():
+        rendered = render_fluid3d_frames(world, trajectory, cameras, 1.0 / spec.time.fps)
+    rgb = to_uint8(rendered.pop("rgb").numpy())
+    layers = {key: _numpy_layer(value) for key, value in rendered.items()}
+    layers.update(camera_layers(cameras))
+    timing["render_s"] += time.perf_counter() - start
+    if non_finite_layers(rejected, draw, layers, _FLOW_LAYERS):
+        return None
+
+    stride = int(job.option("field_stride") or 1)
+    states = _fluid_states(trajectory, fluid.cells, stride)
+    frame_count = rgb.shape[0]
+    meta = base_meta(job, draw, layers, "fluid", frame_count)
+    meta["fluid"] = {
+        "cells": list(fluid.cells), "cell_size": fluid.cell_size, "origin": list(fluid.origin),
+        "boundary": list(fluid.boundary), "wall_slip": fluid.wall_slip, "buoyancy": fluid.buoyancy,
+        "vorticity": fluid.vorticity, "viscosity": fluid.viscosity, "advection": fluid.advection,
+        "density_advection": fluid.density_advection, "smoke_color": list(fluid.smoke_color),
+        "opacity": fluid.opacity,
+        "inflows": [_shape_record(inflow, rate=inflow.rate, temperature=inflow.temperature)
+                    for inflow in fluid.inflows],
+        "obstacles": [_shape_record(obstacle) for obstacle in fluid.obstacles],
+        "obstacle_color": list(fluid.obstacle_color),
+        "temperature": None if fluid.temperature is None else {
+            "ambient": fluid.temperature.ambient, "buoyancy": fluid.temperature.buoyancy,
+            "cooling": fluid.temperature.cooling, "density_weight": fluid.temperature.density_weight},
+        "dt": spec.dt,
+        "field_stride": stride,
+    }
+    meta["ground_height"] = spec.ground.height
+    smoke_id = len(fluid.obstacles) + 1
+    temperature = ", temperature (T,nx',ny',nz') K" if "temperature" in states else ""
+    cells = "x".join(str(n) for n in fluid.cells)
+    finish_meta(meta, job, draw, measured, rejected, {
+        "mp4": f"H.264 video, {frame_count} frames of {spec.camera.width}x{spec.camera.height} at {spec.time.fps:g} fps",
+        "layers.npz": "alpha (T,H,W) [smoke coverage], depth (T,H,W) m [the smoke's expected camera z where it "
+                      "covers, else the ground / obstacle behind, inf sky], normal (T,H,W,3) camera space [of the "
+                      f"surfaces], segmentation (T,H,W) int32 [0 ground / sky, k + 1 obstacle k, {smoke_id} smoke "
+                      "where alpha >= 0.5], flow_forward/flow_backward (T,H,W,2) px [the smoke moved by +/- frame t's "
+                      "velocity over one frame, seen by the next / previous frame's camera; off the smoke the "
+                      "static surfaces' motion under the camera's], occlusion_forward/occlusion_backward (T,H,W) bool, "
+                      "intrinsics (T,3,3), extrinsics (T,4,4) world to camera (OpenCV axes)",
+        "states.npz": f"every {stride}-th cell (field_stride) of each axis of the {cells} grid, grid (i, j, k) = world "
+                      "(x, y, z): density (T,nx',ny',nz'), velocity (T,nx',ny',nz',3) m/s [cell-centred, averaged "
+                      f"from the MAC faces]{temperature}, times (T,) s, field_stride () int64 (cell i of these arrays "
+                      "is grid cell field_stride * i; cell_size and origin: the json's fluid)",
+    })
+    return sample_entries(job, draw, meta, rgb, layers, states, timing)
+
+
 def _fluid_blow_up(error) -> dict:
     """The rejection reason of a fluid rollout stopped by its guard (CFL above 5 counts as ``cfl``)."""
     from .gates import blow_up_reason
@@ -131,7 +198,7 @@ def _numpy_layer(tensor):
 
 def _shape_record(shape, **extra) -> dict:
     record = {"shape": shape.shape, "center": list(shape.center)}
-    if shape.shape == "disc":
+    if shape.shape in ("disc", "sphere"):
         record["radius"] = shape.radius
     else:
         record["half_size"] = list(shape.half_size)
@@ -143,13 +210,18 @@ def _fluid_states(trajectory, cells, stride: int) -> dict:
     import numpy as np
 
     from ..render.fluid import cell_velocity
+    from ..render.fluid3d import cell_velocity3d
 
-    velocity = np.stack([cell_velocity(u, v, tuple(cells)).detach().cpu().numpy()
-                         for u, v in zip(trajectory.velocity_x, trajectory.velocity_y)])
-    states = {"density": trajectory.density.detach().cpu().numpy()[:, ::stride, ::stride],
-              "velocity": velocity[:, ::stride, ::stride]}
+    if len(cells) == 3:
+        velocity = np.stack([cell_velocity3d(u, v, w, tuple(cells)).detach().cpu().numpy() for u, v, w in
+                             zip(trajectory.velocity_x, trajectory.velocity_y, trajectory.velocity_z)])
+    else:
+        velocity = np.stack([cell_velocity(u, v, tuple(cells)).detach().cpu().numpy()
+                             for u, v in zip(trajectory.velocity_x, trajectory.velocity_y)])
+    every = (slice(None), *[slice(None, None, stride)] * len(cells))  # (T, every stride-th cell of each axis)
+    states = {"density": trajectory.density.detach().cpu().numpy()[every], "velocity": velocity[every]}
     if getattr(trajectory, "temperature", None) is not None:
-        states["temperature"] = trajectory.temperature.detach().cpu().numpy()[:, ::stride, ::stride]
+        states["temperature"] = trajectory.temperature.detach().cpu().numpy()[every]
     states["times"] = trajectory.times.detach().cpu().numpy()
     states["field_stride"] = np.asarray(stride, dtype=np.int64)
     return states

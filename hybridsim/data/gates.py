@@ -296,13 +296,13 @@ def evaluate_rigid_gates(world, trajectory, gates: QualityGates) -> tuple[dict, 
 def fluid_inflow_rate(fluid_spec) -> float:
     """Density the inflows add per second, summed over the cells [density x cells / s]: each source
     adds ``rate * coverage`` per cell and second, with the soft coverage of the solver's
-    ``add_inflow`` kernel (a C1 ramp one cell wide across the shape's edge)."""
+    ``add_inflow`` kernel (a C1 ramp one cell wide across the shape's edge). 2D (discs, boxes) and
+    3D (spheres, axis-aligned boxes) grids."""
     import numpy as np
 
-    nx, ny = fluid_spec.cells
+    cells = tuple(int(n) for n in fluid_spec.cells)
     dx = float(fluid_spec.cell_size)
-    x = (np.arange(nx)[:, None] + 0.5) * dx
-    y = (np.arange(ny)[None, :] + 0.5) * dx
+    centres = np.meshgrid(*[(np.arange(n) + 0.5) * dx for n in cells], indexing="ij", sparse=True)
 
     def ramp(e):
         s = np.clip(e + 0.5, 0.0, 1.0)
@@ -310,27 +310,30 @@ def fluid_inflow_rate(fluid_spec) -> float:
 
     total = 0.0
     for inflow in fluid_spec.inflows:
-        ox = x - (inflow.center[0] - fluid_spec.origin[0])
-        oy = y - (inflow.center[1] - fluid_spec.origin[1])
-        if inflow.shape == "disc":
-            cover = ramp((inflow.radius - np.sqrt(ox * ox + oy * oy + 1e-20)) / dx)
+        offset = [x - (c - o) for x, c, o in zip(centres, inflow.center, fluid_spec.origin)]
+        if inflow.shape in ("disc", "sphere"):
+            cover = ramp((inflow.radius - np.sqrt(sum(o * o for o in offset) + 1e-20)) / dx)
         else:
-            cover = ramp((inflow.half_size[0] - np.abs(ox)) / dx) * ramp((inflow.half_size[1] - np.abs(oy)) / dx)
-        total += float(inflow.rate) * float(np.broadcast_to(cover, (nx, ny)).sum())
+            cover = 1.0
+            for o, half in zip(offset, inflow.half_size):
+                cover = cover * ramp((half - np.abs(o)) / dx)
+        total += float(inflow.rate) * float(np.broadcast_to(cover, cells).sum())
     return total
 
 
 def evaluate_fluid_gates(world, trajectory, gates: QualityGates) -> tuple[dict, list[dict]]:
-    """Check a grid-fluid rollout (GridFluidTrajectory): non-finite fields, the total density against
-    the inflow budget (initial amount + rate x time, gate ``mass_gain``) and the CFL number at every
-    record (gate ``cfl``). Returns the measured ``mass`` (per record, in density x cells),
+    """Check a grid-fluid rollout (GridFluidTrajectory or GridFluid3DTrajectory): non-finite fields,
+    the total density against the inflow budget (initial amount + rate x time, gate ``mass_gain``)
+    and the CFL number at every record (gate ``cfl``). Returns the measured ``mass`` (per record, in density x cells),
     ``inflow_budget`` (the same at the last record), ``mass_gain`` (the largest relative excess over
     the budget, <= 0 when none) and ``max_cfl``, and the failures, as :func:`evaluate_gates`."""
     import torch
 
     spec = world.spec
-    u, v, rho = (t.detach().to(torch.float64) for t in (trajectory.velocity_x, trajectory.velocity_y, trajectory.density))
-    if not all(bool(torch.isfinite(t).all()) for t in (u, v, rho)):
+    velocities = [t.detach().to(torch.float64) for t in (trajectory.velocity_x, trajectory.velocity_y,
+                                                         getattr(trajectory, "velocity_z", None)) if t is not None]
+    rho = trajectory.density.detach().to(torch.float64)
+    if not all(bool(torch.isfinite(t).all()) for t in (*velocities, rho)):
         return {}, [{"gate": "non_finite", "value": None, "limit": None, "detail": "non-finite fluid fields"}]
     frames = rho.shape[0]
     mass = rho.reshape(frames, -1).sum(-1)
@@ -338,8 +341,8 @@ def evaluate_fluid_gates(world, trajectory, gates: QualityGates) -> tuple[dict, 
     budget = mass[0] + fluid_inflow_rate(spec.fluid) * (times - times[0])
     excess = (mass - budget) / budget.clamp(min=1e-12)
     gain = float(excess[1:].max()) if frames > 1 else 0.0
-    speed = torch.maximum(u.abs().reshape(frames, -1).amax(-1), v.abs().reshape(frames, -1).amax(-1))
-    cfl = float(speed.max()) * spec.dt / float(spec.fluid.cell_size)
+    speed = max(float(u.abs().max()) for u in velocities)
+    cfl = speed * spec.dt / float(spec.fluid.cell_size)
     measured = {"mass": [round(float(m), 6) for m in mass], "inflow_budget": float(budget[-1]), "mass_gain": gain,
                 "max_cfl": cfl}
     failures = []

@@ -9,7 +9,7 @@ sphere_physics_metrics      energy gain / drift, ground penetration, horizontal 
 rigid_physics_metrics       total energy (kinetic incl. rotational + potential + springs) per
                             frame, drift and largest rise; penetration (ground, bodies) per
                             frame; linear / angular momentum against gravity in flight
-fluid_physics_metrics       relative divergence (max and area-weighted L2) per frame; total
+fluid_physics_metrics       (2D and 3D) relative divergence (max and area-weighted L2) per frame; total
                             density against the inflow budget; kinetic energy; CFL number
 mpm_physics_metrics         total mass, linear momentum against the gravity impulse, kinetic +
                             gravitational (+ elastic) energy, det(F) range, particles outside
@@ -213,8 +213,9 @@ def _per_frame(field: torch.Tensor | None, frames: int, like: torch.Tensor, fill
 def fluid_physics_metrics(velocity_x: torch.Tensor, velocity_y: torch.Tensor, density: torch.Tensor,
                           times: torch.Tensor, *, cell_size: float, dt: float, face_fraction_x=None,
                           face_fraction_y=None, solid_x=None, solid_y=None, periodic: Sequence[bool] = (False, False),
-                          inflow_rate: float = 0.0) -> dict:
-    """Incompressibility, mass budget, kinetic energy and CFL number of 2D MAC-grid fluid states.
+                          inflow_rate: float = 0.0, velocity_z: torch.Tensor | None = None,
+                          face_fraction_z=None) -> dict:
+    """Incompressibility, mass budget, kinetic energy and CFL number of 2D or 3D MAC-grid fluid states.
 
     ``velocity_x`` (T, Fx, ny) and ``velocity_y`` (T, nx, Fy) face velocities [m/s] (Fx = nx + 1,
     or nx on a periodic x axis), ``density`` (T, nx, ny) [1], ``times`` (T,) [s]; ``cell_size`` dx
@@ -222,15 +223,18 @@ def fluid_physics_metrics(velocity_x: torch.Tensor, velocity_y: torch.Tensor, de
     (one frame's shape, or per frame for moving obstacles; default 1), ``solid_x/_y`` the solid
     velocity on faces covered by moving obstacles (the volume flux is then A u + (1 - A) u_s, as
     in the solver's projection), ``inflow_rate`` the density the sources add per second summed
-    over the cells [1/s] (:func:`hybridsim.data.gates.fluid_inflow_rate`).
+    over the cells [1/s] (:func:`hybridsim.data.gates.fluid_inflow_rate`). 3D: add
+    ``velocity_z`` (T, nx, ny, Fz) and ``face_fraction_z``; every field gains the z axis,
+    ``periodic`` has 3 entries (obstacles are static in 3D).
 
     Returns, per frame (lists of T) and as maxima over frames:
       * ``divergence_max_relative``: max over fluid cells of |div(A u)| dx / max |u| [1] (0 for a
         fluid at rest); ``divergence_l2_relative``: the root mean square of div(A u) over the fluid
         area (cells weighted by their open fraction) times dx / max |u|. A projected field is at
         the pressure solver's tolerance (about 1e-5 in float32).
-      * ``mass`` [density m^2]: sum of density x cell area; ``inflow_budget``: the first frame's mass
-        + rate x dx^2 x elapsed time; ``mass_error_relative`` (mass - budget) / budget, with
+      * ``mass`` [density m^2, 3D: density m^3]: sum of density x cell area (volume);
+        ``inflow_budget``: the first frame's mass + rate x dx^2 (dx^3) x elapsed time;
+        ``mass_error_relative`` (mass - budget) / budget, with
         ``mass_gain_relative`` its maximum (> 0: density created) and ``mass_loss_relative`` minus
         its minimum (> 0: density lost, expected only through open sides or non-conservative
         advection).
@@ -238,18 +242,18 @@ def fluid_physics_metrics(velocity_x: torch.Tensor, velocity_y: torch.Tensor, de
         [m^2/s^2 = J/kg]; multiply by rho x area for joules per metre of depth.
       * ``cfl``: max |u| dt / dx [1].
     """
-    u = torch.as_tensor(velocity_x).detach().double()
-    v = torch.as_tensor(velocity_y).detach().double()
+    velocities = [torch.as_tensor(u).detach().double() for u in (velocity_x, velocity_y, velocity_z) if u is not None]
     rho = torch.as_tensor(density).detach().double()
     times = torch.as_tensor(times).detach().double().reshape(-1)
     frames = rho.shape[0]
+    dims = len(velocities)
     dx = float(cell_size)
-    area_x, area_y = _per_frame(face_fraction_x, frames, u, 1.0), _per_frame(face_fraction_y, frames, v, 1.0)
-    flux_x, flux_y = area_x * u, area_y * v
-    if solid_x is not None:
-        flux_x = flux_x + (1.0 - area_x) * _per_frame(solid_x, frames, u, 0.0)
-    if solid_y is not None:
-        flux_y = flux_y + (1.0 - area_y) * _per_frame(solid_y, frames, v, 0.0)
+    areas = [_per_frame(fraction, frames, u, 1.0)
+             for fraction, u in zip((face_fraction_x, face_fraction_y, face_fraction_z), velocities)]
+    fluxes = [area * u for area, u in zip(areas, velocities)]
+    for axis, solid in enumerate((solid_x, solid_y)):
+        if solid is not None:
+            fluxes[axis] = fluxes[axis] + (1.0 - areas[axis]) * _per_frame(solid, frames, velocities[axis], 0.0)
 
     def across(field, dim, wraps):  # (next face - this face) per cell along grid axis ``dim``
         if wraps:
@@ -261,20 +265,21 @@ def fluid_physics_metrics(velocity_x: torch.Tensor, velocity_y: torch.Tensor, de
             return torch.roll(field, -1, dims=dim) + field
         return field.narrow(dim, 1, field.shape[dim] - 1) + field.narrow(dim, 0, field.shape[dim] - 1)
 
-    px, py = bool(periodic[0]), bool(periodic[1])
-    divergence = (across(flux_x, 1, px) + across(flux_y, 2, py)) / dx  # (T, nx, ny) [1/s]
-    fluid = (faces_of_cells(area_x, 1, px) + faces_of_cells(area_y, 2, py)) / 4.0  # open fraction per cell
+    wraps = [bool(periodic[axis]) if axis < len(periodic) else False for axis in range(dims)]
+    divergence = sum(across(flux, axis + 1, wraps[axis]) for axis, flux in enumerate(fluxes)) / dx  # [1/s]
+    fluid = sum(faces_of_cells(area, axis + 1, wraps[axis]) for axis, area in enumerate(areas)) / (2.0 * dims)
     weight = fluid.reshape(frames, -1)
-    speed = torch.maximum(u.abs().reshape(frames, -1).amax(-1), v.abs().reshape(frames, -1).amax(-1))
+    speed = torch.stack([u.abs().reshape(frames, -1).amax(-1) for u in velocities]).amax(0)
     scale = torch.where(speed > 0, dx / speed.clamp(min=1e-300), torch.zeros_like(speed))
     div = divergence.reshape(frames, -1) * (weight > 0)
     div_max = div.abs().amax(-1) * scale
     div_l2 = ((weight * div * div).sum(-1) / weight.sum(-1).clamp(min=1e-300)).sqrt() * scale
-    kinetic = 0.5 * ((area_x * u * u).reshape(frames, -1).sum(-1) + (area_y * v * v).reshape(frames, -1).sum(-1)) \
+    kinetic = 0.5 * sum((area * u * u).reshape(frames, -1).sum(-1) for area, u in zip(areas, velocities)) \
         / weight.sum(-1).clamp(min=1e-300)
 
-    mass = rho.reshape(frames, -1).sum(-1) * dx * dx
-    budget = mass[0] + float(inflow_rate) * dx * dx * (times - times[0])
+    cell_measure = dx ** dims  # area (2D) or volume (3D) of a cell
+    mass = rho.reshape(frames, -1).sum(-1) * cell_measure
+    budget = mass[0] + float(inflow_rate) * cell_measure * (times - times[0])
     error = (mass - budget) / budget.abs().clamp(min=1e-12)
     error = torch.where(budget.abs() > 0, error, torch.zeros_like(error))
     cfl = speed * float(dt) / dx
@@ -403,7 +408,7 @@ def scene_physics_metrics(spec, states: Mapping[str, object]) -> dict:
     ``coupled`` (``{"mpm": ..., "rigid": ...}``: the two exchange momentum and energy through
     the coupling, so the free-fall and flight momentum checks are off and each energy is its own
     part's), or
-    ``fluid3d`` (not covered yet: ``note``). Models (masses, shapes, face fractions, particle
+    ``fluid3d`` (:func:`fluid_physics_metrics` with the z axis). Models (masses, shapes, face fractions, particle
     densities) are rebuilt from the scene on the CPU in float64."""
     from ..sim.world import World
 
@@ -411,9 +416,9 @@ def scene_physics_metrics(spec, states: Mapping[str, object]) -> dict:
         return torch.as_tensor(states[name])
 
     if spec.fluid is not None:
-        if spec.fluid.dimension == 3:
-            return {"simulator": "fluid3d", "note": "physics metrics cover 2D grid fluids only"}
         world = World(spec, device="cpu", precision="float64")
+        if spec.fluid.dimension == 3:
+            return {"simulator": "fluid3d", **_scene_fluid3d(world, array)}
         return {"simulator": "fluid", **_scene_fluid(world, array)}
     if getattr(spec, "mpm", None) is not None:
         world = World(spec, device="cpu", precision="float64")
@@ -457,6 +462,20 @@ def _scene_fluid(world, array) -> dict:
     return fluid_physics_metrics(array("velocity_x"), array("velocity_y"), array("density"), times,
                                  cell_size=spec.fluid.cell_size, dt=spec.dt, periodic=model.periodic,
                                  inflow_rate=fluid_inflow_rate(spec.fluid), **extra)
+
+
+def _scene_fluid3d(world, array) -> dict:
+    from ..data.gates import fluid_inflow_rate
+    from ..sim.fluid3d import fluid_model3d
+
+    spec = world.spec
+    with torch.no_grad():
+        model = fluid_model3d(world)
+    return fluid_physics_metrics(array("velocity_x"), array("velocity_y"), array("density"), array("times").double(),
+                                 velocity_z=array("velocity_z"), cell_size=spec.fluid.cell_size, dt=spec.dt,
+                                 periodic=model.periodic, inflow_rate=fluid_inflow_rate(spec.fluid),
+                                 face_fraction_x=model.face_fraction_x, face_fraction_y=model.face_fraction_y,
+                                 face_fraction_z=model.face_fraction_z)
 
 
 def _scene_mpm(world, array, free_fall: bool = True) -> dict:

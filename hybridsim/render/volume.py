@@ -164,6 +164,7 @@ def render_volume(
     background_depth: torch.Tensor | None = None,
     velocity: torch.Tensor | None = None,
     frame_dt: float | None = None,
+    flow_camera: Camera | None = None,
     light_direction=None,
     ambient=0.35,
     light_intensity=0.65,
@@ -189,7 +190,8 @@ def render_volume(
             layer: camera z of the first hard hit, inf where none): the march stops there (a
             hard cut: no gradient w.r.t. ``background_depth``).
         velocity: (nx, ny, nz, 3) cell-centred world velocity [m/s]; with ``frame_dt`` [s] adds
-            the ``flow`` layer.
+            the ``flow`` layer. ``flow_camera`` (default ``camera``): the camera the moved samples
+            are projected with (the next frame's, for a moving camera), so flow includes its motion.
         light_direction: direction the light travels (world); None renders pure emission
             (every sample shows ``color``). With a light, a sample shows ``color * (ambient +
             light_intensity * T_light)``, ``T_light`` the transmittance from outside the grid
@@ -262,8 +264,10 @@ def render_volume(
     if per_cell_color:
         channels += list(color.unbind(-1))
     rot = camera.rotation(device, dtype)
-    if flow:  # velocity in camera axes times frame_dt: the displacement of a point over a frame
-        channels += list(((velocity.to(dtype) @ rot.T) * float(frame_dt)).unbind(-1))
+    flow_camera = camera if flow_camera is None else flow_camera
+    flow_rot = flow_camera.rotation(device, dtype)
+    if flow:  # velocity in the flow camera's axes times frame_dt: the displacement of a point over a frame
+        channels += list(((velocity.to(dtype) @ flow_rot.T) * float(frame_dt)).unbind(-1))
     # grid_sample wants (N, C, D, H, W) with grid (x, y, z) indexing (W, H, D): ours is (x, y, z)
     volume = torch.stack(channels).permute(0, 3, 2, 1)[None]
 
@@ -302,9 +306,10 @@ def render_volume(
         cols = torch.arange(width, device=device, dtype=dtype)
         centres = torch.stack(torch.meshgrid(cols, rows, indexing="xy"), dim=-1).reshape(pixels, 2) + 0.5
         grid_origin, grid_dir = (origins - lo) / extent * 2.0 - 1.0, dirs / extent * 2.0
-        position = par(camera.position)
-        cam_origin, cam_dir = (origins - position) @ rot.T, dirs @ rot.T
-        principal = (camera.cx, camera.cy)
+        # the rays in the flow camera's frame: a moved sample is projected by that camera
+        position = par(flow_camera.position)
+        cam_origin, cam_dir = (origins - position) @ flow_rot.T, dirs @ flow_rot.T
+        principal = (flow_camera.cx, flow_camera.cy)
         per_chunk = max(1, chunk_samples // max(run, 1))
         amb, intensity = par(ambient), par(light_intensity)
         differentiable = torch.is_grad_enabled() and any(
@@ -314,7 +319,8 @@ def render_volume(
             index = hit[begin:begin + per_chunk]
             args = (grid_origin[index], grid_dir[index], cam_origin[index], cam_dir[index], cos_forward[index],
                     t_near[index], t_exit[index], first[index], centres[index], volume, color, opacity, amb,
-                    intensity, camera.focal(), principal, steps, run, lit, flow, per_cell_color, camera.orthographic)
+                    intensity, flow_camera.focal(), principal, steps, run, lit, flow, per_cell_color,
+                    flow_camera.orthographic)
             parts.append(checkpoint(_march, *args, use_reentrant=False) if differentiable else _march(*args))
         if parts:
             summed = summed.index_copy(0, hit, torch.cat(parts))

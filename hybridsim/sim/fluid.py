@@ -103,12 +103,12 @@ def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
     from ..solvers.grid_fluid import SolverGridFluid, rollout_grid_fluid
 
     spec = world.spec
-    if spec.fluid.dimension == 3:  # a GridFluid3DTrajectory (no motion prior or frame guard in 3D yet)
+    if spec.fluid.dimension == 3:  # a GridFluid3DTrajectory (no motion prior in 3D yet)
         if motion_prior is not None:
             raise SceneError("a motion prior is not supported for a 3D fluid yet", file=spec.source, field="fluid.cells")
         from .fluid3d import fluid_rollout3d
 
-        return fluid_rollout3d(world, params, frames=frames, checkpoint=checkpoint, progress=progress)
+        return fluid_rollout3d(world, params, frames=frames, checkpoint=checkpoint, progress=progress, check=check)
     frames = spec.frame_count if frames is None else int(frames)
     from .resources import check_scene_memory
 

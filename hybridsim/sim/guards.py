@@ -17,7 +17,9 @@ interpenetration          rigid: a contact point of one shape deeper than ``pene
                           or the ground, beyond any overlap already present at t = 0; spheres: the
                           same against the ground.
 CFL (grid fluid)          max |u| dt / dx > ``fluid_cfl`` (MacCormack / conservative transport
-                          are stable past 1 but meaningless far beyond it)
+                          are stable past 1 but meaningless far beyond it), 2D and 3D
+mass (grid fluid, 3D)     total density > (1 + ``fluid_mass_gain``) x the inflow budget (initial
+                          amount + the inflows' rate x time): density made from nothing
 CFL (MPM)                 max particle speed dt / dx > ``mpm_cfl`` (a particle crossing more than
                           a cell per substep breaks the transfer), plus non-finite values and
                           particles leaving the grid
@@ -53,6 +55,8 @@ class GuardLimits:
     """Penetration allowed, as a fraction of the smaller body's size (smallest half extent / radius)."""
     fluid_cfl: float = 5.0
     """Largest grid-fluid CFL number max|u| dt / dx at a frame boundary."""
+    fluid_mass_gain: float = 1.0
+    """Total density allowed above the inflow budget, as a fraction of the budget (3D fluid)."""
     mpm_cfl: float = 1.0
     """Largest MPM particle CFL number max|v| dt / dx at a frame boundary."""
 
@@ -435,28 +439,49 @@ class RigidGuard:
 
 # ------------------------------------------------------------------------------------------ grid fluid
 class FluidGuard:
-    """Checks grid-fluid frames: non-finite fields and the CFL number max|u| dt / dx."""
+    """Checks grid-fluid frames (2D or 3D): non-finite fields, the CFL number max|u| dt / dx and,
+    given ``inflow_rate`` [density x cells / s] (:func:`hybridsim.data.gates.fluid_inflow_rate`),
+    the total density against the inflow budget ``initial_mass + inflow_rate * t``."""
 
-    def __init__(self, *, dt: float, cell_size: float, substeps: int, cells=None, limits: GuardLimits = LIMITS):
+    def __init__(self, *, dt: float, cell_size: float, substeps: int, cells=None, limits: GuardLimits = LIMITS,
+                 inflow_rate: float | None = None, initial_mass: float = 0.0):
         self.dt, self.dx, self.substeps, self.limits = float(dt), float(cell_size), int(substeps), limits
-        self.name = f"fluid (grid {cells[0]}x{cells[1]})" if cells is not None else "fluid"
+        self.inflow_rate, self.initial_mass = inflow_rate, float(initial_mass)
+        self.name = f"fluid (grid {'x'.join(str(n) for n in cells)})" if cells is not None else "fluid"
 
-    def first_violation(self, velocity_x: torch.Tensor, velocity_y: torch.Tensor, density: torch.Tensor) -> Violation | None:
-        """(K, ...) batches of frame records -> the first bad frame's Violation, or None."""
-        u, v, rho = velocity_x.detach(), velocity_y.detach(), density.detach()
-        K = u.shape[0]
-        speed = torch.maximum(u.abs().reshape(K, -1).amax(-1), v.abs().reshape(K, -1).amax(-1))
-        total = u.reshape(K, -1).sum(-1) + v.reshape(K, -1).sum(-1) + rho.reshape(K, -1).sum(-1)
+    def first_violation(self, velocity_x: torch.Tensor, velocity_y: torch.Tensor, density: torch.Tensor,
+                        velocity_z: torch.Tensor | None = None, *, first_step: int = 0) -> Violation | None:
+        """(K, ...) batches of frame records, the first one ``substeps`` steps after step
+        ``first_step`` -> the first bad frame's Violation, or None."""
+        velocities = [t.detach() for t in (velocity_x, velocity_y, velocity_z) if t is not None]
+        rho = density.detach()
+        K = rho.shape[0]
+        speed = torch.stack([u.abs().reshape(K, -1).amax(-1) for u in velocities]).amax(0)
+        mass = rho.reshape(K, -1).sum(-1)
+        total = sum(u.reshape(K, -1).sum(-1) for u in velocities) + mass
         cfl = speed * (self.dt / self.dx)
         bad = ~torch.isfinite(total) | ~torch.isfinite(speed) | (cfl > self.limits.fluid_cfl)
+        budget = None
+        if self.inflow_rate is not None:
+            steps = first_step + self.substeps * torch.arange(1, K + 1, dtype=torch.float64)
+            budget = self.initial_mass + self.inflow_rate * self.dt * steps
+            # a floor of one cell's worth of density, so an empty box with no inflow has a scale
+            bad |= mass.double() > (1.0 + self.limits.fluid_mass_gain) * budget + 1.0
         if not bool(bad.any()):
             return None
         k = _first(bad)
-        for quantity, values in (("velocity_x", u[k]), ("velocity_y", v[k]), ("density", rho[k])):
+        names = ("velocity_x", "velocity_y", "velocity_z")
+        for quantity, values in (*zip(names, (u[k] for u in velocities)), ("density", rho[k])):
             if not bool(torch.isfinite(values).all()):
                 return Violation(quantity, self.name, f"{quantity} is {_nonfinite_word(values)}",
                                  f"lower dt ({_more_substeps(self.substeps)}), the inflow rate or the buoyancy", k)
         number = float(cfl[k])
+        if number <= self.limits.fluid_cfl and budget is not None:
+            return Violation("mass", self.name,
+                             f"total density {_fmt(float(mass[k]))} > {1 + self.limits.fluid_mass_gain:g} x the inflow "
+                             f"budget {_fmt(float(budget[k]))} (density x cells)",
+                             f"lower dt ({_more_substeps(self.substeps)}) or use density_advection = "
+                             "\"conservative\"", k)
         need = math.ceil(self.substeps * number / self.limits.fluid_cfl)
         return Violation("cfl", self.name,
                          f"CFL number {number:.3g} > {self.limits.fluid_cfl:g} (max |u| = {_fmt(float(speed[k]))} m/s, "

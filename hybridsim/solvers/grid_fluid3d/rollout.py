@@ -9,6 +9,7 @@ from typing import Callable
 import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
+from ...errors import SimulationError
 from .model import GridFluid3DControl, GridFluid3DModel, GridFluid3DState
 from .solver import SolverGridFluid3D
 
@@ -43,10 +44,13 @@ def rollout_grid_fluid3d(model: GridFluid3DModel, state: GridFluid3DState, steps
                          solver: SolverGridFluid3D | None = None,
                          control: GridFluid3DControl | Callable | None = None, record_every: int = 1,
                          checkpoint: bool | str = "auto", segment_steps: int | None = None,
-                         **solver_options) -> GridFluid3DTrajectory:
+                         check: Callable | None = None, **solver_options) -> GridFluid3DTrajectory:
     """Run ``steps`` steps of ``dt`` seconds from ``state``; differentiable end to end. ``control``
     is fixed or ``(step, state) -> control``; ``checkpoint="auto"`` keeps only segment boundaries
-    (about sqrt(steps) steps per segment) when gradients are recorded and steps >= 16."""
+    (about sqrt(steps) steps per segment) when gradients are recorded and steps >= 16.
+    ``check(first_step, velocity_x, velocity_y, velocity_z, density)`` sees each segment's records
+    (R, ...) and may raise SimulationError; any SimulationError leaves with ``error.partial`` = a
+    GridFluid3DTrajectory of the records before the segment that failed."""
     solver = solver or SolverGridFluid3D(model, **solver_options)
     steps, record_every = int(steps), max(1, int(record_every))
     if checkpoint == "auto":
@@ -76,16 +80,27 @@ def rollout_grid_fluid3d(model: GridFluid3DModel, state: GridFluid3DState, steps
 
     records = [[t] for t in fields(state)]
     current, first = state, 0
-    while first < steps:
-        count = min(segment, steps - first)
-        args = (first, count, current.step_count, *fields(current))
-        out = torch_checkpoint(run_segment, *args, use_reentrant=False) if checkpoint else run_segment(*args)
-        current = GridFluid3DState(*out[:4], step_count=current.step_count + count, time=time0 + (first + count) * dt,
-                                   temperature=out[4])
-        for group, stacked in zip(records, out[5:]):
-            if stacked is not None:
-                group.extend(stacked.unbind(0))
-        first += count
+    try:
+        while first < steps:
+            count = min(segment, steps - first)
+            args = (first, count, current.step_count, *fields(current))
+            out = torch_checkpoint(run_segment, *args, use_reentrant=False) if checkpoint else run_segment(*args)
+            if check is not None:
+                check(first, *out[5:9])
+            current = GridFluid3DState(*out[:4], step_count=current.step_count + count,
+                                       time=time0 + (first + count) * dt, temperature=out[4])
+            for group, stacked in zip(records, out[5:]):
+                if stacked is not None:
+                    group.extend(stacked.unbind(0))
+            first += count
+    except SimulationError as error:
+        if getattr(error, "partial", None) is None:
+            kept = len(records[0])
+            error.partial = GridFluid3DTrajectory(
+                *(torch.stack([t.detach() for t in group]) for group in records[:4]),
+                times=time0 + torch.arange(kept, dtype=torch.float64) * (dt * record_every),
+                temperature=None if records[4][0] is None else torch.stack([t.detach() for t in records[4]]))
+        raise
     times = time0 + torch.arange(0, steps + 1, record_every, dtype=torch.float64) * dt
     return GridFluid3DTrajectory(*(torch.stack(group) for group in records[:4]), times=times,
                                  temperature=None if records[4][0] is None else torch.stack(records[4]))
