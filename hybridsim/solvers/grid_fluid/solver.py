@@ -43,6 +43,25 @@ DENSITY_ADVECTION_SCHEMES = ADVECTION_SCHEMES + ("conservative",)
 PRECONDITIONERS = ("auto", "jacobi", "incomplete_cholesky", "multigrid")
 
 
+def check_solver_options(*, backend: str, advection: str, density_advection: str | None, preconditioner: str,
+                         preconditioners: tuple[str, ...], dtype: torch.dtype) -> tuple[str, torch.dtype]:
+    """Validate a grid fluid solver's options (2D and 3D); returns (density_advection, dtype)."""
+    if backend not in ("warp", "taichi"):
+        raise HybridsimError(f"unknown backend {backend!r}; expected 'warp' or 'taichi'", field="backend")
+    if advection not in ADVECTION_SCHEMES:
+        raise HybridsimError(f"unknown advection {advection!r}; expected one of {ADVECTION_SCHEMES}", field="advection")
+    density_advection = density_advection or advection
+    if density_advection not in DENSITY_ADVECTION_SCHEMES:
+        raise HybridsimError(f"unknown density_advection {density_advection!r}; expected one of "
+                             f"{DENSITY_ADVECTION_SCHEMES}", field="density_advection")
+    if preconditioner not in preconditioners:
+        raise HybridsimError(f"unknown preconditioner {preconditioner!r}; expected one of {preconditioners}",
+                             field="preconditioner")
+    if dtype not in (torch.float32, torch.float64):
+        raise HybridsimError(f"dtype must be torch.float32 or torch.float64, got {dtype}", field="dtype")
+    return density_advection, dtype
+
+
 def _auto_preconditioner(cells: tuple[int, int], device: str, moving: bool) -> str:
     """Multigrid on grids of 64^2 cells and more that halve evenly (a handful of iterations at any
     size; with moving obstacles its hierarchy would be rebuilt every step, so MIC(0) on CPU
@@ -82,20 +101,10 @@ class SolverGridFluid:
                  density_advection: str | None = None, pressure_tolerance: float | None = None,
                  max_iterations: int | None = None, preconditioner: str = "auto", cfl_limit: float = 1.0,
                  check_finite: bool = True):
-        if backend not in ("warp", "taichi"):
-            raise HybridsimError(f"unknown backend {backend!r}; expected 'warp' or 'taichi'", field="backend")
-        if advection not in ADVECTION_SCHEMES:
-            raise HybridsimError(f"unknown advection {advection!r}; expected one of {ADVECTION_SCHEMES}", field="advection")
-        density_advection = density_advection or advection
-        if density_advection not in DENSITY_ADVECTION_SCHEMES:
-            raise HybridsimError(f"unknown density_advection {density_advection!r}; expected one of "
-                                 f"{DENSITY_ADVECTION_SCHEMES}", field="density_advection")
-        if preconditioner not in PRECONDITIONERS:
-            raise HybridsimError(f"unknown preconditioner {preconditioner!r}; expected one of {PRECONDITIONERS}",
-                                 field="preconditioner")
-        dtype = dtype or model.dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise HybridsimError(f"dtype must be torch.float32 or torch.float64, got {dtype}", field="dtype")
+        density_advection, dtype = check_solver_options(backend=backend, advection=advection,
+                                                        density_advection=density_advection,
+                                                        preconditioner=preconditioner, preconditioners=PRECONDITIONERS,
+                                                        dtype=dtype or model.dtype)
         device = backends.resolve_device(device) if device is not None else str(model.device)
         self.model, self.backend, self.device, self.dtype = model, backend, device, dtype
         self.advection, self.density_advection = advection, density_advection

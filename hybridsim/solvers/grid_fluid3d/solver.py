@@ -29,7 +29,7 @@ from ..grid_fluid.autograd import diffuse
 from ..grid_fluid.launch import launcher_for
 from ..grid_fluid.multigrid import MAX_COARSEST, Multigrid
 from ..grid_fluid.pressure import PressureProjection, ViscousDiffusion
-from ..grid_fluid.solver import ADVECTION_SCHEMES, DENSITY_ADVECTION_SCHEMES, SolverGridFluid
+from ..grid_fluid.solver import SolverGridFluid, check_solver_options
 from .model import GridFluid3DControl, GridFluid3DModel, GridFluid3DState
 
 __all__ = ["SolverGridFluid3D", "project3d"]
@@ -97,20 +97,10 @@ class SolverGridFluid3D:
                  density_advection: str | None = None, pressure_tolerance: float | None = None,
                  max_iterations: int | None = None, preconditioner: str = "auto", cfl_limit: float = 1.0,
                  check_finite: bool = True):
-        if backend not in ("warp", "taichi"):
-            raise HybridsimError(f"unknown backend {backend!r}; expected 'warp' or 'taichi'", field="backend")
-        if advection not in ADVECTION_SCHEMES:
-            raise HybridsimError(f"unknown advection {advection!r}; expected one of {ADVECTION_SCHEMES}", field="advection")
-        density_advection = density_advection or advection
-        if density_advection not in DENSITY_ADVECTION_SCHEMES:
-            raise HybridsimError(f"unknown density_advection {density_advection!r}; expected one of "
-                                 f"{DENSITY_ADVECTION_SCHEMES}", field="density_advection")
-        if preconditioner not in PRECONDITIONERS_3D:
-            raise HybridsimError(f"unknown preconditioner {preconditioner!r}; expected one of {PRECONDITIONERS_3D}",
-                                 field="preconditioner")
-        dtype = dtype or model.dtype
-        if dtype not in (torch.float32, torch.float64):
-            raise HybridsimError(f"dtype must be torch.float32 or torch.float64, got {dtype}", field="dtype")
+        density_advection, dtype = check_solver_options(backend=backend, advection=advection,
+                                                        density_advection=density_advection,
+                                                        preconditioner=preconditioner,
+                                                        preconditioners=PRECONDITIONERS_3D, dtype=dtype or model.dtype)
         device = backends.resolve_device(device) if device is not None else str(model.device)
         self.model, self.backend, self.device, self.dtype = model, backend, device, dtype
         self.advection, self.density_advection = advection, density_advection
