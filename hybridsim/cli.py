@@ -105,6 +105,11 @@ def _render_scene(args, world, frames: int, out: Path, quiet: bool, trajectory=N
     from .render.flow import flow_to_color
 
     spec = world.spec
+    if spec.fluid is not None and spec.objects:  # 2D smoke coupled with rigid bodies
+        from .render.fluid_rigid import write_fluid_rigid_outputs
+
+        return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out, write_fluid_rigid_outputs(
+            world, frames, out, quiet, trajectory)))
     if spec.fluid is not None:
         return _refine_written(args, out, spec.time.fps, _cameras_written(world, frames, out,
                                                                           _render_fluid(world, frames, out, quiet,

@@ -851,6 +851,9 @@ class FluidSpec(_Spec):
     obstacles: tuple[FluidObstacleSpec, ...] = ()
     obstacle_color: Color = (0.45, 0.42, 0.4)
     temperature: FluidTemperatureSpec | None = None
+    density: PosFloat = 1.2
+    """Mass density of the fluid [kg/m^3] (air: 1.2); with ``[[objects]]`` it scales the pressure
+    loads on the bodies (the 2D grid is a slab 1 m thick; hybridsim.sim.fluid_rigid)."""
 
     @property
     def dimension(self) -> int:

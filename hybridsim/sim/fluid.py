@@ -103,6 +103,10 @@ def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
     from ..solvers.grid_fluid import SolverGridFluid, rollout_grid_fluid
 
     spec = world.spec
+    if spec.objects:  # never simulate the smoke without its bodies
+        raise SceneError("this scene has [[objects]] in its fluid: simulate it with "
+                         "hybridsim.sim.fluid_rigid.fluid_rigid_rollout (only `render` and the Python API handle "
+                         "fluid scenes with objects yet)", file=spec.source, field="objects")
     if spec.fluid.dimension == 3:  # a GridFluid3DTrajectory (no motion prior in 3D yet)
         if motion_prior is not None:
             raise SceneError("a motion prior is not supported for a 3D fluid yet", file=spec.source, field="fluid.cells")

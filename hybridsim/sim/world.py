@@ -52,9 +52,13 @@ class World:
         #: True when the scene has a box, capsule, mesh or static box: then every object (spheres
         #: too) is simulated by the rigid-body solver (``hybridsim.sim.rigid``), not the sphere solver.
         self.rigid = any(obj.type in RIGID_TYPES for obj in spec.objects) or bool(spec.joints) or bool(spec.springs)
-        if spec.fluid is not None and spec.objects:
-            raise SceneError("a scene with [fluid] cannot have objects yet (fluid-body coupling is not built)",
-                             file=spec.source, field="objects")
+        #: True when the scene has a 2D [fluid] and [[objects]]: two-way fluid-rigid coupling
+        #: (``hybridsim.sim.fluid_rigid``).
+        self.fluid_rigid = spec.fluid is not None and bool(spec.objects)
+        if self.fluid_rigid:
+            from .fluid_rigid import _check_scene
+
+            _check_scene(spec)
         #: True when the scene has both [mpm] and [[objects]]: two-way MPM-rigid coupling
         #: (``hybridsim.sim.coupled``).
         self.coupled = getattr(spec, "mpm", None) is not None and bool(spec.objects)

@@ -5,13 +5,15 @@ Build a domain with ``GridFluidBuilder``, step it with ``SolverGridFluid`` (``st
 docs/grid_fluid.md for the numerics.
 """
 
+from .bodies import GridFluidBody, body_face_geometry, body_impulses, project_with_pressure
 from .model import GridFluidBuilder, GridFluidControl, GridFluidModel, GridFluidObstacle, GridFluidState
 from .pressure import PressureProjection, SolveResult, ViscousDiffusion, conjugate_gradient
 from .rollout import GridFluidTrajectory, rollout_grid_fluid
 from .solver import ADVECTION_SCHEMES, DENSITY_ADVECTION_SCHEMES, SolverGridFluid
 
 __all__ = [
-    "ADVECTION_SCHEMES", "DENSITY_ADVECTION_SCHEMES", "GridFluidBuilder", "GridFluidControl", "GridFluidModel",
+    "ADVECTION_SCHEMES", "DENSITY_ADVECTION_SCHEMES", "GridFluidBody", "GridFluidBuilder", "GridFluidControl", "GridFluidModel",
     "GridFluidObstacle", "GridFluidState", "GridFluidTrajectory", "PressureProjection", "SolveResult", "SolverGridFluid",
-    "ViscousDiffusion", "conjugate_gradient", "rollout_grid_fluid",
+    "ViscousDiffusion", "body_face_geometry", "body_impulses", "conjugate_gradient", "project_with_pressure",
+    "rollout_grid_fluid",
 ]

@@ -31,6 +31,7 @@ import torch
 from ... import backends
 from ...errors import HybridsimError, SimulationError
 from .autograd import KernelPhase, diffuse, kernel_phase, project
+from .bodies import body_face_geometry, project_with_pressure
 from .launch import launcher_for
 from .model import GridFluidControl, GridFluidModel, GridFluidState
 from .multigrid import MAX_COARSEST, Multigrid
@@ -184,6 +185,39 @@ class SolverGridFluid:
             return self.projection.divergence(u, v)
         return geometry.projection.divergence(u, v) + geometry.projection.solid_divergence(*geometry.solid)
 
+    def step_with_bodies(self, state: GridFluidState, control: GridFluidControl | None, dt: float,
+                         bodies_start, bodies_end) -> tuple[GridFluidState, torch.Tensor, SimpleNamespace]:
+        """Advance ``state`` by ``dt`` with obstacles driven from outside (rigid bodies): transport
+        sees ``bodies_start`` (GridFluidBody list at the start of the step), viscosity and projection
+        ``bodies_end`` (the same bodies where they are at the end of it); the model's prescribed
+        obstacles take part as usual. Returns (new state, the projection's pressure [m^2/s] (nx, ny),
+        the end geometry, see ``bodies.body_face_geometry``); a torch autograd op that also flows
+        into the bodies' velocities. ``bodies.body_impulses`` turns the pressure into loads."""
+        time = float(state.time)
+        start = self.body_geometry(time, bodies_start, solves=False)  # transport needs no solves
+        end = self.body_geometry(time + float(dt), bodies_end)
+        new = self._advance(state, control, float(dt), geometry=(start, end))
+        return new, end.pressure, end
+
+    def body_geometry(self, time: float, bodies, *, solves: bool = True) -> SimpleNamespace:
+        """Face fractions, solid face velocities, owners and (with ``solves``) the pressure and
+        viscosity solves with the model's obstacles at ``time`` [s] and the driven ``bodies``
+        (GridFluidBody list) where they are given."""
+        to = dict(dtype=self.dtype, device=self.device)
+        cut = body_face_geometry(self.model, time, bodies)
+        area_x, area_y = cut.area_x.to(**to).contiguous(), cut.area_y.to(**to).contiguous()
+        cut.solid, cut.driven, cut.pressure = (cut.solid_x.to(**to), cut.solid_y.to(**to)), True, None
+        cut.area_x, cut.area_y = area_x, area_y
+        if not solves:
+            return cut
+        projection = PressureProjection(self._launcher, area_x, area_y, cell_size=self._dx, flags=self._flags,
+                                        singular=self.model.pressure_is_singular, **self._solve_options)
+        options = {k: v for k, v in self._solve_options.items() if k != "preconditioner"}
+        diffusion = ViscousDiffusion(self._launcher, projection.mask_x, projection.mask_y, cell_size=self._dx,
+                                     flags=self._flags, **options)
+        cut.projection, cut.diffusion = projection, diffusion
+        return cut
+
     def _geometry(self, time: float) -> SimpleNamespace | None:
         """Face fractions, solid face velocities and the solves with the moving obstacles at ``time``."""
         if not self._moving:
@@ -216,7 +250,8 @@ class SolverGridFluid:
             raise HybridsimError(f"{name} must have shape {shape}, got {tuple(value.shape)}", field=name)
         return value
 
-    def _advance(self, state: GridFluidState, control: GridFluidControl | None, dt: float) -> GridFluidState:
+    def _advance(self, state: GridFluidState, control: GridFluidControl | None, dt: float,
+                 geometry: tuple[SimpleNamespace, SimpleNamespace] | None = None) -> GridFluidState:
         model, dx = self.model, self._dx
         control = control or GridFluidControl()
         u, v, density = (t.to(self.dtype) for t in state.tensors())
@@ -224,7 +259,7 @@ class SolverGridFluid:
         self._check_cfl(u, v, dt, state.step_count)
         shape_x, shape_y, cells = tuple(u.shape), tuple(v.shape), tuple(density.shape)
         time = float(state.time)
-        start, end = self._geometry(time), self._geometry(time + dt)
+        start, end = geometry if geometry is not None else (self._geometry(time), self._geometry(time + dt))
         projection = end.projection if end is not None else self.projection
         diffusion = end.diffusion if end is not None else self.diffusion
         flux = None  # conservative transport: the composite flux through faces cut by moving solids
@@ -290,7 +325,10 @@ class SolverGridFluid:
             u_new, v_new = diffuse(diffusion, dt, viscosity, u_new, v_new)
 
         # 5. incompressibility (against the obstacles where they are at the end of the step)
-        u_new, v_new = project(projection, u_new, v_new, end.solid if end is not None else None)
+        if getattr(end, "driven", False):  # bodies: keep the pressure for their loads
+            u_new, v_new, end.pressure = project_with_pressure(projection, u_new, v_new, *end.solid)
+        else:
+            u_new, v_new = project(projection, u_new, v_new, end.solid if end is not None else None)
         self.last_projection = projection
 
         new = GridFluidState(u_new, v_new, density, state.step_count + 1, temperature, time + dt)
