@@ -4,7 +4,10 @@ Arrays are torch tensors passed as external ndarrays; ``real`` (ti.f32/ti.f64) t
 literal. Selections are branch-free (``ti.select``) so the reverse mode (``kernel.grad``) stays
 exact; the two solve kernels walk (pass, slot) pairs in one serial inner loop that writes each
 history record once, which Taichi's reverse mode replays backwards; ``slot_bodies`` and
-``record_slot`` are the part they share. Quaternions are vec4 (x, y, z, w).
+``record_slot`` are the part they share. Quaternions are vec4 (x, y, z, w). The hull plane of a
+convex-mesh slot is picked by ``select_hull_planes`` (integers only; the solver runs no reverse
+pass for it): Taichi 1.7.4's reverse mode crashes on a run-time inner loop that carries a local
+(a probe with an argmax over ndarray rows segfaulted), so ``collide`` has none.
 """
 
 
@@ -120,6 +123,11 @@ def rigid_kernels(real):
             t = ti.min(ti.max((q - e0).dot(axis) / length2, lit(0.0)), lit(1.0))
             p = e0 + t * axis
         return p, t
+
+    @ti.func
+    def plane_height(plane, local):
+        # signed height of a shape-frame point over a hull plane (n . x - offset; > 0 outside)
+        return plane[0] * local[0] + plane[1] * local[1] + plane[2] * local[2] - plane[3]
 
     @ti.func
     def box_support(axis, q, size):
@@ -351,11 +359,36 @@ def rigid_kernels(real):
             inv_inertia_world[i] = iw
 
     @ti.kernel
+    def select_hull_planes(position: a_vec3, orientation: a_vec4, slot_body: a_ivec2, slot_point: a_vec3,
+                           slot_b_position: a_vec3, slot_b_rotation: a_vec4, slot_b_hull: a_ivec2, hull_planes: a_vec4,
+                           contact_plane: a_int):
+        # per slot against a convex mesh: the row of the hull plane its point is highest over (as Warp)
+        for c in range(slot_body.shape[0]):
+            a = slot_body[c][0]
+            b = slot_body[c][1]
+            bi = ti.max(b, 0)
+            dyn_b = b >= 0
+            xb = ti.select(dyn_b, position[bi], vec3(0.0, 0.0, 0.0))
+            qb = ti.select(dyn_b, orientation[bi], vec4(0.0, 0.0, 0.0, 1.0))
+            p = position[a] + quat_rotate(orientation[a], slot_point[c])
+            cb = xb + quat_rotate(qb, slot_b_position[c])
+            local = quat_rotate_inv(quat_mul(qb, slot_b_rotation[c]), p - cb)
+            start = slot_b_hull[c][0]
+            best_row = start
+            best = plane_height(hull_planes[start], local)
+            for row in range(start + 1, start + slot_b_hull[c][1]):
+                height = plane_height(hull_planes[row], local)
+                if height > best:
+                    best = height
+                    best_row = row
+            contact_plane[c] = best_row
+
+    @ti.kernel
     def collide(position: a_vec3, orientation: a_vec4, velocity: a_vec3, angular_velocity: a_vec3, velocity_star: a_vec3,
                 angular_velocity_star: a_vec3, inv_mass: a_real, inv_inertia_world: a_mat, slot_body: a_ivec2,
                 slot_kind: a_int, slot_order: a_int, slot_point: a_vec3, slot_radius: a_real, slot_a_position: a_vec3,
                 slot_a_rotation: a_vec4, slot_a_size: a_vec3, slot_b_position: a_vec3, slot_b_rotation: a_vec4,
-                slot_b_size: a_vec3, slot_restitution: a_real, restitution_threshold: real, face_tolerance: real, contact_margin: real, dt: real,
+                slot_b_size: a_vec3, hull_planes: a_vec4, contact_plane: a_int, slot_restitution: a_real, restitution_threshold: real, face_tolerance: real, contact_margin: real, dt: real,
                 contact_normal: a_vec3, contact_arm_a: a_vec3, contact_arm_b: a_vec3, contact_tangent1: a_vec3,
                 contact_tangent2: a_vec3, contact_mass: a_vec3, contact_gap: a_real, contact_normal_velocity: a_real,
                 contact_velocity_target: a_real, contact_gap_target: a_real, contact_active: a_real, contact_impacting: a_real):
@@ -410,6 +443,11 @@ def rigid_kernels(real):
             n_box = quat_rotate(rot_b, ti.select(is_out, n_out, n_in))
             d_box = ti.select(is_out, out_len, inside_d) - ra_point
 
+            # convex mesh: the hull plane ``select_hull_planes`` found the point highest over
+            plane = hull_planes[contact_plane[c]]
+            n_mesh = quat_rotate(rot_b, vec3(plane[0], plane[1], plane[2]))
+            d_mesh = plane_height(plane, local_c) - ra_point
+
             # box against box: one slot per manifold candidate (slot_order holds the candidate index)
             ca = xa + quat_rotate(qa, slot_a_position[c])
             rot_a = quat_mul(qa, slot_a_rotation[c])
@@ -418,8 +456,10 @@ def rigid_kernels(real):
             box_b = ti.select(kind == 4, size_b, vec3(1.0, 1.0, 1.0))
             n_sat, d_sat, point_sat, valid_sat = box_box_contact(ca, rot_a, box_a, cb, rot_b, box_b, slot_order[c], face_tolerance)
 
-            n = ti.select(kind == 0, n_ground, ti.select(kind == 1, n_sphere, ti.select(kind == 2, n_box, ti.select(kind == 3, n_capsule, n_sat))))
-            d = ti.select(kind == 0, d_ground, ti.select(kind == 1, d_sphere, ti.select(kind == 2, d_box, ti.select(kind == 3, d_capsule, d_sat))))
+            n = ti.select(kind == 0, n_ground, ti.select(kind == 1, n_sphere, ti.select(kind == 2, n_box, ti.select(
+                kind == 3, n_capsule, ti.select(kind == 5, n_mesh, n_sat)))))
+            d = ti.select(kind == 0, d_ground, ti.select(kind == 1, d_sphere, ti.select(kind == 2, d_box, ti.select(
+                kind == 3, d_capsule, ti.select(kind == 5, d_mesh, d_sat)))))
             valid = ((kind != 4) | (valid_sat > lit(0.0))) & ((not sliding) | inner)
 
             pc = ti.select(kind == 4, point_sat, p - ra_point * n)
@@ -635,7 +675,7 @@ def rigid_kernels(real):
             angular_velocity_out[i] = world_inertia(q6, qp, inv_diag) @ momentum_end
 
     return types.SimpleNamespace(
-        integrate_forces=integrate_forces, collide=collide, seed_velocities=seed_velocities, solve_velocity=solve_velocity,
+        integrate_forces=integrate_forces, select_hull_planes=select_hull_planes, collide=collide, seed_velocities=seed_velocities, solve_velocity=solve_velocity,
         finalize_velocities=finalize_velocities, predict_gaps=predict_gaps, solve_position=solve_position,
         integrate_positions=integrate_positions,
     )

@@ -12,6 +12,11 @@ nothing is overwritten under the tape and the adjoint replays the chain exactly;
 share (``slot_bodies``: read both bodies' latest velocities; ``record_slot``: write them after an
 impulse) is one pair of helpers. Every helper here has a twin of the same arithmetic in
 kernels/taichi/rigid.py.
+Slots against a convex mesh (kind 5) measure the point against the mesh's hull planes
+(n_k, o_k) in its shape frame: gap max_k (n_k . p - o_k) (exact inside and on the surface, a lower
+bound of the distance outside near edges and corners), normal that plane's. The maximising
+plane is picked first by ``select_hull_planes`` (an integer per slot, a piecewise-constant choice
+with no adjoint, launched outside the tape), so ``collide`` stays free of run-time loops.
 ``collide`` computes the sliding-capsule point and the box-box manifold only for the slots that
 use them (real branches: the values it skips are never selected, so results and adjoints are
 those of computing everything). Quaternions are vec4 (x, y, z, w).
@@ -26,6 +31,7 @@ KIND_SPHERE = 1
 KIND_BOX = 2
 KIND_CAPSULE = 3
 KIND_BOX_BOX = 4
+KIND_MESH = 5
 
 
 @functools.cache
@@ -129,6 +135,11 @@ def rigid_kernels(real):
             t = wp.clamp(wp.dot(q - e0, axis) / length2, zero, one)
             p = e0 + t * axis
         return p, t
+
+    @wp.func
+    def plane_height(plane: vec4, local: vec3):
+        # signed height of a shape-frame point over a hull plane (n . x - offset; > 0 outside)
+        return plane[0] * local[0] + plane[1] * local[1] + plane[2] * local[2] - plane[3]
 
     @wp.func
     def box_support(axis: vec3, q: vec4, size: vec3):
@@ -356,6 +367,40 @@ def rigid_kernels(real):
         angular_velocity_star[i] = angular_velocity[i] + dt * (iw * torque[i])
         inv_inertia_world[i] = iw
 
+    @wp.kernel(enable_backward=False, module="unique")
+    def select_hull_planes(
+        position: wp.array(dtype=vec3),
+        orientation: wp.array(dtype=vec4),
+        slot_body: wp.array(dtype=ivec2),
+        slot_point: wp.array(dtype=vec3),
+        slot_b_position: wp.array(dtype=vec3),
+        slot_b_rotation: wp.array(dtype=vec4),
+        slot_b_hull: wp.array(dtype=ivec2),
+        hull_planes: wp.array(dtype=vec4),
+        contact_plane: wp.array(dtype=wp.int32),
+    ):
+        # per slot against a convex mesh: the row of the hull plane its point is highest over (the
+        # same point and mesh frame as ``collide``); other slots get their (unused) start row
+        c = wp.tid()
+        a = slot_body[c][0]
+        b = slot_body[c][1]
+        bi = wp.max(b, 0)
+        dyn_b = b >= 0
+        xb = wp.where(dyn_b, position[bi], vec3(zero, zero, zero))
+        qb = wp.where(dyn_b, orientation[bi], vec4(zero, zero, zero, one))
+        p = position[a] + quat_rotate(orientation[a], slot_point[c])
+        cb = xb + quat_rotate(qb, slot_b_position[c])
+        local = quat_rotate_inv(quat_mul(qb, slot_b_rotation[c]), p - cb)
+        start = slot_b_hull[c][0]
+        best_row = start
+        best = plane_height(hull_planes[start], local)
+        for row in range(start + 1, start + slot_b_hull[c][1]):
+            height = plane_height(hull_planes[row], local)
+            if height > best:
+                best = height
+                best_row = row
+        contact_plane[c] = best_row
+
     @wp.kernel(module="unique")
     def collide(
         position: wp.array(dtype=vec3),
@@ -377,6 +422,8 @@ def rigid_kernels(real):
         slot_b_position: wp.array(dtype=vec3),
         slot_b_rotation: wp.array(dtype=vec4),
         slot_b_size: wp.array(dtype=vec3),
+        hull_planes: wp.array(dtype=vec4),
+        contact_plane: wp.array(dtype=wp.int32),
         slot_restitution: wp.array(dtype=real),
         restitution_threshold: real,
         face_tolerance: real,
@@ -456,6 +503,11 @@ def rigid_kernels(real):
         n_box = quat_rotate(rot_b, wp.where(is_out, n_out, n_in))
         d_box = wp.where(is_out, out_len, inside_d) - ra_point
 
+        # convex mesh: the hull plane ``select_hull_planes`` found the point highest over
+        plane = hull_planes[contact_plane[c]]
+        n_mesh = quat_rotate(rot_b, vec3(plane[0], plane[1], plane[2]))
+        d_mesh = plane_height(plane, local_c) - ra_point
+
         # box against box: one slot per manifold candidate (slot_order holds the candidate index)
         ca = xa + quat_rotate(qa, slot_a_position[c])
         rot_a = quat_mul(qa, slot_a_rotation[c])
@@ -467,8 +519,10 @@ def rigid_kernels(real):
             n_sat, d_sat, point_sat, valid_sat = box_box_contact(ca, rot_a, slot_a_size[c], cb, rot_b, size_b, slot_order[c],
                                                                  face_tolerance)
 
-        n = wp.where(kind == 0, n_ground, wp.where(kind == 1, n_sphere, wp.where(kind == 2, n_box, wp.where(kind == 3, n_capsule, n_sat))))
-        d = wp.where(kind == 0, d_ground, wp.where(kind == 1, d_sphere, wp.where(kind == 2, d_box, wp.where(kind == 3, d_capsule, d_sat))))
+        n = wp.where(kind == 0, n_ground, wp.where(kind == 1, n_sphere, wp.where(kind == 2, n_box, wp.where(
+            kind == 3, n_capsule, wp.where(kind == 5, n_mesh, n_sat)))))
+        d = wp.where(kind == 0, d_ground, wp.where(kind == 1, d_sphere, wp.where(kind == 2, d_box, wp.where(
+            kind == 3, d_capsule, wp.where(kind == 5, d_mesh, d_sat)))))
         valid = (kind != 4 or valid_sat > zero) and (not sliding or inner)
 
         # contact point on the surface of a; arms from each centre of mass
@@ -776,7 +830,7 @@ def rigid_kernels(real):
 
     return types.SimpleNamespace(
         vec3=vec3, vec4=vec4, mat33=mat33, ivec2=ivec2,
-        integrate_forces=integrate_forces, collide=collide, seed_velocities=seed_velocities,
+        integrate_forces=integrate_forces, select_hull_planes=select_hull_planes, collide=collide, seed_velocities=seed_velocities,
         solve_velocity=solve_velocity, finalize_velocities=finalize_velocities, predict_gaps=predict_gaps,
         solve_position=solve_position, integrate_positions=integrate_positions,
     )

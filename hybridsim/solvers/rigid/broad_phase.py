@@ -5,7 +5,7 @@ from any contact. A slot the collide phase marks inactive is an exact no-op of b
 (its impulses are 0 and each body velocity it records is the one it read), so a step that skips
 it gives the same bits. ``candidate_slots`` keeps every slot whose two shapes' bounding boxes
 (per shape: the cube around the sphere about its body's centre of mass that holds it; a static
-box's world AABB; the half space below the ground) lie within a distance that no active slot
+box's or mesh's world AABB; the half space below the ground) lie within a distance that no active slot
 can exceed, and ``slot_chain`` rebuilds the Gauss-Seidel chain over the kept slots. The kept
 slots stay in slot order, so results are deterministic and the same on both backends.
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .shapes import SHAPE_BOX, SHAPE_CAPSULE, SHAPE_SPHERE
+from .shapes import SHAPE_BOX, SHAPE_CAPSULE, SHAPE_MESH, SHAPE_SPHERE
 
 __all__ = ["ShapeBounds", "candidate_slots", "slot_chain", "SMALL_SLOT_COUNT"]
 
@@ -55,12 +55,18 @@ class ShapeBounds:
             else:  # mesh: its hull vertices about the shape origin
                 extent = float(np.linalg.norm(s.mesh_vertices, axis=1).max())
             reach.append(float(np.linalg.norm(s.position)) + extent)
-            factor.append(4.0 if s.kind == SHAPE_BOX else 2.0)
-            if s.body < 0:  # a static box: its world AABB, fixed
+            # boxes: separating-axis gaps; meshes: hull-plane gaps (lower bounds of the distance)
+            factor.append(4.0 if s.kind in (SHAPE_BOX, SHAPE_MESH) else 2.0)
+            if s.body < 0:  # a static box or mesh: its world AABB, fixed
                 rotation = _rotation_matrix(np.asarray(s.rotation, float))
-                half = np.abs(rotation) @ np.asarray(s.size, float)
-                static_lo.append(np.asarray(s.position, float) - half)
-                static_hi.append(np.asarray(s.position, float) + half)
+                if s.kind == SHAPE_MESH:
+                    corners = np.asarray(s.mesh_vertices, float) @ rotation.T
+                    lo, hi = corners.min(0), corners.max(0)
+                else:
+                    half = np.abs(rotation) @ np.asarray(s.size, float)
+                    lo, hi = -half, half
+                static_lo.append(np.asarray(s.position, float) + lo)
+                static_hi.append(np.asarray(s.position, float) + hi)
         opts = dict(dtype=model.dtype, device=model.device)
         body = np.array([s.body for s in shapes], dtype=np.int64)
         dynamic = np.flatnonzero(body >= 0)

@@ -1,4 +1,4 @@
-"""RigidBuilder: collect bodies, shapes, static boxes and springs in Python lists, then
+"""RigidBuilder: collect bodies, shapes, static boxes and meshes, and springs in Python lists, then
 ``finalize(device, dtype)`` into a RigidModel of tensors.
 
 Contact candidates are enumerated once here as fixed slots (every shape point against the
@@ -24,7 +24,7 @@ from .shapes import SHAPE_BOX, SHAPE_CAPSULE, SHAPE_MESH, SHAPE_SPHERE, ShapeSpe
 
 __all__ = ["RigidBuilder"]
 
-KIND_GROUND, KIND_SPHERE, KIND_BOX, KIND_CAPSULE, KIND_BOX_BOX = 0, 1, 2, 3, 4
+KIND_GROUND, KIND_SPHERE, KIND_BOX, KIND_CAPSULE, KIND_BOX_BOX, KIND_MESH = 0, 1, 2, 3, 4, 5
 _TARGET_KIND = {SHAPE_SPHERE: KIND_SPHERE, SHAPE_BOX: KIND_BOX, SHAPE_CAPSULE: KIND_CAPSULE}
 IDENTITY = (0.0, 0.0, 0.0, 1.0)
 # box-box slots per pair: 4 incident corners, 4 reference corners, 16 edge crossings (the clipped
@@ -76,6 +76,18 @@ def _positive(value, what: str) -> float:
     if not (value > 0.0 and math.isfinite(value)):
         raise SceneError(f"{what} must be > 0, got {value}", field=what)
     return value
+
+
+def _distinct_planes(planes: np.ndarray) -> np.ndarray:
+    """Hull face planes (F, 4) with coplanar faces merged (a triangulated hull repeats the plane of
+    each polygon face), in first-seen order, normals renormalised. Duplicates only cost time."""
+    planes = np.asarray(planes, dtype=float)
+    normals = planes[:, :3] / np.linalg.norm(planes[:, :3], axis=1, keepdims=True)
+    planes = np.concatenate([normals, planes[:, 3:4]], axis=1)
+    scale = max(float(np.abs(planes[:, 3]).max()), 1e-12)
+    keys = np.round(np.concatenate([normals, planes[:, 3:4] / scale], axis=1) * 1e7)
+    _, first = np.unique(keys, axis=0, return_index=True)
+    return planes[np.sort(first)]
 
 
 class RigidBuilder:
@@ -166,9 +178,22 @@ class RigidBuilder:
         """Convex mesh from a file (obj/stl/ply/glb, read with trimesh) or a trimesh.Trimesh.
 
         Mass and inertia come from the closed surface (AssetError naming the file if it is not
-        watertight); contacts use the vertices of its convex hull."""
+        watertight); contacts use the vertices of its convex hull and the planes of its faces.
+        Use ``add_static_mesh`` for an immovable one."""
         if body < 0:
-            raise SceneError("meshes must belong to a dynamic body", field="body")
+            raise SceneError("meshes must belong to a dynamic body (add_static_mesh makes a static one)", field="body")
+        return self._add_mesh(body, source, scale, position, rotation, density, friction, restitution)
+
+    def add_static_mesh(self, source, *, scale: float = 1.0, position=(0.0, 0.0, 0.0), rotation=IDENTITY,
+                        friction: float = 0.5, restitution: float = 0.0) -> int:
+        """Static (immovable) convex mesh placed at ``position``/``rotation`` in the world frame.
+
+        Other bodies' points (sphere centres, box corners, capsule ends, mesh hull vertices)
+        collide with its hull planes; its own vertices have no slots (a static mesh's vertex
+        poking a face or edge of a dynamic shape is not caught)."""
+        return self._add_mesh(-1, source, scale, position, rotation, 1000.0, friction, restitution)
+
+    def _add_mesh(self, body, source, scale, position, rotation, density, friction, restitution) -> int:
         data = load_convex_mesh(source, scale)
         return self._add_shape(body, SHAPE_MESH, (0.0, 0.0, 0.0), position, rotation, density, friction, restitution,
                                mesh_vertices=data["vertices"], mesh_planes=data["planes"], mesh_mass=data["mass"],
@@ -269,14 +294,17 @@ class RigidBuilder:
             result.append((mass, com, moments, _matrix_quat(rotation)))
         return result
 
-    def _contact_slots(self, shapes: list[ShapeSpec]) -> dict:
+    def _contact_slots(self, shapes: list[ShapeSpec], hull_range: dict[int, tuple[int, int]]) -> dict:
+        """The slot table; ``hull_range`` maps each mesh shape to the (start, count) of its hull
+        planes in the model's ``hull_planes``."""
         rows = []
 
         def add(kind, shape_a, point, radius, body_b, shape_b_index, b_position, b_rotation, b_size, order=0):
             sa = shapes[shape_a]
             rows.append(dict(body=(sa.body, body_b), kind=kind, order=order, point=point, radius=radius,
                              a_position=sa.position, a_rotation=sa.rotation, a_size=sa.size,
-                             b_position=b_position, b_rotation=b_rotation, b_size=b_size, shape=(shape_a, shape_b_index)))
+                             b_position=b_position, b_rotation=b_rotation, b_size=b_size, shape=(shape_a, shape_b_index),
+                             b_hull=hull_range.get(shape_b_index, (0, 0))))
 
         def points_of(index):
             s = shapes[index]
@@ -295,6 +323,10 @@ class RigidBuilder:
             slot (order 1) at the point of its axis nearest j, for crossings mid-segment."""
             sj = shapes[j]
             if sj.kind == SHAPE_MESH:
+                # points against the mesh's hull planes (a sphere centre / capsule end with its radius,
+                # box corners, another mesh's hull vertices); no sliding slot for capsules
+                for p, r in points_of(i):
+                    add(KIND_MESH, i, p, r, sj.body, j, sj.position, sj.rotation, sj.size)
                 return
             if shapes[i].kind == SHAPE_BOX and sj.kind == SHAPE_BOX:
                 # one slot per candidate of the pair's clipped manifold (see BOX_BOX_CANDIDATES)
@@ -346,7 +378,8 @@ class RigidBuilder:
         for key, width, dtype in [("body", 2, np.int32), ("kind", None, np.int32), ("order", None, np.int32),
                                   ("point", 3, float), ("radius", None, float), ("a_position", 3, float),
                                   ("a_rotation", 4, float), ("a_size", 3, float), ("b_position", 3, float),
-                                  ("b_rotation", 4, float), ("b_size", 3, float), ("shape", 2, np.int32)]:
+                                  ("b_rotation", 4, float), ("b_size", 3, float), ("shape", 2, np.int32),
+                                  ("b_hull", 2, np.int32)]:
             contact[key] = stack(key, width, dtype)
         # Gauss-Seidel chain: where each slot finds the latest velocity of each of its bodies
         prev = -np.ones((count, 2), np.int32)
@@ -379,7 +412,16 @@ class RigidBuilder:
         for body, (_, com, _, _) in zip(self.bodies, props):
             positions.append(body["position"] + _quat_matrix(body["orientation"]) @ com)
             orientations.append(body["orientation"])
-        contact = self._contact_slots(shapes)
+        # hull planes of every mesh, concatenated (CSR: each mesh's (start, count)); one zero row
+        # when there are none, so the array is never empty
+        hull_range, hull_rows = {}, []
+        for index, s in enumerate(shapes):
+            if s.kind == SHAPE_MESH:
+                planes = _distinct_planes(s.mesh_planes)
+                hull_range[index] = (sum(len(r) for r in hull_rows), len(planes))
+                hull_rows.append(planes)
+        hull_planes = np.concatenate(hull_rows) if hull_rows else np.zeros((1, 4))
+        contact = self._contact_slots(shapes, hull_range)
 
         def real(x):
             return torch.as_tensor(np.asarray(x, dtype=float), dtype=dtype, device=device)
@@ -431,7 +473,8 @@ class RigidBuilder:
             shape_body=integer([s.body for s in shapes]), shape_friction=real([s.friction for s in shapes]),
             shape_restitution=real([s.restitution for s in shapes]),
             ground_friction=real(self.ground_friction), ground_restitution=real(self.ground_restitution),
-            gravity=real(self.gravity), contact=contact_t, spring=spring, shapes=shapes,
+            gravity=real(self.gravity), contact=contact_t, spring=spring, shapes=shapes, hull_planes=real(hull_planes),
+            has_mesh_targets=bool((contact["kind"] == KIND_MESH).any()) if contact["count"] else False,
             has_ground=self.ground, ground_height=self.ground_height, restitution_threshold=float(restitution_threshold),
             iterations=int(iterations), position_iterations=int(position_iterations), device=device, dtype=dtype,
             world_count=self.world_count, body_world=torch.as_tensor(self.body_world, dtype=torch.int32, device=device))

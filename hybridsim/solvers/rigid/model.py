@@ -110,6 +110,12 @@ class RigidModel:
     never touch each other, and step together."""
     body_world: torch.Tensor | None = None
     """World of each body, int32, shape (B,); world w's bodies are contiguous, after world w-1's."""
+    hull_planes: torch.Tensor | None = None
+    """Convex-mesh hull planes (nx, ny, nz, offset) in their shapes' frames, n . x <= offset inside,
+    every mesh's distinct planes concatenated, shape (H, 4) (H >= 1: a zero row when there are no
+    meshes); a mesh-target slot's ``contact["b_hull"]`` (C, 2) int32 is its (start, count) here."""
+    has_mesh_targets: bool = False
+    """Whether any contact slot tests a point against a convex mesh's hull planes (kind 5)."""
 
     def state(self, requires_grad: bool = False) -> "RigidState":
         """A fresh state holding the initial body poses and velocities and zero contact impulses."""

@@ -26,10 +26,12 @@ _INPUTS = ("position", "orientation", "velocity", "angular_velocity", "warm_impu
            "inv_mass", "inv_inertia", "inertia", "gravity", "slot_friction", "slot_restitution")
 _OUTPUTS = ("position_out", "orientation_out", "velocity_out", "angular_velocity_out", "impulse_history")
 _SLOT_KEYS = ("body", "kind", "order", "point", "radius", "a_position", "a_rotation", "a_size",
-              "b_position", "b_rotation", "b_size")
+              "b_position", "b_rotation", "b_size", "b_hull")
 _CONTACT_OUT = ("contact_normal", "contact_arm_a", "contact_arm_b", "contact_tangent1", "contact_tangent2",
                 "contact_mass", "contact_gap", "contact_normal_velocity", "contact_velocity_target",
                 "contact_gap_target", "contact_active", "contact_impacting")
+# phases with no adjoint (integer outputs only): launched outside Warp's tape, no Taichi reverse pass
+_NO_GRAD_PHASES = frozenset(("select_hull_planes",))
 
 
 class _SlotPlan:
@@ -61,13 +63,19 @@ def _phases(model: RigidModel, dt: float, C: int):
     B = model.body_count
     pv, pp = model.iterations + 1, model.position_iterations
     real, integer = (lambda x: ("real", float(x))), (lambda n: ("int", int(n)))
-    slots = [f"slot_{k}" for k in _SLOT_KEYS]
-    phases = [("integrate_forces", B, ["orientation", "velocity", "angular_velocity", "force", "torque", "inv_mass",
+    slots = [f"slot_{k}" for k in _SLOT_KEYS if k != "b_hull"]  # collide reads the hull through contact_plane
+    phases = []
+    if C > 0 and model.has_mesh_targets:
+        # the hull plane of each convex-mesh slot, from the step-start poses (read by collide)
+        phases.append(("select_hull_planes", C, ["position", "orientation", "slot_body", "slot_point", "slot_b_position",
+                                                 "slot_b_rotation", "slot_b_hull", "hull_planes", "contact_plane"]))
+    phases += [("integrate_forces", B, ["orientation", "velocity", "angular_velocity", "force", "torque", "inv_mass",
                                        "inv_inertia", "inertia_rotation", "gravity", real(dt), "velocity_star",
                                        "angular_velocity_star", "inv_inertia_world"])]
     if C > 0:
         phases.append(("collide", C, ["position", "orientation", "velocity", "angular_velocity", "velocity_star",
-                                      "angular_velocity_star", "inv_mass", "inv_inertia_world", *slots, "slot_restitution",
+                                      "angular_velocity_star", "inv_mass", "inv_inertia_world", *slots, "hull_planes",
+                                      "contact_plane", "slot_restitution",
                                       real(model.restitution_threshold), real(model.face_tolerance), real(model.contact_margin), real(dt), *_CONTACT_OUT]))
     phases.append(("seed_velocities", B, ["velocity_star", "angular_velocity_star", "linear_history", "angular_history"]))
     chain = ["slot_body", "slot_prev", "slot_prev_side", "body_last", "body_last_side", "inv_mass", "inv_inertia_world"]
@@ -104,6 +112,8 @@ def _buffers(model: RigidModel, plan: _SlotPlan, inputs: dict, capacity: int | N
     opts = dict(dtype=model.dtype, device=model.device)
     buf = dict(inputs)
     buf["inertia_rotation"] = model.body_inertia_rotation.detach()
+    hull = model.hull_planes
+    buf["hull_planes"] = torch.zeros(1, 4, **opts) if hull is None else hull.detach()
     buf.update(plan.tables)
     for name in ("velocity_star", "angular_velocity_star", "velocity_final", "angular_velocity_final",
                  "position_out", "velocity_out", "angular_velocity_out"):
@@ -115,6 +125,7 @@ def _buffers(model: RigidModel, plan: _SlotPlan, inputs: dict, capacity: int | N
     for name in ("contact_gap", "contact_normal_velocity", "contact_velocity_target", "contact_gap_target",
                  "contact_active", "contact_impacting", "contact_pseudo_target"):
         buf[name] = torch.zeros(C, **opts)
+    buf["contact_plane"] = torch.zeros(C, dtype=torch.int32, device=model.device)
     rows_v = B + 1 + (pv * C * 2 if C > 0 else 0)
     rows_p = B + 1 + (pp * C * 2 if C > 0 else 0)
     buf["linear_history"], buf["angular_history"] = torch.zeros(rows_v, 3, **opts), torch.zeros(rows_v, 3, **opts)
@@ -170,7 +181,7 @@ class _Workspace:
 
 # buffers with one row per visited slot (the workspace keeps them at capacity)
 _K_SIZED = frozenset((*(f"slot_{k}" for k in (*_SLOT_KEYS, "prev", "prev_side")), "warm_impulse", "slot_friction",
-                      "slot_restitution", *_CONTACT_OUT, "contact_pseudo_target"))
+                      "slot_restitution", *_CONTACT_OUT, "contact_pseudo_target", "contact_plane"))
 
 
 class _WarpRigid:
@@ -239,9 +250,10 @@ class _WarpRigid:
         grads = {name: torch.zeros(t.shape, dtype=t.dtype, device=t.device) for name, t in buf.items()
                  if t.is_floating_point()}
         arrays = {name: self._view(t, grads.get(name)) for name, t in buf.items()}
+        self._launch_all([p for p in phases if p[0] in _NO_GRAD_PHASES], arrays)  # they come first
         tape = self.wp.Tape()
         with tape:
-            self._launch_all(phases, arrays)
+            self._launch_all([p for p in phases if p[0] not in _NO_GRAD_PHASES], arrays)
         for name, g in zip(_OUTPUTS, grad_outputs):
             grads[name].copy_(g)
         tape.backward(grads={arrays[name]: arrays[name].grad for name in _OUTPUTS})
@@ -259,6 +271,8 @@ class _TaichiRigid:
     def _run(self, phases, buf, reverse=False):
         order = reversed(phases) if reverse else phases
         for name, _dim, args in order:
+            if reverse and name in _NO_GRAD_PHASES:
+                continue
             kernel = getattr(self.k, name)
             values = [a[1] if isinstance(a, tuple) else buf[a] for a in args]
             (kernel.grad if reverse else kernel)(*values)
