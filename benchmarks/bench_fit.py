@@ -1,7 +1,9 @@
 """Convergence of `hybridsim fit` on its examples: wall time and iterations until every fitted value
-stays within tolerance of the truth, for gradients through simulation and rendering (ours) and for
-the same fit driven by central finite differences of the same loss (reference: same optimiser,
-schedules and starting point; 2 extra rollouts + renders per value component per iteration).
+stays within tolerance of the truth, for the fit as it runs by default (ours: Adam on gradients
+through simulation and rendering, or Levenberg-Marquardt for rigid-body scenes with few values, see
+hybridsim.fit.levenberg) and for Adam driven by central finite differences of the same loss
+(reference: same schedules and starting point; 2 extra rollouts + renders per value component per
+iteration).
 
 Each target is the project's own render at known values; "converged" is the first of STREAK
 consecutive iterations with every value within its tolerance, and the run stops there. A run that
@@ -28,6 +30,8 @@ STREAK = 3
 """Consecutive in-tolerance iterations that count as converged."""
 REFERENCE_TIME_FACTOR = 5.0
 """The reference stops after this many times our whole run's wall time."""
+LM = "Levenberg-Marquardt (forward-difference Jacobian)"
+"""What ``optimizer="auto"`` runs on the rigid-body cases."""
 ROOT = Path(__file__).resolve().parent.parent
 SCENES = ROOT / "scenes"
 
@@ -70,20 +74,21 @@ def _run(spec, target, truth, tolerance, *, gradients: str, iterations: int, tim
             "iterations_run": len(history), "values": history[-1]["values"] if history else None}
 
 
-def _compare(name: str, spec, target, truth: dict, tolerance: dict, iterations: int, quick: bool, **kwargs) -> Record:
+def _compare(name: str, spec, target, truth: dict, tolerance: dict, iterations: int, quick: bool,
+             method: str = "autodiff + Adam", **kwargs) -> Record:
     _run(spec, target, truth, tolerance, gradients="autodiff", iterations=1, **kwargs)  # compile / cache warm-up
     ours = _run(spec, target, truth, tolerance, gradients="autodiff", iterations=iterations, **kwargs)
     budget = max(1, iterations // 2) if quick else iterations
     reference = _run(spec, target, truth, tolerance, gradients="finite_difference", iterations=budget,
                      time_limit=REFERENCE_TIME_FACTOR * ours["total_seconds"], **kwargs)
     notes = []
-    for label, run in (("autodiff", ours), ("finite differences", reference)):
+    for label, run in ((method, ours), ("finite differences", reference)):
         if run["converged_iteration"] is None:
             notes.append(f"{label} did not converge in its budget ({run['iterations_run']} iterations; the time is "
                          "its whole run)")
     components = sum(len(v) if isinstance(v, list) else 1 for v in truth.values())
     return Record(name, ours["seconds"], reference["seconds"], "s to converge",
-                  f"autodiff, converged at iteration {ours['converged_iteration']}",
+                  f"{method}, converged at iteration {ours['converged_iteration']}",
                   f"central finite differences ({2 * components} extra rollouts/iteration), converged at iteration "
                   f"{reference['converged_iteration']}", torch.get_num_threads(), notes="; ".join(notes),
                   extra={"truth": truth, "tolerance": tolerance, "ours": ours, "reference": reference,
@@ -151,7 +156,7 @@ def box(quick: bool) -> Record:
     truth = {"objects[0].velocity": [2.6, 0.0, 0.0], "objects[0].friction": 0.55}
     tolerance = {"objects[0].velocity": 0.13, "objects[0].friction": 0.0275}  # 5 % of the true speed / friction
     return _compare("fit_box_friction_speed", spec, _rigid_target(spec, truth), truth, tolerance, 40, quick,
-                    max_render_height=None)
+                    method=LM, max_render_height=None)
 
 
 @case("fit_spring_stiffness_damping")
@@ -166,7 +171,7 @@ def spring(quick: bool) -> Record:
     truth = {"springs[0].stiffness": 40.0, "springs[0].damping": 0.5}
     tolerance = {"springs[0].stiffness": 0.8, "springs[0].damping": 0.075}  # 2 % and 15 % (1.5 periods of decay)
     return _compare("fit_spring_stiffness_damping", spec, _rigid_target(spec, truth), truth, tolerance, 30, quick,
-                    max_render_height=None)
+                    method=LM, max_render_height=None)
 
 
 PLUME = """

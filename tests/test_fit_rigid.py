@@ -182,7 +182,10 @@ def test_background_matches_the_render_with_textures_and_a_spot_light():
 @pytest.mark.slow
 def test_fit_recovers_spring_stiffness_and_damping():
     """A weight on a spring (scenes/spring_mass.toml, 3 s at 64x48): stiffness and damping from
-    its own render. Measured: 39.92 for 40 N/m and 0.487 for 0.5 N s/m (about 2.5 min)."""
+    its own render. Measured with Levenberg-Marquardt: 39.80 for 40 N/m and 0.4686 for 0.5 N s/m
+    (-6%; about 1 min); Adam gave 39.92 and 0.487 (2.5 min). The damping is biased by the target
+    itself, not the optimiser: at 64x48 the fit loss is higher at the truth (0.0898) than at either
+    answer (0.0832, 0.0828), so the tolerance is 8%."""
     from pathlib import Path
 
     text = (Path(__file__).resolve().parent.parent / "scenes" / "spring_mass.toml").read_text()
@@ -200,4 +203,4 @@ def test_fit_recovers_spring_stiffness_and_damping():
         rgb = to_uint8(render_rigid(world, rigid_rollout(world))["rgb"].numpy())
     result = fit(spec, rgb, iterations=30, progress=False, max_render_height=None, threads=1, uncertainty=False)
     assert abs(result.values["springs[0].stiffness"] / 40.0 - 1.0) < 0.01, result.values
-    assert abs(result.values["springs[0].damping"] / 0.5 - 1.0) < 0.05, result.values
+    assert abs(result.values["springs[0].damping"] / 0.5 - 1.0) < 0.08, result.values

@@ -1,4 +1,5 @@
-"""The fit loop: restarts, coarse-to-fine time windows, Adam on reparameterised values, checkpoints."""
+"""The fit loop: restarts, coarse-to-fine time windows, Levenberg-Marquardt (a few values) or Adam
+(many values, networks) on reparameterised values, checkpoints."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from .evidence import Evidence, load_masks, load_tracks, track_loss
 from .nuisance import DRAG, OFFSET, drag_hook, extra_frames, nuisance_specs, shift_trajectory, split_nuisance
 from .losses import (APPEARANCE_TOLERANCE, DEFAULT_WEIGHTS, centroid_loss, charbonnier, multiscale_rgb_loss,
                      rendered_centroids, silhouette_loss)
+from .levenberg import LM_MAX_COMPONENTS, LM_SCENE_KINDS, LevenbergMarquardt, fit_residuals
 from .params import ParamSpec, param_specs
 from .target import Target, first_frame_background, load_camera_json, load_target_frames, prepare_target
 
@@ -74,6 +76,17 @@ class FitSettings:
     benchmarks and a cross-check, not a faster path)."""
     fd_step: float = 1e-2
     """Step of the finite differences, in reparameterised units."""
+    optimizer: str = "auto"
+    """"levenberg_marquardt" (:mod:`hybridsim.fit.levenberg`), "adam", or "auto": Levenberg-Marquardt
+    for rigid-body scenes (LM_SCENE_KINDS) with at most LM_MAX_COMPONENTS value components, without
+    networks and with autodiff gradients, else Adam (finite-difference gradients keep Adam: they
+    are the benchmarks' reference)."""
+    lm_fd_step: float = 0.1
+    """Step of the forward differences of the Levenberg-Marquardt Jacobian, in reparameterised units
+    (times max(|u|, 1) for unbounded values): large enough to step over the residuals' small-scale
+    roughness (contact events between substeps, pixel edges), which a 0.01 step resolves as noise."""
+    lm_window_iterations: int = 6
+    """Levenberg-Marquardt's ``window_iterations``: its steps are larger, so the window grows faster."""
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -203,10 +216,16 @@ class _Problem:
         return trajectory, out
 
     def loss(self, values: dict, frames: int) -> tuple[torch.Tensor, dict[str, float]]:
+        total, terms, _ = self.evaluate(values, frames)
+        return total, terms
+
+    def evaluate(self, values: dict, frames: int, residuals: bool = False):
+        """(total loss, {term: float}, residual vector or None) of one rollout and render."""
         trajectory, out = self.render(values, frames)
         t = self.target
         alpha = out["coverage"]
-        projected = self.camera.project(self.scene.centres(trajectory))[0].mean(dim=1)
+        pixels = self.camera.project(self.scene.centres(trajectory))[0]
+        projected = pixels.mean(dim=1)
         terms = {
             "silhouette": silhouette_loss(alpha, t.mask[:frames]),
             "centroid": centroid_loss(rendered_centroids(alpha, projected), t.centroid[:frames], t.visible[:frames]),
@@ -217,7 +236,6 @@ class _Problem:
         if evidence.masks is not None:
             terms["masks"] = silhouette_loss(alpha, evidence.masks[:frames].to(alpha.device))
         if evidence.track_points is not None:
-            pixels = self.camera.project(self.scene.centres(trajectory))[0]
             terms["tracks"] = track_loss(pixels, evidence.track_points[:frames].to(pixels.device),
                                          evidence.track_present[:frames].to(pixels.device))
         total = sum(self.weights[name] * term for name, term in terms.items())
@@ -225,7 +243,8 @@ class _Problem:
         if prior is not None:
             terms["prior"] = prior
             total = total + prior  # the regulariser carries its own weights
-        return total, {name: float(term.detach()) for name, term in terms.items()}
+        vector = fit_residuals(alpha, projected, pixels, t, frames, self.weights, evidence) if residuals else None
+        return total, {name: float(term.detach()) for name, term in terms.items()}, vector
 
 
 def _evidence(scene, target: Target, camera, masks, tracks) -> Evidence:
@@ -294,11 +313,45 @@ def _lr_at(settings: FitSettings, iteration: int) -> float:
     return settings.lr * max(settings.lr_decay ** decayed, settings.lr_floor)
 
 
-def _window_at(settings: FitSettings, iteration: int, frames: int) -> int:
+def _window_at(settings: FitSettings, iteration: int, frames: int, lm: bool = False) -> int:
     start = min(frames, max(8, math.ceil(settings.window_start * frames)))
-    if iteration >= settings.window_iterations or start >= frames:
+    grow = settings.lm_window_iterations if lm else settings.window_iterations
+    if iteration >= grow or start >= frames:
         return frames
-    return min(frames, start + math.ceil((frames - start) * iteration / settings.window_iterations))
+    return min(frames, start + math.ceil((frames - start) * iteration / grow))
+
+
+def _use_lm(settings: FitSettings, specs: list[ParamSpec], networks, kind: str) -> bool:
+    """Levenberg-Marquardt or Adam for this fit (see ``FitSettings.optimizer``)."""
+    if settings.optimizer == "adam":
+        return False
+    if settings.optimizer == "levenberg_marquardt":
+        if networks is not None:
+            raise HybridsimError("Levenberg-Marquardt cannot train a refiner or motion prior; use optimizer 'adam'")
+        return True
+    components = sum(s.size for s in specs)
+    return (networks is None and settings.gradients == "autodiff" and kind in LM_SCENE_KINDS
+            and components <= LM_MAX_COMPONENTS)
+
+
+def _lm_iteration(problem: _Problem, state: "_RestartState", window: int, full_window: bool, fd_step: float):
+    """One Levenberg-Marquardt iteration of ``state`` (its values move in place): (loss, terms)."""
+    u0 = torch.cat([u.detach().reshape(-1) for u in state.u])
+    steps = []
+    for s, u in zip(state.specs, state.u):
+        steps += [fd_step if s.bounded else fd_step * max(abs(float(x)), 1.0) for x in u.detach().reshape(-1)]
+
+    def evaluate(flat: torch.Tensor, frames: int):
+        with torch.no_grad():
+            total, terms, vector = problem.evaluate(state.values_at(flat), frames, residuals=True)
+        if not torch.isfinite(total):
+            raise SimulationError("fit loss became non-finite")
+        return total, terms, vector
+
+    loss, terms, u1 = state.lm.step(evaluate, u0, window, fd_steps=torch.tensor(steps, dtype=torch.float64),
+                                    full_window=full_window)
+    state.set_flat(u1)
+    return torch.tensor(loss, dtype=torch.float64), terms
 
 
 # -------------------------------------------------------------------------------------------- restarts
@@ -307,13 +360,15 @@ class _RestartState:
     """Reparameterised values, Adam state and history of one restart."""
 
     def __init__(self, index: int, specs: list[ParamSpec], initial: dict[str, torch.Tensor], lr: float,
-                 betas=(0.9, 0.999), networks=None):
+                 betas=(0.9, 0.999), networks=None, lm: bool = False):
         self.index = index
         self.networks = networks.copy() if networks is not None else None  # RestartNetworks
         self.specs = specs
         self.initial = {k: v.detach().double().clone() for k, v in initial.items()}
         self.u = [s.to_u(self.initial[s.path]).requires_grad_(True) for s in specs]
         self.optimizer = torch.optim.Adam(self.u, lr=lr, betas=tuple(betas))
+        self.lm = LevenbergMarquardt() if lm else None
+        """Levenberg-Marquardt state (damping, converged) when it drives this restart instead of Adam."""
         self.iteration = 0
         self.losses: list[float] = []
         self.windows: list[int] = []
@@ -322,6 +377,21 @@ class _RestartState:
 
     def values(self) -> dict[str, torch.Tensor]:
         return {s.path: s.to_value(u) for s, u in zip(self.specs, self.u)}
+
+    def values_at(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Values for a flat vector of reparameterised values (the order of ``self.u``)."""
+        out, i = {}, 0
+        for s, u in zip(self.specs, self.u):
+            out[s.path] = s.to_value(flat[i:i + u.numel()].reshape(u.shape))
+            i += u.numel()
+        return out
+
+    def set_flat(self, flat: torch.Tensor) -> None:
+        with torch.no_grad():
+            i = 0
+            for u in self.u:
+                u.copy_(flat[i:i + u.numel()].reshape(u.shape))
+                i += u.numel()
 
     def plain_values(self) -> dict[str, Any]:
         return {k: _plain(v) for k, v in self.values().items()}
@@ -339,16 +409,21 @@ class _RestartState:
         return out
 
     def to_json(self) -> dict:
-        return {"index": self.index, "iteration": self.iteration,
+        lm = None if self.lm is None else {"damping": self.lm.damping, "converged": self.lm.converged,
+                                           "step_scale": self.lm.step_scale}
+        return {"index": self.index, "iteration": self.iteration, "levenberg_marquardt": lm,
                 "initial": {k: _plain(v) for k, v in self.initial.items()},
                 "losses": self.losses, "windows": self.windows, "terms": self.terms, "final_loss": self.final_loss}
 
     @classmethod
     def restore(cls, data: dict, tensors: dict, specs: list[ParamSpec], lr: float, betas,
-                networks=None) -> "_RestartState":
+                networks=None, lm: bool = False) -> "_RestartState":
         index = int(data["index"])
         initial = {s.path: torch.tensor(data["initial"][s.path], dtype=torch.float64) for s in specs}
-        state = cls(index, specs, initial, lr, betas, networks)
+        state = cls(index, specs, initial, lr, betas, networks, lm=lm)
+        if lm:
+            saved = data["levenberg_marquardt"]
+            state.lm = LevenbergMarquardt(float(saved["damping"]), bool(saved["converged"]), float(saved["step_scale"]))
         if state.networks is not None:
             state.networks.restore(tensors, f"r{index}.")
         with torch.no_grad():
@@ -426,6 +501,9 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
         raise HybridsimError("no learnable fields (mark some with learn = true)", file=spec.source)
     if settings is not None and settings.gradients not in ("autodiff", "finite_difference"):
         raise HybridsimError(f"gradients must be 'autodiff' or 'finite_difference' (got {settings.gradients!r})")
+    if settings is not None and settings.optimizer not in ("auto", "adam", "levenberg_marquardt"):
+        raise HybridsimError("optimizer must be 'auto', 'adam' or 'levenberg_marquardt' "
+                             f"(got {settings.optimizer!r})")
     from .scenes import check_fittable
 
     check_fittable(spec)
@@ -509,6 +587,7 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
             raise HybridsimError("a start offset or air drag cannot be learned together with a refiner or motion prior",
                                  file=spec.source)
     scene_specs, specs = specs, specs + extra_specs
+    use_lm = _use_lm(settings, specs, networks, problem_scene.kind)
 
     config = {"settings": settings.to_json(), "frames": images, "render_size": [cam.width, cam.height],
               "background": background_source,
@@ -517,6 +596,7 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
         config["networks"] = networks.header()
     if masks is not None or tracks is not None:
         config["evidence"] = problem.evidence.header()
+    config["optimizer"] = "levenberg_marquardt" if use_lm else "adam"
     header = {"scene_sha256": _scene_digest(spec), "target_sha256": prepared.digest, "config": config}
 
     # ---- resume ---------------------------------------------------------------------------------
@@ -540,7 +620,8 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                                      "or pass --fresh to discard it", file=run_dir)
             try:
                 for entry in data["restarts"]:
-                    state = _RestartState.restore(entry, tensors, specs, settings.lr, settings.betas, networks)
+                    state = _RestartState.restore(entry, tensors, specs, settings.lr, settings.betas, networks,
+                                                 lm=use_lm)
                     states[state.index] = state
             except (KeyError, TypeError, ValueError) as exc:
                 raise HybridsimError(f"damaged fit checkpoint ({exc!r}); pass --fresh to discard it",
@@ -577,12 +658,19 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                     initial, _ = _screen(problem.scene, cam, prepared, scene_specs,
                                          seed=spec.seed * 1_000_003 + r, count=count)
                     initial.update({s.path: torch.tensor(s.initial[0], dtype=torch.float64) for s in extra_specs})
-                states[r] = _RestartState(r, specs, initial, settings.lr, settings.betas, networks)
+                states[r] = _RestartState(r, specs, initial, settings.lr, settings.betas, networks, lm=use_lm)
             state = states[r]
             problem.networks = state.networks
             while state.iteration < iterations:
                 it = state.iteration
-                window = _window_at(settings, it, images)
+                window = _window_at(settings, it, images, lm=use_lm)
+                if use_lm:
+                    loss, terms = _lm_iteration(problem, state, window, window == images, settings.lm_fd_step)
+                    _record(state, loss, terms, window)
+                    step += 1
+                    save(step)
+                    _report(bar, callback, state, r, window, terms)
+                    continue
                 for group in state.optimizer.param_groups:
                     group["lr"] = _lr_at(settings, it)
                 state.optimizer.zero_grad(set_to_none=True)
@@ -600,19 +688,10 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                 state.optimizer.step()
                 if state.networks is not None:
                     state.networks.step(networks.settings.lr * _lr_at(settings, it) / settings.lr)
-                state.iteration += 1
-                state.losses.append(float(loss.detach()))
-                state.windows.append(window)
-                state.terms.append(terms)
+                _record(state, loss, terms, window)
                 step += 1
                 save(step)
-                values = state.plain_values()
-                bar.set_postfix_str(f"restart {r} loss {state.losses[-1]:.4g} frames {window} "
-                                    + " ".join(f"{_short(k)}={_fmt(v)}" for k, v in values.items()), refresh=False)
-                bar.update(1)
-                if callback is not None:
-                    callback({"restart": r, "iteration": state.iteration, "loss": state.losses[-1],
-                              "window": window, "values": values, "terms": terms})
+                _report(bar, callback, state, r, window, terms)
     finally:
         bar.close()
 
@@ -669,6 +748,23 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
 
         write_outputs(result, problem)
     return result
+
+
+def _record(state: _RestartState, loss: torch.Tensor, terms: dict, window: int) -> None:
+    state.iteration += 1
+    state.losses.append(float(loss.detach()))
+    state.windows.append(window)
+    state.terms.append(terms)
+
+
+def _report(bar, callback, state: _RestartState, restart: int, window: int, terms: dict) -> None:
+    values = state.plain_values()
+    bar.set_postfix_str(f"restart {restart} loss {state.losses[-1]:.4g} frames {window} "
+                        + " ".join(f"{_short(k)}={_fmt(v)}" for k, v in values.items()), refresh=False)
+    bar.update(1)
+    if callback is not None:
+        callback({"restart": restart, "iteration": state.iteration, "loss": state.losses[-1],
+                  "window": window, "values": values, "terms": terms})
 
 
 @contextlib.contextmanager
