@@ -25,6 +25,7 @@ from hybridsim.fit import FitSettings, fit
 from hybridsim.render.spheres import to_uint8
 from hybridsim.scene import load_scene, parse_scene
 from hybridsim.sim.world import World
+from hybridsim.testing.fit_scenes import PLUME_SMALL, SLIDE
 
 STREAK = 3
 """Consecutive in-tolerance iterations that count as converged."""
@@ -121,33 +122,7 @@ def sphere(quick: bool) -> Record:
     return _compare("fit_sphere_restitution_velocity", spec, _sphere_target(spec, truth), truth, tolerance, 30, quick)
 
 
-BOX = """
-name = "slide"
-precision = "float64"
-[time]
-fps = 30
-frames = 20
-substeps = 8
-[camera]
-position = [0.0, -3.5, 1.6]
-look_at = [0.0, 0.0, 0.2]
-fovy_deg = 40.0
-width = 96
-height = 72
-[ground]
-friction = 0.5
-restitution = 0.0
-[[objects]]
-type = "box"
-name = "slider"
-position = [-1.0, 0.0, 0.1]
-half_extents = [0.15, 0.15, 0.1]
-velocity = { value = [2.0, 0.0, 0.0], learn = true, range = [-6.0, 6.0] }
-friction = { value = 0.3, learn = true, range = [0.05, 1.5] }
-restitution = 0.0
-mass = 1.0
-color = [0.9, 0.35, 0.2]
-"""
+BOX = SLIDE
 
 
 @case("fit_box_friction_speed")
@@ -174,36 +149,7 @@ def spring(quick: bool) -> Record:
                     method=LM, max_render_height=None)
 
 
-PLUME = """
-name = "plume_small"
-backend = "warp"
-precision = "float32"
-[time]
-fps = 30
-frames = 20
-substeps = 2
-[camera]
-position = [0.4, -3.0, 0.5]
-look_at = [0.4, 0.0, 0.5]
-up = [0.0, 0.0, 1.0]
-projection = "orthographic"
-ortho_height = 1.0
-width = 32
-height = 40
-[fluid]
-cells = [32, 40]
-cell_size = 0.025
-boundary = "wall"
-buoyancy = { value = 1.0, learn = true, range = [0.0, 10.0] }
-advection = "semi_lagrangian"
-density_advection = "conservative"
-opacity = 2.0
-[[fluid.inflows]]
-shape = "disc"
-center = [0.4, 0.12]
-radius = 0.06
-rate = 3.0
-"""
+PLUME = PLUME_SMALL
 
 
 @case("fit_plume_buoyancy")

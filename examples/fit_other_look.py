@@ -20,6 +20,7 @@ from hybridsim.render import to_uint8, write_video
 from hybridsim.render.camera import Camera
 from hybridsim.scene import parse_scene
 from hybridsim.sim.world import World
+from hybridsim.testing.fit_scenes import PLUME_SMALL
 
 BOX = """
 name = "slide"
@@ -55,35 +56,7 @@ half_extents = [0.1, 0.3, 0.2]
 color = [0.5, 0.55, 0.6]
 """
 
-PLUME = """
-name = "plume_small"
-precision = "float32"
-[time]
-fps = 30
-frames = 20
-substeps = 2
-[camera]
-position = [0.4, -3.0, 0.5]
-look_at = [0.4, 0.0, 0.5]
-up = [0.0, 0.0, 1.0]
-projection = "orthographic"
-ortho_height = 1.0
-width = 32
-height = 40
-[fluid]
-cells = [32, 40]
-cell_size = 0.025
-boundary = "wall"
-buoyancy = { value = 1.0, learn = true, range = [0.0, 10.0] }
-advection = "semi_lagrangian"
-density_advection = "conservative"
-opacity = 2.0
-[[fluid.inflows]]
-shape = "disc"
-center = [0.4, 0.12]
-radius = 0.06
-rate = 3.0
-"""
+PLUME = PLUME_SMALL
 
 
 def box_target(spec) -> np.ndarray:

@@ -13,37 +13,7 @@ from hybridsim.render.spheres import to_uint8
 from hybridsim.scene import parse_scene
 from hybridsim.sim.fluid import fluid_rollout
 from hybridsim.sim.world import World
-
-PLUME = """
-name = "plume_small"
-backend = "warp"
-precision = "float32"
-[time]
-fps = 30
-frames = 20
-substeps = 2
-[camera]                      # one pixel per cell, looking along +y at the x-z plane
-position = [0.4, -3.0, 0.5]
-look_at = [0.4, 0.0, 0.5]
-up = [0.0, 0.0, 1.0]
-projection = "orthographic"
-ortho_height = 1.0
-width = 32
-height = 40
-[fluid]
-cells = [32, 40]
-cell_size = 0.025
-boundary = "wall"
-buoyancy = { value = 1.0, learn = true, range = [0.0, 10.0] }
-advection = "semi_lagrangian"
-density_advection = "conservative"
-opacity = 2.0
-[[fluid.inflows]]
-shape = "disc"
-center = [0.4, 0.12]
-radius = 0.06
-rate = 3.0
-"""
+from hybridsim.testing.fit_scenes import PLUME_SMALL as PLUME
 
 
 def test_fit_recovers_the_buoyancy_of_a_smoke_plume(tmp_path):

@@ -16,42 +16,10 @@ from hybridsim.render.mesh import box_mesh, render_meshes, transform_meshes
 from hybridsim.render.spheres import to_uint8
 from hybridsim.scene import parse_scene
 from hybridsim.sim.world import World
+from hybridsim.testing.fit_scenes import SLIDE_WITH_WALL as SLIDE
 
 D64 = torch.float64
 
-SLIDE = """
-name = "slide"
-precision = "float64"
-[time]
-fps = 30
-frames = 20
-substeps = 8
-[camera]
-position = [0.0, -3.5, 1.6]
-look_at = [0.0, 0.0, 0.2]
-fovy_deg = 40.0
-width = 96
-height = 72
-[ground]
-friction = 0.5
-restitution = 0.0
-[[objects]]
-type = "box"
-name = "slider"
-position = [-1.0, 0.0, 0.1]
-half_extents = [0.15, 0.15, 0.1]
-velocity = { value = [2.0, 0.0, 0.0], learn = true, range = [-6.0, 6.0] }
-friction = { value = 0.3, learn = true, range = [0.05, 1.5] }
-restitution = 0.0
-mass = 1.0
-color = [0.9, 0.35, 0.2]
-[[objects]]
-type = "static_box"
-name = "wall"
-position = [0.9, 0.4, 0.2]
-half_extents = [0.1, 0.3, 0.2]
-color = [0.5, 0.55, 0.6]
-"""
 TRUTH = {"objects[0].velocity": [2.6, 0.0, 0.0], "objects[0].friction": 0.55}
 
 
