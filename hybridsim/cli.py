@@ -51,6 +51,12 @@ def cmd_render(args) -> int:
     except SimulationError as error:  # a blow-up: keep the frames simulated so far, exit 1
         return _render_partial(args, world, out, error)
     _remove_partial_outputs(out)
+    if code == 0 and getattr(args, "flo", False):  # Middlebury .flo files beside the layers
+        from .render.flow import write_flo_frames
+
+        written = write_flo_frames(out.with_suffix(".layers.npz"), out.with_suffix(".flo"))
+        if not args.quiet:
+            print(f"wrote {len(written)} .flo files to {out.with_suffix('.flo')}/")
     return code
 
 
@@ -592,6 +598,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument("--refiner", metavar="WEIGHTS", help="refine the video with trained refiner weights (.safetensors); "
                    "the plain render is kept as OUT.plain.mp4")
+    p.add_argument("--flo", action="store_true", help="also write every frame's forward and backward flow as "
+                   "Middlebury .flo files in OUT.flo/ (forward_0000.flo, backward_0000.flo, ...)")
     p.set_defaults(run=cmd_render)
 
     p = sub.add_parser("info", help="versions, backends, devices and cache paths")

@@ -73,6 +73,26 @@ def test_render_frames_override(tmp_path):
     assert read_video(out)[0].shape == (3, 47, 63, 3)
 
 
+def test_render_writes_flo_files_equal_to_the_flow_layers(tmp_path):
+    import numpy as np
+
+    from hybridsim.render.flow import read_flo
+
+    scene = tmp_path / "small.toml"
+    scene.write_text(SMALL_SCENE.format(backend="warp"))
+    out = tmp_path / "flo.mp4"
+    assert main(["render", str(scene), "-o", str(out), "--quiet", "--frames", "3", "--flo"]) == 0
+    with np.load(out.with_suffix(".layers.npz")) as layers:
+        forward, backward = layers["flow_forward"], layers["flow_backward"]
+    folder, count = out.with_suffix(".flo"), len(forward)
+    assert sorted(p.name for p in folder.iterdir()) == [f"{k}_{t:04d}.flo" for k in ("backward", "forward")
+                                                       for t in range(count)]
+    for t in range(count):
+        assert np.array_equal(read_flo(folder / f"forward_{t:04d}.flo"), forward[t].astype(np.float32))
+        assert np.array_equal(read_flo(folder / f"backward_{t:04d}.flo"), backward[t].astype(np.float32))
+    assert np.abs(forward[0]).max() > 0.1  # the spheres move
+
+
 @pytest.mark.parametrize("mutation,field", [
     (("radius = 0.3", "radius = -0.3"), "objects[0].radius"),
     (("radius = 0.3", "raduis = 0.3"), "objects[0].raduis"),

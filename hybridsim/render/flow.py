@@ -17,7 +17,7 @@ import torch
 from ..fileio import atomic_write_bytes
 from .camera import Camera
 
-__all__ = ["surface_points", "optical_flow", "write_flo", "read_flo", "flow_to_color"]
+__all__ = ["surface_points", "optical_flow", "write_flo", "read_flo", "write_flo_frames", "flow_to_color"]
 
 
 def surface_points(camera: Camera, depth: torch.Tensor) -> torch.Tensor:
@@ -96,6 +96,27 @@ def write_flo(path: str | Path, flow) -> None:
     height, width = flow.shape[:2]
     header = np.array([_FLO_TAG], np.float32).tobytes() + np.array([width, height], np.int32).tobytes()
     atomic_write_bytes(path, header + flow.tobytes())
+
+
+def write_flo_frames(layers_path: str | Path, folder: str | Path) -> list[Path]:
+    """Write every frame's forward and backward flow of a layers file (``flow_forward`` /
+    ``flow_backward``, (F, H, W, 2) [px]) as ``folder/forward_0000.flo``, ``backward_0000.flo``, ...;
+    returns the paths written."""
+    from ..errors import AssetError
+
+    folder = Path(folder)
+    with np.load(layers_path, allow_pickle=False) as data:
+        if "flow_forward" not in data.files or "flow_backward" not in data.files:
+            raise AssetError("the layers have no flow_forward / flow_backward", file=str(layers_path))
+        flows = {"forward": data["flow_forward"], "backward": data["flow_backward"]}
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, flow in flows.items():
+        for t, frame in enumerate(flow):
+            path = folder / f"{name}_{t:04d}.flo"
+            write_flo(path, frame)
+            written.append(path)
+    return written
 
 
 def read_flo(path: str | Path) -> np.ndarray:
