@@ -18,7 +18,7 @@ from ...errors import SimulationError
 from .model import GridFluidControl, GridFluidModel, GridFluidState
 from .solver import SolverGridFluid
 
-__all__ = ["GridFluidTrajectory", "rollout_grid_fluid"]
+__all__ = ["GridFluidTrajectory", "rollout_grid_fluid", "stack_records"]
 
 ControlFn = Callable[[int, GridFluidState], "GridFluidControl | None"]
 
@@ -106,11 +106,18 @@ def rollout_grid_fluid(model: GridFluidModel, state: GridFluidState, steps: int,
     except SimulationError as error:
         if getattr(error, "partial", None) is None:
             kept = len(records[0])
-            error.partial = GridFluidTrajectory(
-                *(torch.stack([t.detach() for t in group]) for group in records[:3]),
-                times=time0 + torch.arange(kept, dtype=torch.float64) * (dt * record_every),
-                temperature=None if records[3][0] is None else torch.stack([t.detach() for t in records[3]]))
+            error.partial = stack_records(GridFluidTrajectory, records,
+                                          time0 + torch.arange(kept, dtype=torch.float64) * (dt * record_every),
+                                          detach=True)
         raise
     times = time0 + torch.arange(0, steps + 1, record_every, dtype=torch.float64) * dt
-    return GridFluidTrajectory(*(torch.stack(group) for group in records[:3]), times=times,
-                               temperature=None if records[3][0] is None else torch.stack(records[3]))
+    return stack_records(GridFluidTrajectory, records, times)
+
+
+def stack_records(trajectory, records: list[list], times: torch.Tensor, *, detach: bool = False):
+    """A trajectory (2D or 3D) from per-frame records: one list per field (velocities, density),
+    the last the temperature (``[None, ...]`` without one); ``detach`` for a partial run's frames."""
+    take = (lambda group: [t.detach() for t in group]) if detach else list  # noqa: E731
+    *fields, heat = records
+    return trajectory(*(torch.stack(take(group)) for group in fields), times=times,
+                      temperature=None if heat[0] is None else torch.stack(take(heat)))

@@ -10,6 +10,7 @@ import torch
 from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ...errors import SimulationError
+from ..grid_fluid.rollout import stack_records
 from .model import GridFluid3DControl, GridFluid3DModel, GridFluid3DState
 from .solver import SolverGridFluid3D
 
@@ -96,11 +97,9 @@ def rollout_grid_fluid3d(model: GridFluid3DModel, state: GridFluid3DState, steps
     except SimulationError as error:
         if getattr(error, "partial", None) is None:
             kept = len(records[0])
-            error.partial = GridFluid3DTrajectory(
-                *(torch.stack([t.detach() for t in group]) for group in records[:4]),
-                times=time0 + torch.arange(kept, dtype=torch.float64) * (dt * record_every),
-                temperature=None if records[4][0] is None else torch.stack([t.detach() for t in records[4]]))
+            error.partial = stack_records(GridFluid3DTrajectory, records,
+                                          time0 + torch.arange(kept, dtype=torch.float64) * (dt * record_every),
+                                          detach=True)
         raise
     times = time0 + torch.arange(0, steps + 1, record_every, dtype=torch.float64) * dt
-    return GridFluid3DTrajectory(*(torch.stack(group) for group in records[:4]), times=times,
-                                 temperature=None if records[4][0] is None else torch.stack(records[4]))
+    return stack_records(GridFluid3DTrajectory, records, times)
