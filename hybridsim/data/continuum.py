@@ -12,6 +12,17 @@ Both write the entries every sample has (see :mod:`hybridsim.data.job`):
   (smoke ray-marched over the ground and obstacles; cameras may move, e.g. ``[camera.orbit]``
   with ``sweep_deg``, the surfaces then rasterised every frame). states.npz holds the density
   and the cell-centred 3D velocity on every ``field_stride``-th cell of each axis.
+* 2D ``[fluid]`` with ``[[objects]]`` (boxes and spheres coupled two-way with the smoke):
+  ``hybridsim.sim.fluid_rigid.fluid_rigid_rollout`` with the fluid's guard applied to its frames
+  afterwards (the rollout itself stops on non-finite body states), the gates of
+  :func:`~hybridsim.data.gates.fluid_rigid_initial_gates` (bodies overlapping at t = 0 or sticking
+  out of the fluid's domain) and :func:`~hybridsim.data.gates.evaluate_fluid_rigid_gates` (the
+  fluid's, penetration, bodies inside the domain; no energy gate: the smoke does work on the
+  bodies), ``hybridsim.render.fluid_rigid.render_fluid_rigid_frames`` (segmentation 1 smoke,
+  k + 2 object k; flow: the bodies' rigid motion on them). states.npz: the 2D fluid's arrays plus
+  the body states under the names ``hybridsim render`` writes (``body_position``, ...), masses
+  and inertia; the json: the fluid's labels (with its ``density``), the objects as rigid samples
+  label them, springs, joints, ground.
 * ``[mpm]``: ``hybridsim.sim.mpm.mpm_rollout`` (``MPMGuard``: non-finite particles, particles
   leaving the grid, particle CFL above 1), the gates of
   :func:`~hybridsim.data.gates.evaluate_mpm_gates` (kinetic + gravitational energy gain, CFL),
@@ -29,7 +40,7 @@ import time
 
 from .job import Draw, GenerateJob, base_meta, finish_meta, non_finite_layers, reject, sample_entries
 
-__all__ = ["fluid_attempt", "mpm_attempt", "particle_subset"]
+__all__ = ["fluid_attempt", "fluid_rigid_attempt", "mpm_attempt", "particle_subset"]
 
 _FLOW_LAYERS = ("alpha", "normal", "flow_forward", "flow_backward")  # depth is inf off the bodies
 
@@ -82,9 +93,24 @@ def fluid_attempt(job: GenerateJob, draw: Draw, rejected: list, timing: dict) ->
     stride = int(job.option("field_stride") or 1)
     states = _fluid_states(trajectory, spec.fluid.cells, stride)
     frame_count = rgb.shape[0]
-    fluid = spec.fluid
     meta = base_meta(job, draw, layers, "fluid", frame_count)
-    meta["fluid"] = {
+    meta["fluid"] = _fluid_record(spec, stride)
+    finish_meta(meta, job, draw, measured, rejected, {
+        "mp4": f"H.264 video, {frame_count} frames of {spec.camera.width}x{spec.camera.height} at {spec.time.fps:g} fps",
+        "layers.npz": "alpha (T,H,W) [smoke opacity], density (T,H,W) [the grid density seen by each pixel], depth "
+                      "(T,H,W) m [inf off the fluid plane], normal (T,H,W,3) camera space, segmentation (T,H,W) int32 "
+                      "[1 where alpha > 0.5], flow_forward/flow_backward (T,H,W,2) px [the fluid velocity over one "
+                      "frame], occlusion_forward/occlusion_backward (T,H,W) bool, intrinsics (T,3,3), extrinsics "
+                      "(T,4,4) world to camera (OpenCV axes)",
+        "states.npz": _fluid_states_note(spec, stride, states),
+    })
+    return sample_entries(job, draw, meta, rgb, layers, states, timing)
+
+
+def _fluid_record(spec, stride: int) -> dict:
+    """The json's ``fluid`` labels of a 2D smoke sample."""
+    fluid = spec.fluid
+    return {
         "cells": list(fluid.cells), "cell_size": fluid.cell_size, "origin": list(fluid.origin),
         "boundary": list(fluid.boundary), "wall_slip": fluid.wall_slip, "buoyancy": fluid.buoyancy,
         "vorticity": fluid.vorticity, "viscosity": fluid.viscosity, "advection": fluid.advection,
@@ -100,20 +126,133 @@ def fluid_attempt(job: GenerateJob, draw: Draw, rejected: list, timing: dict) ->
         "dt": spec.dt,
         "field_stride": stride,
     }
+
+
+def _fluid_states_note(spec, stride: int, states: dict) -> str:
+    fluid = spec.fluid
     temperature = ", temperature (T,nx',ny') K" if "temperature" in states else ""
-    finish_meta(meta, job, draw, measured, rejected, {
-        "mp4": f"H.264 video, {frame_count} frames of {spec.camera.width}x{spec.camera.height} at {spec.time.fps:g} fps",
-        "layers.npz": "alpha (T,H,W) [smoke opacity], density (T,H,W) [the grid density seen by each pixel], depth "
-                      "(T,H,W) m [inf off the fluid plane], normal (T,H,W,3) camera space, segmentation (T,H,W) int32 "
-                      "[1 where alpha > 0.5], flow_forward/flow_backward (T,H,W,2) px [the fluid velocity over one "
-                      "frame], occlusion_forward/occlusion_backward (T,H,W) bool, intrinsics (T,3,3), extrinsics "
-                      "(T,4,4) world to camera (OpenCV axes)",
-        "states.npz": f"every {stride}-th cell (field_stride) of the {fluid.cells[0]}x{fluid.cells[1]} grid, grid x = "
-                      "world x, grid y = world z: density (T,nx',ny'), velocity (T,nx',ny',2) m/s [cell-centred, "
-                      f"averaged from the MAC faces]{temperature}, times (T,) s, field_stride () int64 "
-                      "(cell i of these arrays is grid cell field_stride * i; cell_size and origin: the json's fluid)",
+    return (f"every {stride}-th cell (field_stride) of the {fluid.cells[0]}x{fluid.cells[1]} grid, grid x = "
+            "world x, grid y = world z: density (T,nx',ny'), velocity (T,nx',ny',2) m/s [cell-centred, "
+            f"averaged from the MAC faces]{temperature}, times (T,) s, field_stride () int64 "
+            "(cell i of these arrays is grid cell field_stride * i; cell_size and origin: the json's fluid)")
+
+
+def fluid_rigid_attempt(job: GenerateJob, draw: Draw, rejected: list, timing: dict) -> dict | None:
+    """One draw of a 2D ``[fluid]`` scene with ``[[objects]]`` (two-way coupled bodies): the entries,
+    or None after recording why it was rejected (module docstring)."""
+    import numpy as np
+    import torch
+
+    from ..errors import SceneError, SimulationError
+    from ..render import Camera, to_uint8
+    from ..render.camera_io import camera_moves
+    from ..render.fluid_rigid import render_fluid_rigid_frames
+    from ..render.rigid import rigid_poses
+    from .gates import evaluate_fluid_rigid_gates, fluid_rigid_initial_gates
+    from .job import _rigid_object_record, rigid_links_meta
+    from .sample import camera_layers
+
+    world, spec = draw.world, draw.spec
+    if camera_moves(spec.camera):
+        raise SceneError("generate renders [fluid] scenes with a fixed camera (drop camera.orbit.sweep_deg and "
+                         "[[camera.keyframes]])", file=job.distribution_name, field="camera")
+    start = time.perf_counter()
+    initial, failures = fluid_rigid_initial_gates(world, job.gates)  # before the rollout: cheap, a clear reason
+    if failures:
+        timing["simulate_s"] += time.perf_counter() - start
+        reject(rejected, draw, failures)
+        return None
+    try:
+        with torch.no_grad():
+            trajectory = _fluid_rigid_rollout(world)
+    except SimulationError as error:
+        timing["simulate_s"] += time.perf_counter() - start
+        reject(rejected, draw, [_fluid_blow_up(error)])
+        return None
+    measured, failures = evaluate_fluid_rigid_gates(world, trajectory, job.gates)
+    timing["simulate_s"] += time.perf_counter() - start
+    if failures:
+        reject(rejected, draw, failures)
+        return None
+
+    start = time.perf_counter()
+    camera = Camera.from_spec(spec.camera)
+    with torch.no_grad():
+        rendered = render_fluid_rigid_frames(world, camera, trajectory)
+        poses = rigid_poses(world, trajectory.rigid).detach().cpu().double().numpy()
+    rgb = to_uint8(rendered.pop("rgb").numpy())
+    layers = {key: _numpy_layer(value) for key, value in rendered.items()}
+    layers.update(camera_layers([camera] * rgb.shape[0]))
+    layers["object_poses"] = poses
+    timing["render_s"] += time.perf_counter() - start
+    if non_finite_layers(rejected, draw, layers, ("alpha", "density", "normal", "flow_forward", "flow_backward")):
+        return None
+
+    stride = int(job.option("field_stride") or 1)
+    rigid = trajectory.rigid
+    model = rigid.model
+    bodies = tuple(int(b) for b in rigid.body_objects)
+    numpy = lambda tensor: tensor.detach().cpu().numpy()  # noqa: E731
+    states = _fluid_states(trajectory.fluid, spec.fluid.cells, stride)
+    states.update({  # the names `hybridsim render` writes for these scenes
+        "body_position": numpy(rigid.positions), "body_orientation": numpy(rigid.orientations),
+        "body_velocity": numpy(rigid.velocities), "body_angular_velocity": numpy(rigid.angular_velocities),
+        "body_objects": np.asarray(bodies, dtype=np.int64),
+        "body_mass": numpy(model.body_mass).astype(np.float64),
+        "body_inertia": numpy(model.body_inertia).astype(np.float64),
+        "body_inertia_rotation": numpy(model.body_inertia_rotation).astype(np.float64),
     })
+    frame_count = rgb.shape[0]
+    meta = base_meta(job, draw, layers, "fluid_rigid", frame_count)
+    meta["fluid"] = {**_fluid_record(spec, stride), "density": spec.fluid.density}
+    body_of = {k: b for b, k in enumerate(bodies)}
+    meta["objects"] = []
+    for k in range(len(spec.objects)):
+        record = _rigid_object_record(spec, k, body_of.get(k), model)
+        record["segmentation_id"] = k + 2  # 1 is the smoke
+        meta["objects"].append(record)
+    meta.update(rigid_links_meta(spec))
+    finish_meta(meta, job, draw, {**initial, **measured}, rejected, {
+        "mp4": f"H.264 video, {frame_count} frames of {spec.camera.width}x{spec.camera.height} at {spec.time.fps:g} fps",
+        "layers.npz": "alpha (T,H,W) [smoke opacity, 1 on a body], density (T,H,W) [the grid density seen by each "
+                      "pixel], depth (T,H,W) m [inf off the fluid plane], normal (T,H,W,3) camera space, segmentation "
+                      "(T,H,W) int32 [0 background, 1 where the smoke's alpha > 0.5, k + 2 scene object k (bodies lie "
+                      "in the fluid plane, in front of the smoke)], flow_forward/flow_backward (T,H,W,2) px [the fluid "
+                      "velocity over one frame; on a body its rigid motion], occlusion_forward/occlusion_backward "
+                      "(T,H,W) bool, intrinsics (T,3,3), extrinsics (T,4,4) world to camera (OpenCV axes), "
+                      "object_poses (T,K,7) [quaternion x, y, z, w]",
+        "states.npz": _fluid_states_note(spec, stride, states) + "; rigid bodies b = 0..B-1 (body b is scene object "
+                      "body_objects[b]): body_position (T,B,3) m [centre of mass, y = 0], body_orientation (T,B,4) "
+                      "quaternion x, y, z, w [about y], body_velocity (T,B,3) m/s, body_angular_velocity (T,B,3) "
+                      "rad/s [world frame], body_objects (B,) int64, body_mass (B,) kg, body_inertia (B,3) kg m^2 "
+                      "[principal moments], body_inertia_rotation (B,4) [principal axes in the body frame, x, y, z, w]",
+    }, FLUID_RIGID_POSE_NOTE)
     return sample_entries(job, draw, meta, rgb, layers, states, timing)
+
+
+FLUID_RIGID_POSE_NOTE = ("object_poses (T, K, 7): for every scene object k (segmentation id k + 2; 1 is the smoke), "
+                         "the position x, y, z [m] of its centre of mass (y = 0: the fluid plane) and its orientation "
+                         "as a unit quaternion x, y, z, w (a rotation about y; the rigid solver's order, as states.npz "
+                         "body_orientation and `hybridsim render`)")
+
+
+def _fluid_rigid_rollout(world):
+    """``fluid_rigid_rollout`` with the fluid's blow-up guard (``FluidGuard``: non-finite fields,
+    CFL above 5) applied to its frames afterwards: a SimulationError naming the first bad frame,
+    as ``fluid_rollout(world, check=True)`` raises (the coupled rollout itself stops only on
+    non-finite body states)."""
+    from ..sim.fluid_rigid import fluid_rigid_rollout
+    from ..sim.guards import FluidGuard, blow_up
+
+    spec = world.spec
+    trajectory = fluid_rigid_rollout(world)
+    fluid = trajectory.fluid
+    guard = FluidGuard(dt=spec.dt, cell_size=spec.fluid.cell_size, substeps=spec.time.substeps, cells=spec.fluid.cells)
+    violation = guard.first_violation(fluid.velocity_x[1:], fluid.velocity_y[1:], fluid.density[1:])
+    if violation is not None:
+        raise blow_up(spec, violation, frame=violation.offset + 1, substeps=spec.time.substeps,
+                      what="fluid-rigid simulation")
+    return trajectory
 
 
 def _fluid3d_entries(job: GenerateJob, draw: Draw, trajectory, measured: dict, rejected: list, timing: dict):

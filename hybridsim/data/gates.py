@@ -11,9 +11,11 @@ from dataclasses import asdict, dataclass
 from types import SimpleNamespace
 
 __all__ = ["QualityGates", "evaluate_gates", "evaluate_rigid_gates", "rigid_initial_gates", "blow_up_reason",
-           "evaluate_fluid_gates", "evaluate_mpm_gates", "fluid_inflow_rate", "GATE_NAMES"]
+           "evaluate_fluid_gates", "evaluate_mpm_gates", "fluid_inflow_rate", "fluid_body_margins",
+           "fluid_rigid_initial_gates", "evaluate_fluid_rigid_gates", "GATE_NAMES"]
 
-GATE_NAMES = ("non_finite", "penetration", "energy_gain", "out_of_frame", "initial_overlap", "mass_gain", "cfl")
+GATE_NAMES = ("non_finite", "penetration", "energy_gain", "out_of_frame", "initial_overlap", "mass_gain", "cfl",
+              "out_of_domain")
 
 
 @dataclass(frozen=True)
@@ -352,6 +354,118 @@ def evaluate_fluid_gates(world, trajectory, gates: QualityGates) -> tuple[dict, 
     if cfl > gates.cfl_max:
         failures.append({"gate": "cfl", "value": cfl, "limit": gates.cfl_max,
                          "detail": f"CFL number {cfl:.3g} (raise [time] substeps or lower buoyancy / inflow rate)"})
+    return measured, failures
+
+
+# --------------------------------------------------------------------------------------------
+# Rigid bodies in a 2D fluid
+# --------------------------------------------------------------------------------------------
+
+
+def fluid_body_margins(spec, positions, orientations, body_objects):
+    """How far each body's cross-section with the fluid plane (y = 0) stays inside the 2D fluid's
+    domain [m] per frame: (margins (T,) the smallest over the bodies, negative where one sticks out,
+    bodies (T,) the scene object index of that body). ``positions`` (T, B, 3), ``orientations``
+    (T, B, 4) x, y, z, w (rotation about y only), ``body_objects`` (B,) scene object per body.
+    Boxes use their rotated x-z half extents, spheres their radius."""
+    import numpy as np
+
+    x = np.asarray(positions, dtype=np.float64)
+    q = np.asarray(orientations, dtype=np.float64)
+    frames = x.shape[0]
+    fluid = spec.fluid
+    lower = np.asarray(fluid.origin, dtype=np.float64)
+    upper = lower + np.asarray(fluid.cells, dtype=np.float64) * float(fluid.cell_size)
+    margins = np.full(frames, np.inf)
+    which = np.full(frames, -1, dtype=np.int64)
+    for b, k in enumerate(int(k) for k in body_objects):
+        obj = spec.objects[k]
+        if obj.type == "box":
+            hx, hz = float(obj.half_extents[0]), float(obj.half_extents[2])
+            angle = 2.0 * np.arctan2(q[:, b, 1], q[:, b, 3])  # about y
+            cos, sin = np.abs(np.cos(angle)), np.abs(np.sin(angle))
+            reach = np.stack([cos * hx + sin * hz, sin * hx + cos * hz], axis=-1)  # (T, 2) half widths in x, z
+        else:
+            reach = np.full((frames, 2), float(obj.radius))
+        centre = x[:, b][:, [0, 2]]
+        margin = np.minimum(centre - reach - lower, upper - centre - reach).min(-1)
+        margin = np.where(np.isfinite(margin), margin, -np.inf)
+        closer = margin < margins
+        margins, which = np.where(closer, margin, margins), np.where(closer, k, which)
+    return margins, which
+
+
+def _domain_failure(spec, margin: float, obj: int, frame: int | None, gates: QualityGates) -> list[dict]:
+    if margin >= -gates.penetration_m:
+        return []
+    when = "at t = 0" if frame is None else f"in frame {frame}"
+    return [{"gate": "out_of_domain", "value": -margin, "limit": gates.penetration_m,
+             "detail": f"{_name(spec, obj)} sticks out of the fluid's domain by {-margin:.4g} m {when}"}]
+
+
+def fluid_rigid_initial_gates(world, gates: QualityGates) -> tuple[dict, list[dict]]:
+    """Before simulating a 2D fluid with bodies: the rigid scenes' ``initial_overlap`` gate (bodies
+    inside each other or the ground) and every body's cross-section inside the fluid's domain
+    (gate ``out_of_domain``, tolerance ``gates.penetration_m``). Returns the measured
+    ``initial_overlap_m`` and ``initial_domain_margin_m`` and the failures."""
+    import torch
+
+    from ..sim.rigid import rigid_body_objects, rigid_initial_state, rigid_model
+
+    spec = world.spec
+    measured, failures = rigid_initial_gates(world, gates)
+    with torch.no_grad():
+        state = rigid_initial_state(rigid_model(world))
+    margins, which = fluid_body_margins(spec, state.body_position[None].detach().cpu().numpy(),
+                                        state.body_orientation[None].detach().cpu().numpy(), rigid_body_objects(spec))
+    measured["initial_domain_margin_m"] = float(margins[0])
+    failures += _domain_failure(spec, float(margins[0]), int(which[0]), None, gates)
+    return measured, failures
+
+
+def evaluate_fluid_rigid_gates(world, trajectory, gates: QualityGates) -> tuple[dict, list[dict]]:
+    """Check a fluid + bodies rollout (:class:`~hybridsim.sim.fluid_rigid.FluidRigidTrajectory`):
+    the fluid's gates (:func:`evaluate_fluid_gates`: non-finite fields, ``mass_gain``, ``cfl``), non-finite
+    body states, penetration after t = 0 (bodies into each other or the ground, as
+    :func:`evaluate_rigid_gates`), every body's cross-section inside the fluid's domain (gate
+    ``out_of_domain``, tolerance ``gates.penetration_m``) and, with ``gates.require_in_frame``, body
+    centres in the image. No energy gate: the fluid does work on the bodies. Returns the fluid's
+    measured values plus ``ground_penetration_m``, ``object_overlap_m``, ``body_domain_margin_m``
+    (smallest over frames and bodies) and ``min_in_frame_margin_px``, and the failures."""
+    import torch
+
+    from ..render import Camera
+
+    spec = world.spec
+    measured, failures = evaluate_fluid_gates(world, trajectory.fluid, gates)
+    rigid = trajectory.rigid
+    x, q = rigid.positions.detach(), rigid.orientations.detach()
+    v, w = rigid.velocities.detach(), rigid.angular_velocities.detach()
+    if not all(bool(torch.isfinite(t).all()) for t in (x, q, v, w)):
+        failures.append({"gate": "non_finite", "value": None, "limit": None, "detail": "non-finite rigid-body states"})
+        return measured, failures
+    state0 = SimpleNamespace(body_position=x[0], body_orientation=q[0], body_velocity=v[0], body_angular_velocity=w[0])
+    depths = _rigid_depths(spec, rigid.model, state0, x, q, rigid.body_objects)
+    worst = None
+    for key, label in (("ground", "ground_penetration_m"), ("objects", "object_overlap_m")):
+        later = depths[key][1:]
+        value = max(float(later.max()), 0.0) if len(later) else 0.0
+        measured[label] = value
+        if len(later) and (worst is None or value > worst[0]):
+            frame = int(later.argmax()) + 1
+            worst = (value, depths[f"{key}_pair"][frame], frame)
+    if worst is not None and worst[0] > gates.penetration_m:
+        failures.append({"gate": "penetration", "value": worst[0], "limit": gates.penetration_m,
+                         "detail": _overlap_detail(spec, worst[0], worst[1], worst[2])})
+    margins, which = fluid_body_margins(spec, x.cpu().numpy(), q.cpu().numpy(), rigid.body_objects)
+    frame = int(margins.argmin())
+    measured["body_domain_margin_m"] = float(margins[frame])
+    failures += _domain_failure(spec, float(margins[frame]), int(which[frame]), frame, gates)
+    margin = _in_frame_margin(Camera.from_spec(spec.camera), x.to(torch.float64).reshape(-1, 1, 3))
+    measured["min_in_frame_margin_px"] = margin
+    if gates.require_in_frame and margin < 0:
+        failures.append({"gate": "out_of_frame", "value": margin, "limit": 0.0,
+                         "detail": f"a body's centre of mass leaves the image (by {-margin:.4g} px)"})
     return measured, failures
 
 

@@ -9,7 +9,8 @@ quality gates reject is redrawn with ``default_rng([seed, i, attempt])`` (attemp
 same command gives the same accepted set whatever the workers, executor or interruptions.
 Rejected draws are listed (with reasons) in each sample's json and in ``manifest.json``.
 
-Scenes: spheres, rigid bodies, 2D smoke (``[fluid]``) and MPM particles (``[mpm]``); see
+Scenes: spheres, rigid bodies, 2D smoke (``[fluid]``, with or without rigid bodies in it) and MPM
+particles (``[mpm]``); see
 :mod:`hybridsim.data.job` and :mod:`hybridsim.data.continuum` for what each sample holds. With
 ``refiner=`` trained video-refiner weights, every sample also gets ``{key}.refined.mp4``; with
 ``preview=True`` the run ends by writing ``OUT/preview/`` (:mod:`hybridsim.data.preview`).

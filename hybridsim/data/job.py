@@ -6,9 +6,11 @@ files a drawn rigid scene names, relative to the distribution file) and writes o
 files of its own, and returns the sample's encoded entries, so the same code runs on a laptop and
 on a cluster node and gives the same bytes.
 
-Four kinds of scene, by what the draw holds: ``[fluid]`` (2D smoke: ``hybridsim.sim.fluid``,
-``hybridsim.render.fluid``) and ``[mpm]`` (particles: ``hybridsim.sim.mpm``,
-``hybridsim.render.particles``), both in :mod:`hybridsim.data.continuum`; rigid objects
+Five kinds of scene, by what the draw holds: ``[fluid]`` (2D smoke: ``hybridsim.sim.fluid``,
+``hybridsim.render.fluid``), a 2D ``[fluid]`` with ``[[objects]]`` (bodies coupled two-way with
+the smoke: ``hybridsim.sim.fluid_rigid``, ``hybridsim.render.fluid_rigid``) and ``[mpm]``
+(particles: ``hybridsim.sim.mpm``, ``hybridsim.render.particles``), all in
+:mod:`hybridsim.data.continuum`; rigid objects
 (``World(spec).rigid``: boxes, capsules, meshes, static boxes, joints or springs) on
 ``hybridsim.sim.rigid.rigid_rollout`` and ``hybridsim.render.rigid.render_rigid_layers``; and
 spheres only, on the sphere solver and renderer. Every kind writes the same entries, with the
@@ -35,8 +37,8 @@ from typing import Any
 from .gates import QualityGates
 
 __all__ = ["GenerateJob", "RefinerWeights", "Draw", "run_sample", "sample_key", "npz_bytes", "prepare_process",
-           "single_threaded", "base_meta", "finish_meta", "sample_entries", "ENTRY_SUFFIXES", "OPTIONAL_SUFFIXES",
-           "QUATERNION_ORDER"]
+           "single_threaded", "base_meta", "finish_meta", "sample_entries", "rigid_links_meta", "ENTRY_SUFFIXES",
+           "OPTIONAL_SUFFIXES", "QUATERNION_ORDER"]
 
 #: File suffixes of one sample, in the order they are written to a shard.
 ENTRY_SUFFIXES = ("json", "mp4", "layers.npz", "states.npz")
@@ -225,7 +227,7 @@ def run_sample(job: GenerateJob, index: int) -> dict:
     """
     from ..errors import HybridsimError
     from ..sim.world import World
-    from .continuum import fluid_attempt, mpm_attempt
+    from .continuum import fluid_attempt, fluid_rigid_attempt, mpm_attempt
 
     dist = _distribution(job)
     rejected: list[dict] = []
@@ -233,7 +235,9 @@ def run_sample(job: GenerateJob, index: int) -> dict:
     for attempt in range(job.max_attempts):
         spec, draws = dist.sample_with_draws(job.seed, index, attempt=attempt, frames=job.frames)
         draw = Draw(index, attempt, World(spec), draws)
-        if spec.fluid is not None:
+        if draw.world.fluid_rigid:
+            entries = fluid_rigid_attempt(job, draw, rejected, timing)
+        elif spec.fluid is not None:
             entries = fluid_attempt(job, draw, rejected, timing)
         elif getattr(spec, "mpm", None) is not None:
             entries = mpm_attempt(job, draw, rejected, timing)
@@ -482,7 +486,7 @@ def _rigid_object_record(spec, k: int, body: int | None, model) -> dict:
         record["radius"] = obj.radius
     if obj.type == "capsule":
         record["half_height"] = obj.half_height
-    if obj.type == "mesh":
+    if obj.type in ("mesh", "static_mesh"):
         record.update(file=obj.file, scale=obj.scale)
     record["mass"] = None if body is None else float(model.body_mass[body])  # static boxes do not move
     record["density"] = getattr(obj, "density", None)
@@ -494,6 +498,20 @@ def _rigid_object_record(spec, k: int, body: int | None, model) -> dict:
     record["initial_velocity"] = list(getattr(obj, "velocity", (0.0, 0.0, 0.0)))
     record["initial_angular_velocity"] = list(getattr(obj, "angular_velocity", (0.0, 0.0, 0.0)))
     return record
+
+
+def rigid_links_meta(spec) -> dict:
+    """The json's ``joints``, ``springs``, ``ground_height`` and ``ground`` of a scene with rigid bodies."""
+    return {
+        "joints": [{"type": j.type, "a": j.a, "b": j.b, "anchor": list(j.anchor), "axis": list(j.axis)}
+                   for j in spec.joints],
+        "springs": [{"a": s.a, "b": s.b, "anchor_a": list(s.anchor_a), "anchor_b": list(s.anchor_b),
+                     "stiffness": s.stiffness, "damping": s.damping, "rest_length": s.rest_length}
+                    for s in spec.springs],
+        "ground_height": spec.ground.height,
+        "ground": {"enabled": spec.ground.enabled, "height": spec.ground.height, "friction": spec.ground.friction,
+                   "restitution": spec.ground.restitution},
+    }
 
 
 def _encode_rigid(job: GenerateJob, draw: Draw, rendering, measured: dict, rejected: list, timing: dict) -> dict:
@@ -520,14 +538,7 @@ def _encode_rigid(job: GenerateJob, draw: Draw, rendering, measured: dict, rejec
     layers = rendering.layers
     meta = base_meta(job, draw, layers, "rigid", frame_count)
     meta["objects"] = [_rigid_object_record(spec, k, body_of.get(k), model) for k in range(len(spec.objects))]
-    meta["joints"] = [{"type": j.type, "a": j.a, "b": j.b, "anchor": list(j.anchor), "axis": list(j.axis)}
-                      for j in spec.joints]
-    meta["springs"] = [{"a": s.a, "b": s.b, "anchor_a": list(s.anchor_a), "anchor_b": list(s.anchor_b),
-                        "stiffness": s.stiffness, "damping": s.damping, "rest_length": s.rest_length}
-                       for s in spec.springs]
-    meta["ground_height"] = spec.ground.height
-    meta["ground"] = {"enabled": spec.ground.enabled, "height": spec.ground.height, "friction": spec.ground.friction,
-                      "restitution": spec.ground.restitution}
+    meta.update(rigid_links_meta(spec))
     finish_meta(meta, job, draw, measured, rejected, {
         "mp4": _video_note(spec, frame_count),
         "layers.npz": "depth (T,H,W) m [inf sky], normal (T,H,W,3) camera space, alpha (T,H,W), segmentation "

@@ -284,14 +284,20 @@ def check_fittable(spec) -> None:
     if getattr(spec, "mpm", None) is not None and spec.objects:
         raise HybridsimError("fit works on sphere, rigid-body, grid-fluid and MPM scenes; MPM coupled with rigid "
                              "bodies cannot be fitted yet", file=spec.source)
+    if getattr(spec, "fluid", None) is not None and spec.objects:
+        raise HybridsimError("fit works on sphere, rigid-body, grid-fluid (without [[objects]]; obstacles are "
+                             "[[fluid.obstacles]]) and MPM scenes; a [fluid] with rigid bodies ([[objects]]) cannot "
+                             "be fitted yet (`render`, `metrics`, `generate` and the Python API "
+                             "hybridsim.sim.fluid_rigid.fluid_rigid_rollout, differentiable, handle it)",
+                             file=spec.source)
 
 
 def fit_scene(world) -> FitScene:
     """The adapter for ``world``: spheres, rigid bodies, a grid fluid or MPM particles."""
     spec = world.spec
+    check_fittable(spec)
     if getattr(spec, "fluid", None) is not None:
         return FluidFitScene(world)
-    check_fittable(spec)
     if getattr(spec, "mpm", None) is not None:
         return MPMFitScene(world)
     return RigidFitScene(world) if world.rigid else FitScene(world)

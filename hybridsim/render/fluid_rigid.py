@@ -3,8 +3,9 @@
 
 The bodies lie in the fluid plane, so where a body covers a pixel's plane point it is in front of
 (and replaces) the smoke there: rgb takes the object's colour, segmentation ``2 + k`` for scene
-object k (1 stays the smoke), flow the body's rigid motion over a frame. The rgb is differentiable
-w.r.t. the smoke density; the body masks are hard.
+object k (1 stays the smoke), flow the body's rigid motion over a frame (as the smoke's: none
+forward from the last frame or backward from the first; occluded where the moved point leaves the
+image). The rgb is differentiable w.r.t. the smoke density; the body masks are hard.
 """
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ def render_fluid_rigid_frames(world, camera: Camera, trajectory) -> dict[str, to
         layers["alpha"] = torch.where(mask, torch.ones_like(layers["alpha"]), layers["alpha"])
         layers["segmentation"] = torch.where(mask, torch.full_like(layers["segmentation"], 2 + int(obj)),
                                              layers["segmentation"])
-        for f in range(mask.shape[0]):
+        frames = mask.shape[0]
+        height, width = mask.shape[1:]
+        for f in range(frames):
             if not bool(mask[f].any()):
                 continue
             centre = rigid.positions[f, b].detach().to(dtype)
@@ -71,9 +74,17 @@ def render_fluid_rigid_frames(world, camera: Camera, trajectory) -> dict[str, to
             spin = rigid.angular_velocities[f, b].detach().to(dtype)
             arm = points - centre
             move = (velocity + torch.cross(spin.expand_as(arm), arm, dim=-1)) * frame_dt
-            for sign, key in ((1.0, "flow_forward"), (-1.0, "flow_backward")):
+            # as the smoke's flow: none forward from the last frame or backward from the first
+            for sign, key, occlusion, valid in ((1.0, "flow_forward", "occlusion_forward", f < frames - 1),
+                                                (-1.0, "flow_backward", "occlusion_backward", f > 0)):
+                if not valid:
+                    layers[key][f] = torch.where(mask[f][..., None], torch.zeros_like(layers[key][f]), layers[key][f])
+                    continue
                 moved = camera.project(points + sign * move)[0]
                 layers[key][f] = torch.where(mask[f][..., None], moved - pixels, layers[key][f])
+                in_image = ((moved[..., 0] >= 0) & (moved[..., 0] < width)
+                            & (moved[..., 1] >= 0) & (moved[..., 1] < height))
+                layers[occlusion][f] = torch.where(mask[f], ~in_image, layers[occlusion][f])
     return layers
 
 
