@@ -88,7 +88,7 @@ def _ours_rollout(n: int, steps: int, backend: str = "warp", tolerance: float = 
     _, y = model.cell_centers()
     loss = (state.density * y).sum()
     loss.backward()
-    return float(loss), float(model.buoyancy.grad.reshape(-1)[0]), solver
+    return float(loss.detach()), float(model.buoyancy.grad.reshape(-1)[0]), solver
 
 
 # -------------------------------------------------------------------------------------- PhiFlow
@@ -172,10 +172,10 @@ def _phiflow_rollout(n: int, steps: int) -> tuple[float, float]:
         _, smoke = _phiflow_plume(flow, n, steps, buoyancy, solver="CG")
         return math.sum(smoke.values * smoke.points.vector["y"])
 
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # PhiFlow's own float() of a grad-requiring tensor warns too
         warnings.simplefilter("ignore")
         value, grad = math.gradient(loss, wrt="buoyancy", get_output=True)(math.tensor(BUOYANCY))
-    return float(value), float(grad)
+        return float(value), float(grad)
 
 
 def _missing(name: str) -> Record:

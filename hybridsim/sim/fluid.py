@@ -20,13 +20,15 @@ from ..errors import SceneError, SimulationError
 __all__ = ["fluid_model", "fluid_rollout", "set_fluid_coefficients", "FLUID_LEARNABLE"]
 
 FLUID_LEARNABLE = ("fluid.buoyancy", "fluid.vorticity", "fluid.viscosity", "fluid.inflows[i].rate", "fluid.inflows[i].center",
+                   "fluid.obstacles[i].center",
                    "fluid.inflows[i].temperature", "fluid.temperature.buoyancy", "fluid.temperature.ambient",
                    "fluid.temperature.cooling", "fluid.temperature.density_weight")
 
 
 def fluid_model(world, params: Mapping[str, torch.Tensor] | None = None):
     """A GridFluidModel of the scene's ``[fluid]``, differentiable w.r.t. the learnable coefficients
-    (buoyancy, vorticity, viscosity) and each inflow's rate and centre."""
+    (buoyancy, vorticity, viscosity), each inflow's rate and centre and, in 2D, each obstacle's
+    centre (its face open fractions are exact areas in torch; 3D: ``fluid_model3d``)."""
     from ..solvers.grid_fluid import GridFluidBuilder
 
     spec = world.spec.fluid
@@ -65,6 +67,11 @@ def fluid_model(world, params: Mapping[str, torch.Tensor] | None = None):
     if spec.inflows:
         model.inflow_center = torch.stack([world.value(f"fluid.inflows[{i}].center", params) - origin
                                            for i in range(len(spec.inflows))])
+    if spec.obstacles:  # a learned centre moves the faces the obstacle cuts (and their gradients)
+        model.obstacle_center = torch.stack([world.value(f"fluid.obstacles[{i}].center", params) - origin
+                                             for i in range(len(spec.obstacles))])
+        with torch.no_grad():
+            model.face_fraction_x, model.face_fraction_y = model.face_fractions()
     return model
 
 
@@ -105,8 +112,8 @@ def fluid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
     spec = world.spec
     if spec.objects:  # never simulate the smoke without its bodies
         raise SceneError("this scene has [[objects]] in its fluid: simulate it with "
-                         "hybridsim.sim.fluid_rigid.fluid_rigid_rollout (only `render` and the Python API handle "
-                         "fluid scenes with objects yet)", file=spec.source, field="objects")
+                         "hybridsim.sim.fluid_rigid.fluid_rigid_rollout (`render`, `metrics` and `generate` "
+                         "do; `fit` does not yet)", file=spec.source, field="objects")
     if spec.fluid.dimension == 3:  # a GridFluid3DTrajectory (no motion prior in 3D yet)
         if motion_prior is not None:
             raise SceneError("a motion prior is not supported for a 3D fluid yet", file=spec.source, field="fluid.cells")

@@ -26,8 +26,13 @@ How it works (docs/grid_fluid.md, "Rigid bodies in the fluid"):
   Grid angles are counter-clockwise from x to z: grid angle = -(rotation about world y).
 * **Gradients.** Torch autograd through both solvers and the coupling: the bodies' velocities reach
   the fluid through the solid face velocities and the fluid reaches the bodies through the
-  pressure. Where a body cuts the faces (open fractions, which body owns a face) is piecewise
-  constant: gradients do not flow through the body's position into the fluid's geometry.
+  pressure. The bodies' poses (position, orientation) reach the fluid too: the open fractions of
+  the faces a body cuts are exact covered lengths computed in torch from the pose, the solid face
+  velocities are the rigid velocity at the covered part's midpoint, and the projection is
+  differentiated with respect to both (``grid_fluid.autograd.area_gradient``); the loads' moment
+  arms follow the pose as well. Which body owns a face is piecewise constant, and a fraction is
+  piecewise smooth in the pose: kinks where an outline passes a face's end, and for a box side
+  parallel to a face a jump where it crosses the face's line (the gradient does not see its delta).
 """
 
 from __future__ import annotations
@@ -56,7 +61,7 @@ class FluidRigidSolver:
     Args:
         fluid_model: the 2D smoke domain (GridFluidModel).
         rigid_model: the bodies; every dynamic body has one sphere or box shape at its centre of mass.
-        density: the fluid's density [kg/m^3].
+        density: the fluid's density [kg/m^3] (a float, or a tensor () to differentiate the loads in it).
         origin: world (x, z) [m] of the grid's lower-left corner.
         backend: "warp" or "taichi" (both solvers).
         **fluid_options: SolverGridFluid keyword options (advection, dtype, ...).
@@ -78,7 +83,9 @@ class FluidRigidSolver:
         self.fluid = SolverGridFluid(fluid_model, backend=backend, device=device, **fluid_options)
         self.rigid = SolverRigid(rigid_model, backend=backend, device=rigid_model.device)
         self.boundary = RigidBoundary(rigid_model)
-        self.density, self.origin = float(density), tuple(float(c) for c in origin)
+        # a tensor density stays one: the loads on the bodies are then differentiable in it
+        self.density = density if isinstance(density, torch.Tensor) else float(density)
+        self.origin = tuple(float(c) for c in origin)
         self.cross_sections = []
         """Per body: (is_box, (half size x, half size z) or (radius, radius)) [m]."""
         for b in range(rigid_model.body_count):
@@ -112,14 +119,15 @@ class FluidRigidSolver:
         bodies = []
         ox, oz = self.origin
         for b, (is_box, size) in enumerate(self.cross_sections):
-            position = rigid_state.body_position[b].detach()
+            # the pose stays a tensor: the fluid's face fractions, solid velocities and the loads' moment
+            # arms are differentiated through it
+            position = rigid_state.body_position[b]
             velocity = rigid_state.body_velocity[b]
             spin = rigid_state.body_angular_velocity[b]
-            q = rigid_state.body_orientation[b].detach()
-            angle = -2.0 * math.atan2(float(q[1]), float(q[3]))  # rotation about +y, as a grid angle
-            v = velocity.detach()
-            centre = (float(position[0]) - ox + float(v[0]) * ahead, float(position[2]) - oz + float(v[2]) * ahead)
-            angle -= float(spin.detach()[1]) * ahead
+            q = rigid_state.body_orientation[b]
+            angle = -2.0 * torch.atan2(q[1], q[3])  # rotation about +y, as a grid angle
+            centre = torch.stack([position[0] - ox + velocity[0] * ahead, position[2] - oz + velocity[2] * ahead])
+            angle = angle - spin[1] * ahead
             bodies.append(GridFluidBody(centre, size, is_box, angle, torch.stack([velocity[0], velocity[2]]), -spin[1]))
         return bodies
 
@@ -244,7 +252,7 @@ def fluid_rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None,
                         system: FluidRigidSystem | None = None) -> FluidRigidTrajectory:
     """Simulate a scene with a 2D ``[fluid]`` and ``[[objects]]`` for ``frames`` frames (default: the
     scene's); per-frame fluid and body states, differentiable w.r.t. ``params`` (fluid coefficients,
-    object velocities, masses, ...; not through where the bodies cut the grid, module docstring).
+    object velocities, masses, ..., also through where the bodies cut the grid, module docstring).
     With ``checkpoint`` (default: when recording gradients) every frame's substeps are re-run in
     backward (``torch.utils.checkpoint``): only the per-frame states are kept."""
     from torch.utils.checkpoint import checkpoint as torch_checkpoint

@@ -26,10 +26,13 @@ def grid_fluid_kernels(real):
         # linear interpolation along one axis at sample coordinate g: lower/upper indices, the
         # upper weight t and the signs of the two samples (-1 for a no-slip ghost)
         nr = real(n)
-        wrapped = g - nr * ti.floor(g / nr)
-        lo = ti.select(antisym_lo == 1, real(-0.5), real(0.0))
-        hi = ti.select(antisym_hi == 1, nr - real(0.5), nr - real(1.0))
-        g_used = ti.select(periodic == 1, wrapped, ti.min(ti.max(g, lo), hi))
+        g_used = g
+        if periodic == 1:  # a branch, not a select: the wrap's division only where it is needed
+            g_used = g - nr * ti.floor(g / nr)
+        else:
+            lo = ti.select(antisym_lo == 1, real(-0.5), real(0.0))
+            hi = ti.select(antisym_hi == 1, nr - real(0.5), nr - real(1.0))
+            g_used = ti.min(ti.max(g, lo), hi)
         base = ti.floor(g_used)
         t = g_used - base
         i0 = ti.cast(base, ti.i32)
@@ -65,32 +68,33 @@ def grid_fluid_kernels(real):
         return sx, sy
 
     @ti.func
-    def sample_coords(kind, x, y, dx):
-        gx = x / dx - ti.select(kind == 1, real(0.0), real(0.5))
-        gy = y / dx - ti.select(kind == 2, real(0.0), real(0.5))
+    def sample_coords(kind, x, y):
+        # stencil coordinates of a field kind at (x, y) in cell units (position / dx)
+        gx = x - ti.select(kind == 1, real(0.0), real(0.5))
+        gy = y - ti.select(kind == 2, real(0.0), real(0.5))
         return gx, gy
 
     @ti.func
-    def sample_field(f: ti.template(), kind, x, y, dx, flags, nx, ny):
-        # bilinear sample of a cell (kind 0), x-face (1) or y-face (2) field at point (x, y) [m]
-        gx, gy = sample_coords(kind, x, y, dx)
+    def stencil(kind, x, y, flags, nx, ny):
+        # the bilinear stencil of a cell (kind 0), x-face (1) or y-face (2) field at (x, y) in cell
+        # units: per axis the two indices, the upper weight and the samples' signs
+        gx, gy = sample_coords(kind, x, y)
         ax_lo, ax_hi, ay_lo, ay_hi = field_modes(kind, flags)
         size_x, size_y = field_size(kind, flags, nx, ny)
         i0, i1, tx, sx0, sx1 = axis_stencil(gx, size_x, bit(flags, 0), ax_lo, ax_hi)
         j0, j1, ty, sy0, sy1 = axis_stencil(gy, size_y, bit(flags, 1), ay_lo, ay_hi)
+        return i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1
+
+    @ti.func
+    def interpolate(f: ti.template(), i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1):
         one = real(1.0)
         low = sy0 * f[i0, j0] * (one - ty) + sy1 * f[i0, j1] * ty
         high = sy0 * f[i1, j0] * (one - ty) + sy1 * f[i1, j1] * ty
         return sx0 * low * (one - tx) + sx1 * high * tx
 
     @ti.func
-    def sample_range(f: ti.template(), kind, x, y, dx, flags, nx, ny):
-        # min and max of the four (signed) samples the bilinear stencil at (x, y) reads
-        gx, gy = sample_coords(kind, x, y, dx)
-        ax_lo, ax_hi, ay_lo, ay_hi = field_modes(kind, flags)
-        size_x, size_y = field_size(kind, flags, nx, ny)
-        i0, i1, tx, sx0, sx1 = axis_stencil(gx, size_x, bit(flags, 0), ax_lo, ax_hi)
-        j0, j1, ty, sy0, sy1 = axis_stencil(gy, size_y, bit(flags, 1), ay_lo, ay_hi)
+    def stencil_range(f: ti.template(), i0, i1, sx0, sx1, j0, j1, sy0, sy1):
+        # min and max of the four (signed) samples a stencil reads
         a = sx0 * sy0 * f[i0, j0]
         b = sx0 * sy1 * f[i0, j1]
         c = sx1 * sy0 * f[i1, j0]
@@ -98,15 +102,71 @@ def grid_fluid_kernels(real):
         return ti.min(ti.min(a, b), ti.min(c, d)), ti.max(ti.max(a, b), ti.max(c, d))
 
     @ti.func
-    def departure_point(u: ti.template(), v: ti.template(), x, y, dx, dt, flags, nx, ny):
-        # trace (x, y) back over dt with the midpoint rule (RK2)
-        u0 = sample_field(u, 1, x, y, dx, flags, nx, ny)
-        v0 = sample_field(v, 2, x, y, dx, flags, nx, ny)
-        xm = x - real(0.5) * dt * u0
-        ym = y - real(0.5) * dt * v0
-        um = sample_field(u, 1, xm, ym, dx, flags, nx, ny)
-        vm = sample_field(v, 2, xm, ym, dx, flags, nx, ny)
-        return x - dt * um, y - dt * vm
+    def sample_field(f: ti.template(), kind, x, y, flags, nx, ny):
+        # bilinear sample of field f of a kind at (x, y) in cell units
+        i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1 = stencil(kind, x, y, flags, nx, ny)
+        return interpolate(f, i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1)
+
+    @ti.func
+    def sample_range(f: ti.template(), kind, x, y, flags, nx, ny):
+        # min and max of the four (signed) samples the bilinear stencil at (x, y) reads
+        i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1 = stencil(kind, x, y, flags, nx, ny)
+        return stencil_range(f, i0, i1, sx0, sx1, j0, j1, sy0, sy1)
+
+    @ti.func
+    def cell_departure_point(u: ti.template(), v: ti.template(), i, j, c, flags, nx, ny):
+        # trace the centre of cell (i, j) [cells] back over dt with the midpoint rule (RK2); c = dt / dx.
+        # The first velocity sample sits on the grid (weights 1/2 between the faces beside the cell)
+        ip = ti.select(bit(flags, 0) == 1, (i + 1) % nx, i + 1)
+        jp = ti.select(bit(flags, 1) == 1, (j + 1) % ny, j + 1)
+        x = real(i) + real(0.5)
+        y = real(j) + real(0.5)
+        xm = x - real(0.5) * c * (u[i, j] * real(0.5) + u[ip, j] * real(0.5))
+        ym = y - real(0.5) * c * (v[i, j] * real(0.5) + v[i, jp] * real(0.5))
+        um = sample_field(u, 1, xm, ym, flags, nx, ny)
+        vm = sample_field(v, 2, xm, ym, flags, nx, ny)
+        return x - c * um, y - c * vm
+
+    @ti.func
+    def face_position(axis, i, j):
+        # an x-face (axis 1) or y-face (axis 2) centre in cell units
+        return real(i) + ti.select(axis == 1, real(0.0), real(0.5)), real(j) + ti.select(axis == 2, real(0.0),
+                                                                                             real(0.5))
+
+    @ti.func
+    def face_departure_point(u: ti.template(), v: ti.template(), axis, i, j, c, flags, nx, ny):
+        # the same from x-face (axis 1) or y-face (axis 2) (i, j): the face's own velocity component
+        # is its value there, read directly; the other one is interpolated
+        x, y = face_position(axis, i, j)
+        u0 = real(0.0)
+        v0 = real(0.0)
+        if axis == 1:
+            u0 = u[i, j]
+            v0 = sample_field(v, 2, x, y, flags, nx, ny)
+        else:
+            u0 = sample_field(u, 1, x, y, flags, nx, ny)
+            v0 = v[i, j]
+        xm = x - real(0.5) * c * u0
+        ym = y - real(0.5) * c * v0
+        um = sample_field(u, 1, xm, ym, flags, nx, ny)
+        vm = sample_field(v, 2, xm, ym, flags, nx, ny)
+        return x - c * um, y - c * vm
+
+    @ti.func
+    def advected_face(q: ti.template(), u: ti.template(), v: ti.template(), mask: ti.template(), axis, i, j, c,
+                      flags, nx, ny):
+        # semi-Lagrangian value of face field q (kind ``axis``) at face (i, j); 0 on solid faces
+        xd, yd = face_departure_point(u, v, axis, i, j, c, flags, nx, ny)
+        return mask[i, j] * sample_field(q, axis, xd, yd, flags, nx, ny)
+
+    @ti.func
+    def corrected_face(q: ti.template(), q_forward: ti.template(), q_backward: ti.template(), u: ti.template(),
+                       v: ti.template(), mask: ti.template(), axis, i, j, c, flags, nx, ny):
+        # MacCormack correction of face field q at face (i, j), clamped to the departure stencil's range
+        xd, yd = face_departure_point(u, v, axis, i, j, c, flags, nx, ny)
+        lo, hi = sample_range(q, axis, xd, yd, flags, nx, ny)
+        corrected = q_forward[i, j] + real(0.5) * (q[i, j] - q_backward[i, j])
+        return mask[i, j] * ti.min(ti.max(corrected, lo), hi)
 
     @ti.func
     def face_cells(i, n, periodic):
@@ -128,10 +188,8 @@ def grid_fluid_kernels(real):
                       q_out: array2):
         # semi-Lagrangian: the new value is the old field at the departure point
         for i, j in ti.ndrange(nx, ny):
-            x = (real(i) + real(0.5)) * dx
-            y = (real(j) + real(0.5)) * dx
-            xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-            q_out[i, j] = sample_field(q, 0, xd, yd, dx, flags, nx, ny)
+            xd, yd = cell_departure_point(u, v, i, j, dt / dx, flags, nx, ny)
+            q_out[i, j] = sample_field(q, 0, xd, yd, flags, nx, ny)
 
     @ti.kernel
     def advect_velocity(qu: array2, qv: array2, u: array2, v: array2, mask_u: array2, mask_v: array2, dx: real,
@@ -139,26 +197,19 @@ def grid_fluid_kernels(real):
                         qu_out: array2, qv_out: array2):
         # semi-Lagrangian transport of the face fields (qu, qv) by the velocity (u, v); solid faces get 0
         for i, j in ti.ndrange(nx + 1, ny + 1):
+            c = dt / dx
             if i < nx + 1 - bit(flags, 0) and j < ny:
-                x = real(i) * dx
-                y = (real(j) + real(0.5)) * dx
-                xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-                qu_out[i, j] = mask_u[i, j] * sample_field(qu, 1, xd, yd, dx, flags, nx, ny)
+                qu_out[i, j] = advected_face(qu, u, v, mask_u, 1, i, j, c, flags, nx, ny)
             if i < nx and j < ny + 1 - bit(flags, 1):
-                x = (real(i) + real(0.5)) * dx
-                y = real(j) * dx
-                xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-                qv_out[i, j] = mask_v[i, j] * sample_field(qv, 2, xd, yd, dx, flags, nx, ny)
+                qv_out[i, j] = advected_face(qv, u, v, mask_v, 2, i, j, c, flags, nx, ny)
 
     @ti.kernel
     def correct_scalar(q: array2, q_forward: array2, q_backward: array2, u: array2, v: array2, dx: real,
                        dt: real, flags: ti.i32, nx: ti.i32, ny: ti.i32, q_out: array2):
         # MacCormack: add half the round-trip error, clamped to the departure stencil's range
         for i, j in ti.ndrange(nx, ny):
-            x = (real(i) + real(0.5)) * dx
-            y = (real(j) + real(0.5)) * dx
-            xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-            lo, hi = sample_range(q, 0, xd, yd, dx, flags, nx, ny)
+            xd, yd = cell_departure_point(u, v, i, j, dt / dx, flags, nx, ny)
+            lo, hi = sample_range(q, 0, xd, yd, flags, nx, ny)
             corrected = q_forward[i, j] + real(0.5) * (q[i, j] - q_backward[i, j])
             q_out[i, j] = ti.min(ti.max(corrected, lo), hi)
 
@@ -168,20 +219,84 @@ def grid_fluid_kernels(real):
                          nx: ti.i32, ny: ti.i32, u_out: array2, v_out: array2):
         # MacCormack correction of both face fields, clamped to each departure stencil's range
         for i, j in ti.ndrange(nx + 1, ny + 1):
+            c = dt / dx
             if i < nx + 1 - bit(flags, 0) and j < ny:
-                x = real(i) * dx
-                y = (real(j) + real(0.5)) * dx
-                xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-                lo, hi = sample_range(u, 1, xd, yd, dx, flags, nx, ny)
-                corrected = u_forward[i, j] + real(0.5) * (u[i, j] - u_backward[i, j])
-                u_out[i, j] = mask_u[i, j] * ti.min(ti.max(corrected, lo), hi)
+                u_out[i, j] = corrected_face(u, u_forward, u_backward, u, v, mask_u, 1, i, j, c, flags, nx, ny)
             if i < nx and j < ny + 1 - bit(flags, 1):
-                x = (real(i) + real(0.5)) * dx
-                y = real(j) * dx
-                xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-                lo, hi = sample_range(v, 2, xd, yd, dx, flags, nx, ny)
-                corrected = v_forward[i, j] + real(0.5) * (v[i, j] - v_backward[i, j])
-                v_out[i, j] = mask_v[i, j] * ti.min(ti.max(corrected, lo), hi)
+                v_out[i, j] = corrected_face(v, v_forward, v_backward, u, v, mask_v, 2, i, j, c, flags, nx, ny)
+
+    # -- forward-only fusions (the no-grad step uses them; results bit for bit those of the kernels
+    # -- above): MacCormack in two launches instead of three, velocity transport + buoyancy in one
+
+    @ti.kernel
+    def maccormack_scalar_forward(q: array2, u: array2, v: array2, dx: real, dt: real, flags: ti.i32, nx: ti.i32,
+                                  ny: ti.i32, q_forward: array2, q_lo: array2, q_hi: array2):
+        # the forward semi-Lagrangian pass and the limiter's range from one departure point
+        for i, j in ti.ndrange(nx, ny):
+            xd, yd = cell_departure_point(u, v, i, j, dt / dx, flags, nx, ny)
+            i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1 = stencil(0, xd, yd, flags, nx, ny)
+            q_forward[i, j] = interpolate(q, i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1)
+            lo, hi = stencil_range(q, i0, i1, sx0, sx1, j0, j1, sy0, sy1)
+            q_lo[i, j] = lo
+            q_hi[i, j] = hi
+
+    @ti.kernel
+    def maccormack_scalar_correct(q: array2, q_forward: array2, q_lo: array2, q_hi: array2, u: array2, v: array2,
+                                  dx: real, dt: real, flags: ti.i32, nx: ti.i32, ny: ti.i32, q_out: array2):
+        # the backward pass (by -dt) and the clamped correction
+        for i, j in ti.ndrange(nx, ny):
+            xd, yd = cell_departure_point(u, v, i, j, -dt / dx, flags, nx, ny)
+            q_backward = sample_field(q_forward, 0, xd, yd, flags, nx, ny)
+            corrected = q_forward[i, j] + real(0.5) * (q[i, j] - q_backward)
+            q_out[i, j] = ti.min(ti.max(corrected, q_lo[i, j]), q_hi[i, j])
+
+    @ti.func
+    def advected_face_range(q: ti.template(), u: ti.template(), v: ti.template(), mask: ti.template(), axis, i, j,
+                            c, flags, nx, ny):
+        # advected_face and the limiter's range (sample_range of q) from one departure point and stencil
+        xd, yd = face_departure_point(u, v, axis, i, j, c, flags, nx, ny)
+        i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1 = stencil(axis, xd, yd, flags, nx, ny)
+        lo, hi = stencil_range(q, i0, i1, sx0, sx1, j0, j1, sy0, sy1)
+        return mask[i, j] * interpolate(q, i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1), lo, hi
+
+    @ti.func
+    def maccormack_face(q: ti.template(), q_forward: ti.template(), q_lo: ti.template(), q_hi: ti.template(),
+                        u: ti.template(), v: ti.template(), mask: ti.template(), axis, i, j, c, flags, nx, ny):
+        # the backward pass (by -dt) and the clamped correction of face (i, j)
+        q_backward = advected_face(q_forward, u, v, mask, axis, i, j, -c, flags, nx, ny)
+        corrected = q_forward[i, j] + real(0.5) * (q[i, j] - q_backward)
+        return mask[i, j] * ti.min(ti.max(corrected, q_lo[i, j]), q_hi[i, j])
+
+    @ti.kernel
+    def maccormack_velocity_forward(u: array2, v: array2, mask_u: array2, mask_v: array2, dx: real, dt: real,
+                                    flags: ti.i32, nx: ti.i32, ny: ti.i32, u_forward: array2, v_forward: array2,
+                                    u_lo: array2, u_hi: array2, v_lo: array2, v_hi: array2):
+        # the forward pass of both face fields and the limiter's ranges (advect_velocity + correct_velocity's)
+        for i, j in ti.ndrange(nx + 1, ny + 1):
+            c = dt / dx
+            if i < nx + 1 - bit(flags, 0) and j < ny:
+                value, lo, hi = advected_face_range(u, u, v, mask_u, 1, i, j, c, flags, nx, ny)
+                u_forward[i, j] = value
+                u_lo[i, j] = lo
+                u_hi[i, j] = hi
+            if i < nx and j < ny + 1 - bit(flags, 1):
+                value, lo, hi = advected_face_range(v, u, v, mask_v, 2, i, j, c, flags, nx, ny)
+                v_forward[i, j] = value
+                v_lo[i, j] = lo
+                v_hi[i, j] = hi
+
+    @ti.kernel
+    def maccormack_velocity_correct(u: array2, v: array2, u_forward: array2, v_forward: array2, u_lo: array2,
+                                    u_hi: array2, v_lo: array2, v_hi: array2, mask_u: array2, mask_v: array2,
+                                    dx: real, dt: real, flags: ti.i32, nx: ti.i32, ny: ti.i32, u_out: array2,
+                                    v_out: array2):
+        # the backward pass and the clamped correction of both face fields
+        for i, j in ti.ndrange(nx + 1, ny + 1):
+            c = dt / dx
+            if i < nx + 1 - bit(flags, 0) and j < ny:
+                u_out[i, j] = maccormack_face(u, u_forward, u_lo, u_hi, u, v, mask_u, 1, i, j, c, flags, nx, ny)
+            if i < nx and j < ny + 1 - bit(flags, 1):
+                v_out[i, j] = maccormack_face(v, v_forward, v_lo, v_hi, u, v, mask_v, 2, i, j, c, flags, nx, ny)
 
     @ti.func
     def minmod(a, b):
@@ -229,6 +344,21 @@ def grid_fluid_kernels(real):
                    + flux_y(q, v, area_v, i, j, dx, dt, flags, ny) - flux_y(q, v, area_v, i, j + 1, dx, dt, flags, ny))
             q_out[i, j] = q[i, j] + dt / dx * net
 
+    @ti.func
+    def lift_x(density: ti.template(), acceleration_u: ti.template(), buoyancy: ti.template(), i, j, up_x, dt,
+               flags, nx):
+        # velocity change of x-face (i, j) over dt: buoyancy of the face's density plus the acceleration
+        left, right = face_cells(i, nx, bit(flags, 0))
+        rho = real(0.5) * (density[left, j] + density[right, j])
+        return dt * (buoyancy[0] * rho * up_x + acceleration_u[i, j])
+
+    @ti.func
+    def lift_y(density: ti.template(), acceleration_v: ti.template(), buoyancy: ti.template(), i, j, up_y, dt,
+               flags, ny):
+        below, above = face_cells(j, ny, bit(flags, 1))
+        rho = real(0.5) * (density[i, below] + density[i, above])
+        return dt * (buoyancy[0] * rho * up_y + acceleration_v[i, j])
+
     @ti.kernel
     def add_buoyancy(u: array2, v: array2, density: array2, acceleration_u: array2, acceleration_v: array2,
                      buoyancy: array1, up_x: real, up_y: real, dt: real, flags: ti.i32, nx: ti.i32, ny: ti.i32,
@@ -236,13 +366,24 @@ def grid_fluid_kernels(real):
         # buoyancy pushes density against gravity; external accelerations add on top
         for i, j in ti.ndrange(nx + 1, ny + 1):
             if i < nx + 1 - bit(flags, 0) and j < ny:
-                left, right = face_cells(i, nx, bit(flags, 0))
-                rho = real(0.5) * (density[left, j] + density[right, j])
-                u_out[i, j] = u[i, j] + dt * (buoyancy[0] * rho * up_x + acceleration_u[i, j])
+                u_out[i, j] = u[i, j] + lift_x(density, acceleration_u, buoyancy, i, j, up_x, dt, flags, nx)
             if i < nx and j < ny + 1 - bit(flags, 1):
-                below, above = face_cells(j, ny, bit(flags, 1))
-                rho = real(0.5) * (density[i, below] + density[i, above])
-                v_out[i, j] = v[i, j] + dt * (buoyancy[0] * rho * up_y + acceleration_v[i, j])
+                v_out[i, j] = v[i, j] + lift_y(density, acceleration_v, buoyancy, i, j, up_y, dt, flags, ny)
+
+    @ti.kernel
+    def advect_velocity_buoyancy(u: array2, v: array2, mask_u: array2, mask_v: array2, density: array2,
+                                 acceleration_u: array2, acceleration_v: array2, buoyancy: array1, dx: real,
+                                 dt: real, up_x: real, up_y: real, flags: ti.i32, nx: ti.i32, ny: ti.i32,
+                                 u_out: array2, v_out: array2):
+        # forward-only fusion of advect_velocity (u, v by themselves) and add_buoyancy (of the advected density)
+        for i, j in ti.ndrange(nx + 1, ny + 1):
+            c = dt / dx
+            if i < nx + 1 - bit(flags, 0) and j < ny:
+                u_out[i, j] = (advected_face(u, u, v, mask_u, 1, i, j, c, flags, nx, ny)
+                               + lift_x(density, acceleration_u, buoyancy, i, j, up_x, dt, flags, nx))
+            if i < nx and j < ny + 1 - bit(flags, 1):
+                v_out[i, j] = (advected_face(v, u, v, mask_v, 2, i, j, c, flags, nx, ny)
+                               + lift_y(density, acceleration_v, buoyancy, i, j, up_y, dt, flags, ny))
 
     @ti.kernel
     def add_temperature_buoyancy(u: array2, v: array2, temperature: array2, coefficient: array1, ambient: array1,
@@ -503,6 +644,10 @@ def grid_fluid_kernels(real):
     return SimpleNamespace(
         advect_scalar=advect_scalar, advect_velocity=advect_velocity, correct_scalar=correct_scalar,
         correct_velocity=correct_velocity, advect_conservative=advect_conservative, add_buoyancy=add_buoyancy,
+        maccormack_scalar_forward=maccormack_scalar_forward, maccormack_scalar_correct=maccormack_scalar_correct,
+        advect_velocity_buoyancy=advect_velocity_buoyancy,
+        maccormack_velocity_forward=maccormack_velocity_forward,
+        maccormack_velocity_correct=maccormack_velocity_correct,
         add_temperature_buoyancy=add_temperature_buoyancy, cool_temperature=cool_temperature, curl=curl, confine_vorticity=confine_vorticity, divergence=divergence,
         apply_pressure_operator=apply_pressure_operator, pressure_diagonal=pressure_diagonal,
         subtract_pressure_gradient=subtract_pressure_gradient, factor_incomplete_cholesky=factor_incomplete_cholesky,

@@ -11,10 +11,15 @@ y_lo/y_hi (ghost u = -u), 4/5 no-slip wall at x_lo/x_hi (ghost v = -v). Elsewher
 clamped (zero-gradient); closed walls and obstacles enter as face fluid fractions (0 = solid), and
 advected velocities are multiplied by the face mask (solid faces hold zero).
 
-Samplers take a field kind: 0 cell-centred, 1 x-faces, 2 y-faces. Kernels that face both
+Samplers take a field kind: 0 cell-centred, 1 x-faces, 2 y-faces, and positions in cell units
+(position / dx: the backtrace runs in cells, c = dt / dx, with no division per sample); a
+departure point's first velocity sample sits on the grid and is read directly (the face's own
+component, or the mean of the two faces beside a cell). Kernels that face both
 velocity arrays launch over (nx + 1, ny + 1): thread (i, j) updates u[i, j] and v[i, j] where
-they exist. Differentiable kernels take the cell counts (nx, ny) as scalars instead of reading
-``arr.shape``: Warp's adjoint of a shape read zeroes the adjoint array's shape, harmless in
+they exist. ``maccormack_*`` and ``advect_velocity_buoyancy`` are forward-only fusions
+of the differentiable kernels (the same values bit for bit, fewer launches and departure
+points) for steps without autograd. Differentiable kernels take the cell counts (nx, ny) as
+scalars instead of reading ``arr.shape``: Warp's adjoint of a shape read zeroes the adjoint array's shape, harmless in
 release builds but it trips debug-mode bounds checks. The Taichi twin
 (kernels/taichi/grid_fluid.py) performs the same arithmetic in the same order.
 """
@@ -42,10 +47,13 @@ def grid_fluid_kernels(real):
         # linear interpolation along one axis at sample coordinate g: lower/upper indices, the
         # upper weight t and the signs of the two samples (-1 for a no-slip ghost)
         nr = real(n)
-        wrapped = g - nr * wp.floor(g / nr)
-        lo = wp.where(antisym_lo == 1, real(-0.5), zero)
-        hi = wp.where(antisym_hi == 1, nr - half, nr - one)
-        g_used = wp.where(periodic == 1, wrapped, wp.clamp(g, lo, hi))
+        g_used = g
+        if periodic == 1:  # a branch, not a select: the wrap's division only where it is needed
+            g_used = g - nr * wp.floor(g / nr)
+        else:
+            lo = wp.where(antisym_lo == 1, real(-0.5), zero)
+            hi = wp.where(antisym_hi == 1, nr - half, nr - one)
+            g_used = wp.clamp(g, lo, hi)
         base = wp.floor(g_used)
         t = g_used - base
         i0 = int(base)
@@ -81,31 +89,33 @@ def grid_fluid_kernels(real):
         return sx, sy
 
     @wp.func(module=module)
-    def sample_coords(kind: int, x: real, y: real, dx: real):
-        gx = x / dx - wp.where(kind == 1, zero, half)
-        gy = y / dx - wp.where(kind == 2, zero, half)
+    def sample_coords(kind: int, x: real, y: real):
+        # stencil coordinates of a field kind at (x, y) in cell units (position / dx)
+        gx = x - wp.where(kind == 1, zero, half)
+        gy = y - wp.where(kind == 2, zero, half)
         return gx, gy
 
     @wp.func(module=module)
-    def sample_field(f: array2, kind: int, x: real, y: real, dx: real, flags: int, nx: int, ny: int):
-        # bilinear sample of a cell (kind 0), x-face (1) or y-face (2) field at point (x, y) [m]
-        gx, gy = sample_coords(kind, x, y, dx)
+    def stencil(kind: int, x: real, y: real, flags: int, nx: int, ny: int):
+        # the bilinear stencil of a cell (kind 0), x-face (1) or y-face (2) field at (x, y) in cell
+        # units: per axis the two indices, the upper weight and the samples' signs
+        gx, gy = sample_coords(kind, x, y)
         ax_lo, ax_hi, ay_lo, ay_hi = field_modes(kind, flags)
         size_x, size_y = field_size(kind, flags, nx, ny)
         i0, i1, tx, sx0, sx1 = axis_stencil(gx, size_x, bit(flags, 0), ax_lo, ax_hi)
         j0, j1, ty, sy0, sy1 = axis_stencil(gy, size_y, bit(flags, 1), ay_lo, ay_hi)
+        return i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1
+
+    @wp.func(module=module)
+    def interpolate(f: array2, i0: int, i1: int, tx: real, sx0: real, sx1: real, j0: int, j1: int, ty: real,
+                    sy0: real, sy1: real):
         low = sy0 * f[i0, j0] * (one - ty) + sy1 * f[i0, j1] * ty
         high = sy0 * f[i1, j0] * (one - ty) + sy1 * f[i1, j1] * ty
         return sx0 * low * (one - tx) + sx1 * high * tx
 
     @wp.func(module=module)
-    def sample_range(f: array2, kind: int, x: real, y: real, dx: real, flags: int, nx: int, ny: int):
-        # min and max of the four (signed) samples the bilinear stencil at (x, y) reads
-        gx, gy = sample_coords(kind, x, y, dx)
-        ax_lo, ax_hi, ay_lo, ay_hi = field_modes(kind, flags)
-        size_x, size_y = field_size(kind, flags, nx, ny)
-        i0, i1, tx, sx0, sx1 = axis_stencil(gx, size_x, bit(flags, 0), ax_lo, ax_hi)
-        j0, j1, ty, sy0, sy1 = axis_stencil(gy, size_y, bit(flags, 1), ay_lo, ay_hi)
+    def stencil_range(f: array2, i0: int, i1: int, sx0: real, sx1: real, j0: int, j1: int, sy0: real, sy1: real):
+        # min and max of the four (signed) samples a stencil reads
         a = sx0 * sy0 * f[i0, j0]
         b = sx0 * sy1 * f[i0, j1]
         c = sx1 * sy0 * f[i1, j0]
@@ -113,15 +123,70 @@ def grid_fluid_kernels(real):
         return wp.min(wp.min(a, b), wp.min(c, d)), wp.max(wp.max(a, b), wp.max(c, d))
 
     @wp.func(module=module)
-    def departure_point(u: array2, v: array2, x: real, y: real, dx: real, dt: real, flags: int, nx: int, ny: int):
-        # trace (x, y) back over dt with the midpoint rule (RK2)
-        u0 = sample_field(u, 1, x, y, dx, flags, nx, ny)
-        v0 = sample_field(v, 2, x, y, dx, flags, nx, ny)
-        xm = x - half * dt * u0
-        ym = y - half * dt * v0
-        um = sample_field(u, 1, xm, ym, dx, flags, nx, ny)
-        vm = sample_field(v, 2, xm, ym, dx, flags, nx, ny)
-        return x - dt * um, y - dt * vm
+    def sample_field(f: array2, kind: int, x: real, y: real, flags: int, nx: int, ny: int):
+        # bilinear sample of field f of a kind at (x, y) in cell units
+        i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1 = stencil(kind, x, y, flags, nx, ny)
+        return interpolate(f, i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1)
+
+    @wp.func(module=module)
+    def sample_range(f: array2, kind: int, x: real, y: real, flags: int, nx: int, ny: int):
+        # min and max of the four (signed) samples the bilinear stencil at (x, y) reads
+        i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1 = stencil(kind, x, y, flags, nx, ny)
+        return stencil_range(f, i0, i1, sx0, sx1, j0, j1, sy0, sy1)
+
+    @wp.func(module=module)
+    def cell_departure_point(u: array2, v: array2, i: int, j: int, c: real, flags: int, nx: int, ny: int):
+        # trace the centre of cell (i, j) [cells] back over dt with the midpoint rule (RK2); c = dt / dx.
+        # The first velocity sample sits on the grid (weights 1/2 between the faces beside the cell)
+        ip = wp.where(bit(flags, 0) == 1, (i + 1) % nx, i + 1)
+        jp = wp.where(bit(flags, 1) == 1, (j + 1) % ny, j + 1)
+        x = real(i) + half
+        y = real(j) + half
+        xm = x - half * c * (u[i, j] * half + u[ip, j] * half)
+        ym = y - half * c * (v[i, j] * half + v[i, jp] * half)
+        um = sample_field(u, 1, xm, ym, flags, nx, ny)
+        vm = sample_field(v, 2, xm, ym, flags, nx, ny)
+        return x - c * um, y - c * vm
+
+    @wp.func(module=module)
+    def face_position(axis: int, i: int, j: int):
+        # an x-face (axis 1) or y-face (axis 2) centre in cell units
+        return real(i) + wp.where(axis == 1, zero, half), real(j) + wp.where(axis == 2, zero, half)
+
+    @wp.func(module=module)
+    def face_departure_point(u: array2, v: array2, axis: int, i: int, j: int, c: real, flags: int, nx: int,
+                             ny: int):
+        # the same from x-face (axis 1) or y-face (axis 2) (i, j): the face's own velocity component
+        # is its value there, read directly; the other one is interpolated
+        x, y = face_position(axis, i, j)
+        u0 = zero
+        v0 = zero
+        if axis == 1:
+            u0 = u[i, j]
+            v0 = sample_field(v, 2, x, y, flags, nx, ny)
+        else:
+            u0 = sample_field(u, 1, x, y, flags, nx, ny)
+            v0 = v[i, j]
+        xm = x - half * c * u0
+        ym = y - half * c * v0
+        um = sample_field(u, 1, xm, ym, flags, nx, ny)
+        vm = sample_field(v, 2, xm, ym, flags, nx, ny)
+        return x - c * um, y - c * vm
+
+    @wp.func(module=module)
+    def advected_face(q: array2, u: array2, v: array2, mask: array2, axis: int, i: int, j: int, c: real,
+                      flags: int, nx: int, ny: int):
+        # semi-Lagrangian value of face field q (kind ``axis``) at face (i, j); 0 on solid faces
+        xd, yd = face_departure_point(u, v, axis, i, j, c, flags, nx, ny)
+        return mask[i, j] * sample_field(q, axis, xd, yd, flags, nx, ny)
+
+    @wp.func(module=module)
+    def corrected_face(q: array2, q_forward: array2, q_backward: array2, u: array2, v: array2, mask: array2,
+                       axis: int, i: int, j: int, c: real, flags: int, nx: int, ny: int):
+        # MacCormack correction of face field q at face (i, j), clamped to the departure stencil's range
+        xd, yd = face_departure_point(u, v, axis, i, j, c, flags, nx, ny)
+        lo, hi = sample_range(q, axis, xd, yd, flags, nx, ny)
+        return mask[i, j] * wp.clamp(q_forward[i, j] + half * (q[i, j] - q_backward[i, j]), lo, hi)
 
     @wp.func(module=module)
     def face_cells(i: int, n: int, periodic: int):
@@ -143,36 +208,27 @@ def grid_fluid_kernels(real):
                       q_out: array2):
         # semi-Lagrangian: the new value is the old field at the departure point
         i, j = wp.tid()
-        x = (real(i) + half) * dx
-        y = (real(j) + half) * dx
-        xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-        q_out[i, j] = sample_field(q, 0, xd, yd, dx, flags, nx, ny)
+        xd, yd = cell_departure_point(u, v, i, j, dt / dx, flags, nx, ny)
+        q_out[i, j] = sample_field(q, 0, xd, yd, flags, nx, ny)
 
     @wp.kernel(module=module)
     def advect_velocity(qu: array2, qv: array2, u: array2, v: array2, mask_u: array2, mask_v: array2, dx: real,
                         dt: real, flags: int, nx: int, ny: int, qu_out: array2, qv_out: array2):
         # semi-Lagrangian transport of the face fields (qu, qv) by the velocity (u, v); solid faces get 0
         i, j = wp.tid()
+        c = dt / dx
         if i < nx + 1 - bit(flags, 0) and j < ny:
-            x = real(i) * dx
-            y = (real(j) + half) * dx
-            xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-            qu_out[i, j] = mask_u[i, j] * sample_field(qu, 1, xd, yd, dx, flags, nx, ny)
+            qu_out[i, j] = advected_face(qu, u, v, mask_u, 1, i, j, c, flags, nx, ny)
         if i < nx and j < ny + 1 - bit(flags, 1):
-            x = (real(i) + half) * dx
-            y = real(j) * dx
-            xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-            qv_out[i, j] = mask_v[i, j] * sample_field(qv, 2, xd, yd, dx, flags, nx, ny)
+            qv_out[i, j] = advected_face(qv, u, v, mask_v, 2, i, j, c, flags, nx, ny)
 
     @wp.kernel(module=module)
     def correct_scalar(q: array2, q_forward: array2, q_backward: array2, u: array2, v: array2, dx: real,
                        dt: real, flags: int, nx: int, ny: int, q_out: array2):
         # MacCormack: add half the round-trip error, clamped to the departure stencil's range
         i, j = wp.tid()
-        x = (real(i) + half) * dx
-        y = (real(j) + half) * dx
-        xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-        lo, hi = sample_range(q, 0, xd, yd, dx, flags, nx, ny)
+        xd, yd = cell_departure_point(u, v, i, j, dt / dx, flags, nx, ny)
+        lo, hi = sample_range(q, 0, xd, yd, flags, nx, ny)
         q_out[i, j] = wp.clamp(q_forward[i, j] + half * (q[i, j] - q_backward[i, j]), lo, hi)
 
     @wp.kernel(module=module)
@@ -181,18 +237,82 @@ def grid_fluid_kernels(real):
                          nx: int, ny: int, u_out: array2, v_out: array2):
         # MacCormack correction of both face fields, clamped to each departure stencil's range
         i, j = wp.tid()
+        c = dt / dx
         if i < nx + 1 - bit(flags, 0) and j < ny:
-            x = real(i) * dx
-            y = (real(j) + half) * dx
-            xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-            lo, hi = sample_range(u, 1, xd, yd, dx, flags, nx, ny)
-            u_out[i, j] = mask_u[i, j] * wp.clamp(u_forward[i, j] + half * (u[i, j] - u_backward[i, j]), lo, hi)
+            u_out[i, j] = corrected_face(u, u_forward, u_backward, u, v, mask_u, 1, i, j, c, flags, nx, ny)
         if i < nx and j < ny + 1 - bit(flags, 1):
-            x = (real(i) + half) * dx
-            y = real(j) * dx
-            xd, yd = departure_point(u, v, x, y, dx, dt, flags, nx, ny)
-            lo, hi = sample_range(v, 2, xd, yd, dx, flags, nx, ny)
-            v_out[i, j] = mask_v[i, j] * wp.clamp(v_forward[i, j] + half * (v[i, j] - v_backward[i, j]), lo, hi)
+            v_out[i, j] = corrected_face(v, v_forward, v_backward, u, v, mask_v, 2, i, j, c, flags, nx, ny)
+
+    # -- forward-only fusions (no adjoint; the no-grad step uses them, results bit for bit those of the
+    # -- kernels above): MacCormack in two launches instead of three, velocity transport + buoyancy in one
+
+    @wp.kernel(module=module, enable_backward=False)
+    def maccormack_scalar_forward(q: array2, u: array2, v: array2, dx: real, dt: real, flags: int, nx: int,
+                                  ny: int, q_forward: array2, q_lo: array2, q_hi: array2):
+        # the forward semi-Lagrangian pass and the limiter's range from one departure point
+        i, j = wp.tid()
+        xd, yd = cell_departure_point(u, v, i, j, dt / dx, flags, nx, ny)
+        i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1 = stencil(0, xd, yd, flags, nx, ny)
+        q_forward[i, j] = interpolate(q, i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1)
+        lo, hi = stencil_range(q, i0, i1, sx0, sx1, j0, j1, sy0, sy1)
+        q_lo[i, j] = lo
+        q_hi[i, j] = hi
+
+    @wp.kernel(module=module, enable_backward=False)
+    def maccormack_scalar_correct(q: array2, q_forward: array2, q_lo: array2, q_hi: array2, u: array2, v: array2,
+                                  dx: real, dt: real, flags: int, nx: int, ny: int, q_out: array2):
+        # the backward pass (by -dt) and the clamped correction
+        i, j = wp.tid()
+        xd, yd = cell_departure_point(u, v, i, j, -dt / dx, flags, nx, ny)
+        q_backward = sample_field(q_forward, 0, xd, yd, flags, nx, ny)
+        q_out[i, j] = wp.clamp(q_forward[i, j] + half * (q[i, j] - q_backward), q_lo[i, j], q_hi[i, j])
+
+    @wp.func(module=module)
+    def advected_face_range(q: array2, u: array2, v: array2, mask: array2, axis: int, i: int, j: int, c: real,
+                            flags: int, nx: int, ny: int):
+        # advected_face and the limiter's range (sample_range of q) from one departure point and stencil
+        xd, yd = face_departure_point(u, v, axis, i, j, c, flags, nx, ny)
+        i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1 = stencil(axis, xd, yd, flags, nx, ny)
+        lo, hi = stencil_range(q, i0, i1, sx0, sx1, j0, j1, sy0, sy1)
+        return mask[i, j] * interpolate(q, i0, i1, tx, sx0, sx1, j0, j1, ty, sy0, sy1), lo, hi
+
+    @wp.func(module=module)
+    def maccormack_face(q: array2, q_forward: array2, q_lo: array2, q_hi: array2, u: array2, v: array2,
+                        mask: array2, axis: int, i: int, j: int, c: real, flags: int, nx: int, ny: int):
+        # the backward pass (by -dt) and the clamped correction of face (i, j)
+        q_backward = advected_face(q_forward, u, v, mask, axis, i, j, -c, flags, nx, ny)
+        return mask[i, j] * wp.clamp(q_forward[i, j] + half * (q[i, j] - q_backward), q_lo[i, j], q_hi[i, j])
+
+    @wp.kernel(module=module, enable_backward=False)
+    def maccormack_velocity_forward(u: array2, v: array2, mask_u: array2, mask_v: array2, dx: real, dt: real,
+                                    flags: int, nx: int, ny: int, u_forward: array2, v_forward: array2,
+                                    u_lo: array2, u_hi: array2, v_lo: array2, v_hi: array2):
+        # the forward pass of both face fields and the limiter's ranges (advect_velocity + correct_velocity's)
+        i, j = wp.tid()
+        c = dt / dx
+        if i < nx + 1 - bit(flags, 0) and j < ny:
+            value, lo, hi = advected_face_range(u, u, v, mask_u, 1, i, j, c, flags, nx, ny)
+            u_forward[i, j] = value
+            u_lo[i, j] = lo
+            u_hi[i, j] = hi
+        if i < nx and j < ny + 1 - bit(flags, 1):
+            value, lo, hi = advected_face_range(v, u, v, mask_v, 2, i, j, c, flags, nx, ny)
+            v_forward[i, j] = value
+            v_lo[i, j] = lo
+            v_hi[i, j] = hi
+
+    @wp.kernel(module=module, enable_backward=False)
+    def maccormack_velocity_correct(u: array2, v: array2, u_forward: array2, v_forward: array2, u_lo: array2,
+                                    u_hi: array2, v_lo: array2, v_hi: array2, mask_u: array2, mask_v: array2,
+                                    dx: real, dt: real, flags: int, nx: int, ny: int, u_out: array2,
+                                    v_out: array2):
+        # the backward pass and the clamped correction of both face fields
+        i, j = wp.tid()
+        c = dt / dx
+        if i < nx + 1 - bit(flags, 0) and j < ny:
+            u_out[i, j] = maccormack_face(u, u_forward, u_lo, u_hi, u, v, mask_u, 1, i, j, c, flags, nx, ny)
+        if i < nx and j < ny + 1 - bit(flags, 1):
+            v_out[i, j] = maccormack_face(v, v_forward, v_lo, v_hi, u, v, mask_v, 2, i, j, c, flags, nx, ny)
 
     @wp.func(module=module)
     def minmod(a: real, b: real):
@@ -240,6 +360,21 @@ def grid_fluid_kernels(real):
                + flux_y(q, v, area_v, i, j, dx, dt, flags, ny) - flux_y(q, v, area_v, i, j + 1, dx, dt, flags, ny))
         q_out[i, j] = q[i, j] + dt / dx * net
 
+    @wp.func(module=module)
+    def lift_x(density: array2, acceleration_u: array2, buoyancy: array1, i: int, j: int, up_x: real, dt: real,
+               flags: int, nx: int):
+        # velocity change of x-face (i, j) over dt: buoyancy of the face's density plus the acceleration
+        left, right = face_cells(i, nx, bit(flags, 0))
+        rho = half * (density[left, j] + density[right, j])
+        return dt * (buoyancy[0] * rho * up_x + acceleration_u[i, j])
+
+    @wp.func(module=module)
+    def lift_y(density: array2, acceleration_v: array2, buoyancy: array1, i: int, j: int, up_y: real, dt: real,
+               flags: int, ny: int):
+        below, above = face_cells(j, ny, bit(flags, 1))
+        rho = half * (density[i, below] + density[i, above])
+        return dt * (buoyancy[0] * rho * up_y + acceleration_v[i, j])
+
     @wp.kernel(module=module)
     def add_buoyancy(u: array2, v: array2, density: array2, acceleration_u: array2, acceleration_v: array2,
                      buoyancy: array1, up_x: real, up_y: real, dt: real, flags: int, nx: int, ny: int,
@@ -247,13 +382,24 @@ def grid_fluid_kernels(real):
         # buoyancy pushes density against gravity; external accelerations add on top
         i, j = wp.tid()
         if i < nx + 1 - bit(flags, 0) and j < ny:
-            left, right = face_cells(i, nx, bit(flags, 0))
-            rho = half * (density[left, j] + density[right, j])
-            u_out[i, j] = u[i, j] + dt * (buoyancy[0] * rho * up_x + acceleration_u[i, j])
+            u_out[i, j] = u[i, j] + lift_x(density, acceleration_u, buoyancy, i, j, up_x, dt, flags, nx)
         if i < nx and j < ny + 1 - bit(flags, 1):
-            below, above = face_cells(j, ny, bit(flags, 1))
-            rho = half * (density[i, below] + density[i, above])
-            v_out[i, j] = v[i, j] + dt * (buoyancy[0] * rho * up_y + acceleration_v[i, j])
+            v_out[i, j] = v[i, j] + lift_y(density, acceleration_v, buoyancy, i, j, up_y, dt, flags, ny)
+
+    @wp.kernel(module=module, enable_backward=False)
+    def advect_velocity_buoyancy(u: array2, v: array2, mask_u: array2, mask_v: array2, density: array2,
+                                 acceleration_u: array2, acceleration_v: array2, buoyancy: array1, dx: real,
+                                 dt: real, up_x: real, up_y: real, flags: int, nx: int, ny: int, u_out: array2,
+                                 v_out: array2):
+        # forward-only fusion of advect_velocity (u, v by themselves) and add_buoyancy (of the advected density)
+        i, j = wp.tid()
+        c = dt / dx
+        if i < nx + 1 - bit(flags, 0) and j < ny:
+            u_out[i, j] = (advected_face(u, u, v, mask_u, 1, i, j, c, flags, nx, ny)
+                           + lift_x(density, acceleration_u, buoyancy, i, j, up_x, dt, flags, nx))
+        if i < nx and j < ny + 1 - bit(flags, 1):
+            v_out[i, j] = (advected_face(v, u, v, mask_v, 2, i, j, c, flags, nx, ny)
+                           + lift_y(density, acceleration_v, buoyancy, i, j, up_y, dt, flags, ny))
 
     @wp.kernel(module=module)
     def add_temperature_buoyancy(u: array2, v: array2, temperature: array2, coefficient: array1, ambient: array1,
@@ -511,6 +657,10 @@ def grid_fluid_kernels(real):
     return SimpleNamespace(
         advect_scalar=advect_scalar, advect_velocity=advect_velocity, correct_scalar=correct_scalar,
         correct_velocity=correct_velocity, advect_conservative=advect_conservative, add_buoyancy=add_buoyancy,
+        maccormack_scalar_forward=maccormack_scalar_forward, maccormack_scalar_correct=maccormack_scalar_correct,
+        advect_velocity_buoyancy=advect_velocity_buoyancy,
+        maccormack_velocity_forward=maccormack_velocity_forward,
+        maccormack_velocity_correct=maccormack_velocity_correct,
         add_temperature_buoyancy=add_temperature_buoyancy, cool_temperature=cool_temperature, curl=curl, confine_vorticity=confine_vorticity, divergence=divergence,
         apply_pressure_operator=apply_pressure_operator, pressure_diagonal=pressure_diagonal,
         subtract_pressure_gradient=subtract_pressure_gradient, factor_incomplete_cholesky=factor_incomplete_cholesky,

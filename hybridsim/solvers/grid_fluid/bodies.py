@@ -4,9 +4,13 @@ A ``GridFluidBody`` is one body's cross-section with the fluid plane for one ste
 (rotated) box at a pose given by the caller, moving with a velocity and angular velocity that are
 torch tensors (they carry gradients into the fluid). ``body_face_geometry`` cuts the faces with
 the model's own (prescribed) obstacles at ``time`` and with the bodies, and returns the open
-fractions, the solid face velocities (differentiable in the bodies' velocities) and which body
-covers each face. The geometry itself (open fractions, owners) is piecewise constant for
-autograd: gradients do not flow through where a body cuts the faces.
+fractions, the solid face velocities and which body covers each face. The open fractions are the
+exact covered lengths of the faces, computed in torch from the body's pose, and the solid face
+velocities are the rigid velocity at the covered part's midpoint: both are differentiable in the
+pose (centre and angle, when given as tensors) and the velocities. Which body owns a face is
+piecewise constant; the fractions are piecewise smooth in the pose (kinks where the outline passes
+a face's end; for a box side parallel to a face, a jump where it crosses the face's line, whose
+delta the gradient does not see).
 
 Loads. The projection turns u into u' = m (u - G p) + (1 - m) u_s; with the fluid momentum per
 metre of depth ``rho dx^2 sum_f A_f u_f`` (A the open fractions) it changes that momentum by
@@ -27,7 +31,9 @@ from types import SimpleNamespace
 
 import torch
 
-from .model import GridFluidModel, GridFluidObstacle, _covered_interval, _open_fractions
+from .autograd import area_gradient
+from .model import (GridFluidModel, GridFluidObstacle, _as_float64, _covered_interval_at, _face_lines,
+                    _obstacle_poses, _open_fractions)
 
 __all__ = ["GridFluidBody", "body_face_geometry", "body_impulses", "project_with_pressure"]
 
@@ -36,17 +42,22 @@ __all__ = ["GridFluidBody", "body_face_geometry", "body_impulses", "project_with
 class GridFluidBody:
     """One body's cut with the fluid plane during one step, in grid axes."""
 
-    center: tuple[float, float]
-    """Centre [m], grid coordinates (a plain pose: the geometry is not differentiated)."""
+    center: tuple[float, float] | torch.Tensor
+    """Centre [m], grid coordinates; a tensor (2,) carries gradients into the face fractions, the
+    solid face velocities and the loads' moment arms."""
     size: tuple[float, float]
     """Disc radius (in both) or box half extents [m]."""
     is_box: bool
-    angle: float
-    """Rotation of a box [rad], counter-clockwise in grid axes."""
+    angle: float | torch.Tensor
+    """Rotation of a box [rad], counter-clockwise in grid axes; a tensor () is differentiated."""
     velocity: torch.Tensor
     """Velocity of the centre [m/s], shape (2,); differentiable."""
     angular_velocity: torch.Tensor
     """Angular velocity [rad/s], counter-clockwise in grid axes, shape (); differentiable."""
+
+    def pose(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(centre (2,), angle ()) as float64 CPU tensors, keeping their graph."""
+        return _as_float64(self.center, (2,)), _as_float64(self.angle, ())
 
     def obstacle(self) -> GridFluidObstacle:
         return GridFluidObstacle(tuple(map(float, self.center)), tuple(map(float, self.size)), self.is_box,
@@ -57,35 +68,35 @@ def body_face_geometry(model: GridFluidModel, time: float, bodies) -> SimpleName
     """Faces cut by the model's obstacles at ``time`` [s] and by ``bodies`` (GridFluidBody list).
 
     Returns area_x, area_y (open fractions), solid_x, solid_y (solid normal velocity per face
-    [m/s], differentiable in the bodies' velocities), owner_x, owner_y (index of the body covering
+    [m/s]; all four differentiable in the bodies' velocities and poses and in the model's
+    ``obstacle_center`` / ``obstacle_angle``), owner_x, owner_y (index of the body covering
     each face, -1 for none or a prescribed obstacle or a domain side) and middle_x, middle_y (grid
     coordinates (x, y) of the covered part's midpoint, each a pair of tensors)."""
-    nx, ny = model.cell_count
     dx = model.cell_size
-    fx_count, fy_count = model.face_shape_x[0], model.face_shape_y[1]
-    f64 = dict(dtype=torch.float64)
-    xi, yj = torch.meshgrid(torch.arange(fx_count, **f64), torch.arange(ny, **f64), indexing="ij")
-    xi2, yj2 = torch.meshgrid(torch.arange(nx, **f64), torch.arange(fy_count, **f64), indexing="ij")
-    faces = ((xi * dx, yj * dx, 1), (yj2 * dx, xi2 * dx, 0))  # (across, start, axis) of x- and y-faces
-    blocked = [torch.zeros_like(xi), torch.zeros_like(xi2)]
-    prescribed = [torch.zeros_like(xi), torch.zeros_like(xi2)]
-    owner = [torch.full(xi.shape, -1, dtype=torch.int64), torch.full(xi2.shape, -1, dtype=torch.int64)]
-    middle = [[torch.zeros_like(xi), torch.zeros_like(xi)], [torch.zeros_like(xi2), torch.zeros_like(xi2)]]
+    faces = _face_lines(model)  # (across, start, along) of x- and y-faces
+    shapes = [start.shape for _, start, _ in faces]
+    blocked = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
+    prescribed = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
+    owner = [torch.full(shape, -1, dtype=torch.int64) for shape in shapes]
+    middle = [[torch.zeros(shape, dtype=torch.float64)] * 2 for shape in shapes]
     time = float(time)
-    for obstacle in model.obstacles:  # prescribed motion, as in model.obstacle_faces
-        (cx, cy), _ = obstacle.at(time)
+    for obstacle, (center, angle) in zip(model.obstacles, _obstacle_poses(model, time)):  # as model.obstacle_faces
         (vx, vy), omega = obstacle.velocity, obstacle.angular_velocity
         for axis, (across, start, along) in enumerate(faces):
-            length, mx, my = _covered_interval(obstacle, time, across, start, dx, axis=along)
+            length, mx, my = _covered_interval_at(center, angle, obstacle.size, obstacle.is_box, across, start, dx,
+                                                  along)
             closer = length > blocked[axis]
             blocked[axis] = torch.where(closer, length, blocked[axis])
-            speed = vx - omega * (my - cy) if axis == 0 else vy + omega * (mx - cx)
+            if obstacle.moving:
+                speed = vx - omega * (my - center[1]) if axis == 0 else vy + omega * (mx - center[0])
+            else:
+                speed = torch.zeros_like(length)
             prescribed[axis] = torch.where(closer, speed, prescribed[axis])
             owner[axis] = torch.where(closer, torch.full_like(owner[axis], -1), owner[axis])
     for index, body in enumerate(bodies):
-        obstacle = body.obstacle()
+        center, angle = body.pose()
         for axis, (across, start, along) in enumerate(faces):
-            length, mx, my = _covered_interval(obstacle, 0.0, across, start, dx, axis=along)
+            length, mx, my = _covered_interval_at(center, angle, body.size, body.is_box, across, start, dx, along)
             closer = length > blocked[axis]
             blocked[axis] = torch.where(closer, length, blocked[axis])
             owner[axis] = torch.where(closer, torch.full_like(owner[axis], index), owner[axis])
@@ -93,7 +104,7 @@ def body_face_geometry(model: GridFluidModel, time: float, bodies) -> SimpleName
     dtype, device = model.dtype, model.device
     area_x, area_y = _open_fractions(model, blocked[0], blocked[1], dtype, device)
     # domain sides are neither bodies nor moving: their faces carry no solid velocity
-    edge = [torch.zeros(xi.shape, dtype=torch.bool), torch.zeros(xi2.shape, dtype=torch.bool)]
+    edge = [torch.zeros(shape, dtype=torch.bool) for shape in shapes]
     x_lo, x_hi, y_lo, y_hi = model.boundary
     if x_lo != "periodic":
         edge[0][0] = edge[0][-1] = True
@@ -112,7 +123,7 @@ def body_face_geometry(model: GridFluidModel, time: float, bodies) -> SimpleName
                 continue
             velocity = body.velocity.to(dtype=dtype, device=device)
             omega = body.angular_velocity.to(dtype=dtype, device=device).reshape(())
-            cx, cy = (float(c) for c in body.center)
+            cx, cy = body.pose()[0].to(dtype=dtype, device=device)
             # rigid velocity v + omega x (p - c) at the covered part's midpoint, normal to the face
             speed = velocity[0] - omega * (my - cy) if axis == 0 else velocity[1] + omega * (mx - cx)
             solid = torch.where(mine, speed, solid)
@@ -153,7 +164,7 @@ def body_impulses(model: GridFluidModel, geometry: SimpleNamespace, pressure: to
     face_y = density * dx * (1.0 - geometry.area_y) * jump_y
     linear, angular = [], []
     for index, body in enumerate(bodies):
-        cx, cy = (float(c) for c in body.center)
+        cx, cy = body.pose()[0].to(dtype=face_x.dtype, device=face_x.device)
         mine_x = (geometry.owner_x == index).to(face_x.dtype)
         mine_y = (geometry.owner_y == index).to(face_y.dtype)
         jx, jy = (face_x * mine_x), (face_y * mine_y)
@@ -168,20 +179,23 @@ def body_impulses(model: GridFluidModel, geometry: SimpleNamespace, pressure: to
 
 
 class _ProjectWithPressure(torch.autograd.Function):
-    """(u, v, u_s, v_s) -> (u', v', p): the projection against moving solids, with its pressure.
+    """(u, v, u_s, v_s, A_x, A_y) -> (u', v', p): the projection against moving solids, with its pressure.
 
     p = S G^T (A u + (1 - A) u_s) on fluid cells (S the pseudo-inverse of M = G^T A G), u' = m (u -
     G p) + (1 - m) u_s. Backward, with h = g_p + div_m(g_u') and z = S h: grad_u = m g_u + A G z,
-    grad_us = (1 - m) g_u + (1 - A) G z (one solve, as in PressureProjection.project_adjoint)."""
+    grad_us = (1 - m) g_u + (1 - A) G z (one solve, as in PressureProjection.project_adjoint) and,
+    through both the right-hand side and M, grad_A = m (G z) (u' - u_s) (autograd.area_gradient).
+    The areas are those the projection was built from, passed as differentiable tensors."""
 
     @staticmethod
-    def forward(ctx, projection, u, v, solid_x, solid_y):
+    def forward(ctx, projection, u, v, solid_x, solid_y, area_x=None, area_y=None):
         u, v, sx, sy = (t.detach().contiguous() for t in (u, v, solid_x, solid_y))
         rhs = -(projection.divergence(u, v) + projection.solid_divergence(sx, sy)) * projection.fluid_cells
         pressure = projection.solve(rhs) * projection.fluid_cells
         outs = projection._subtract_gradient((u, v), pressure.contiguous(), projection.masks)
         outs = tuple(out + (1.0 - m) * s for out, m, s in zip(outs, projection.masks, (sx, sy)))
         ctx.projection = projection
+        ctx.save_for_backward(*outs, sx, sy)
         return (*outs, pressure)
 
     @staticmethod
@@ -200,12 +214,20 @@ class _ProjectWithPressure(torch.autograd.Function):
         su, sv = projection._subtract_gradient(zeros, -z, tuple(1.0 - a for a in projection.areas))
         su = su + (1.0 - projection.mask_x) * grad_u
         sv = sv + (1.0 - projection.mask_y) * grad_v
+        grad_area = (None, None)
+        if any(needs[5:7]):
+            u_out, v_out, sx, sy = ctx.saved_tensors
+            grad_area = area_gradient(projection, z, (u_out, v_out), (sx, sy))
         return (None, gu if needs[1] else None, gv if needs[2] else None, su if needs[3] else None,
-                sv if needs[4] else None)
+                sv if needs[4] else None, *grad_area)
 
 
 def project_with_pressure(projection, u: torch.Tensor, v: torch.Tensor, solid_x: torch.Tensor,
-                          solid_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          solid_y: torch.Tensor, areas: tuple[torch.Tensor, torch.Tensor] | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Divergence-free (u', v') against solids moving with face velocities (solid_x, solid_y) and
-    the pressure p [m^2/s] (cells); differentiable in all four inputs (one adjoint solve)."""
-    return _ProjectWithPressure.apply(projection, u, v, solid_x, solid_y)
+    the pressure p [m^2/s] (cells); differentiable in all four inputs (one adjoint solve) and in
+    ``areas``, the open fractions the projection was built from as differentiable tensors (their
+    gradient reaches the bodies' poses; the open mask [A > 0] is piecewise constant)."""
+    area_x, area_y = areas if areas is not None else (None, None)
+    return _ProjectWithPressure.apply(projection, u, v, solid_x, solid_y, area_x, area_y)

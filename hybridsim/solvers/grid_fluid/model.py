@@ -9,7 +9,9 @@ at cell centres. On a periodic axis the last face coincides with the first, so t
 Optional parts: a temperature field (cell centres, advected like density; Boussinesq buoyancy
 ``temperature_buoyancy * (T - ambient_temperature)``, exponential cooling, heating sources) and
 obstacles that move with a prescribed velocity and angular velocity (their face fractions and the
-solid velocity on the faces they cover follow them: ``obstacle_faces(time)``).
+solid velocity on the faces they cover follow them: ``obstacle_faces(time)``). The face fractions
+are the exact open lengths of the faces, computed in torch from ``obstacle_center`` and
+``obstacle_angle``, so they and every step are differentiable with respect to an obstacle's pose.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ class GridFluidModel:
     """1 for a source that sets the temperature, 0 for one that only adds density, shape (S,)."""
     obstacles: tuple = ()
     """All obstacles (GridFluidObstacle), static and moving; the face fractions are those at t = 0."""
+    obstacle_center: torch.Tensor | None = None
+    """Centres of the obstacles at t = 0 [m], grid coordinates, shape (O, 2); learnable: the face
+    fractions (and the solid velocities of moving obstacles) are differentiable in it. None: the
+    ``obstacles``' own centres (constant)."""
+    obstacle_angle: torch.Tensor | None = None
+    """Rotation of each obstacle at t = 0 [rad], shape (O,); learnable (boxes; a disc ignores it)."""
 
     @property
     def inflow_count(self) -> int:
@@ -87,12 +95,28 @@ class GridFluidModel:
     def has_moving_obstacles(self) -> bool:
         return any(obstacle.moving for obstacle in self.obstacles)
 
+    @property
+    def obstacle_pose_requires_grad(self) -> bool:
+        """Whether an obstacle's centre or angle records gradients (the solver then recomputes the
+        face fractions as differentiable tensors every step)."""
+        return bool(self.obstacles) and any(t is not None and t.requires_grad
+                                            for t in (self.obstacle_center, self.obstacle_angle))
+
     def obstacle_faces(self, time: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Face open fractions (area_x, area_y) with every obstacle where it is at ``time`` [s], and
         the solid velocity normal to each face (solid_x on x-faces, solid_y on y-faces) [m/s]: the
         rigid velocity of the obstacle covering the face at the midpoint of its covered part (the
-        mean over that part, the field being linear); zero where no moving obstacle covers it."""
+        mean over that part, the field being linear); zero where no moving obstacle covers it.
+        Exact lengths of the covered face parts, differentiable with respect to ``obstacle_center``
+        and ``obstacle_angle``: piecewise smooth, with kinks where an obstacle's outline passes a
+        face's end and, for a box side parallel to a face, a jump where it passes the face's line."""
         return _moving_face_geometry(self, float(time))
+
+    def face_fractions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Open fractions (area_x, area_y) with the obstacles where ``obstacle_center`` and
+        ``obstacle_angle`` put them at t = 0; differentiable in both (``obstacle_faces``)."""
+        area_x, area_y, _, _ = _moving_face_geometry(self, 0.0)
+        return area_x, area_y
 
     @property
     def dtype(self) -> torch.dtype:
@@ -345,7 +369,8 @@ class GridFluidBuilder:
 
         model = GridFluidModel(
             cell_count=(nx, ny), cell_size=float(self.cell_size), boundary=boundary, wall_slip=self.wall_slip,
-            face_fraction_x=torch.ones(1), face_fraction_y=torch.ones(1), gravity_direction=(gx / norm, gy / norm),
+            face_fraction_x=torch.ones(1, dtype=dtype, device=device),
+            face_fraction_y=torch.ones(1, dtype=dtype, device=device), gravity_direction=(gx / norm, gy / norm),
             buoyancy=_scalar(self.buoyancy, dtype, device), vorticity_strength=_scalar(self.vorticity_strength, dtype, device),
             viscosity=_scalar(self.viscosity, dtype, device),
             inflow_center=torch.tensor([s.center for s in self.inflows], dtype=dtype, device=device).reshape(-1, 2),
@@ -363,7 +388,11 @@ class GridFluidBuilder:
                 dtype=dtype, device=device).reshape(-1)
             model.inflow_heats = torch.tensor([float(s.temperature is not None) for s in self.inflows], dtype=dtype,
                                               device=device).reshape(-1)
-        model.face_fraction_x, model.face_fraction_y = _face_fractions(model, self.obstacles, dtype, device)
+        if self.obstacles:
+            model.obstacle_center = torch.tensor([o.center for o in self.obstacles], dtype=dtype, device=device)
+            model.obstacle_angle = torch.tensor([o.angle for o in self.obstacles], dtype=dtype, device=device)
+        with torch.no_grad():
+            model.face_fraction_x, model.face_fraction_y = model.face_fractions()
         return model
 
 
@@ -385,41 +414,41 @@ def _parse_boundary(boundary) -> tuple[str, str, str, str]:
     return sides
 
 
-def _segment_overlap(lo: torch.Tensor, hi: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (torch.minimum(hi, b) - torch.maximum(lo, a)).clamp(min=0.0)
+def _as_float64(value, shape=None) -> torch.Tensor:
+    """A float64 CPU tensor of ``value`` (a tensor keeps its graph: the geometry is differentiable)."""
+    if isinstance(value, torch.Tensor):
+        tensor = value.to(dtype=torch.float64, device="cpu")
+    elif isinstance(value, (tuple, list)) and any(isinstance(c, torch.Tensor) for c in value):
+        tensor = torch.stack([torch.as_tensor(c).to(dtype=torch.float64, device="cpu").reshape(()) for c in value])
+    else:
+        tensor = torch.tensor(value, dtype=torch.float64)
+    return tensor if shape is None else tensor.reshape(shape)
 
 
-def _blocked_length(obstacle: _Obstacle, across: torch.Tensor, start: torch.Tensor, dx: float, axis: int) -> torch.Tensor:
-    """Length of the face segment {across} x [start, start + dx] (along ``axis``) inside the obstacle."""
-    c_across, c_along = (obstacle.center[0], obstacle.center[1]) if axis == 1 else (obstacle.center[1], obstacle.center[0])
-    s_across, s_along = (obstacle.size[0], obstacle.size[1]) if axis == 1 else (obstacle.size[1], obstacle.size[0])
-    if obstacle.is_box:
-        inside = ((across - c_across).abs() < s_across).to(start.dtype)
-        half = torch.full_like(start, s_along)
-    else:  # chord of the disc on the line ``across``
-        inside = torch.ones_like(start)
-        half = (s_across ** 2 - (across - c_across) ** 2).clamp(min=0.0).sqrt()
-    return inside * _segment_overlap(c_along - half, c_along + half, start, start + dx)
+def _obstacle_poses(model: GridFluidModel, time: float) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(centre (2,), angle ()) of every obstacle at ``time`` as float64 tensors: ``obstacle_center``
+    / ``obstacle_angle`` (differentiable) plus the prescribed motion."""
+    poses = []
+    for index, obstacle in enumerate(model.obstacles):
+        center = model.obstacle_center[index] if model.obstacle_center is not None else obstacle.center
+        center = _as_float64(center, (2,))
+        angle = _as_float64(model.obstacle_angle[index] if model.obstacle_angle is not None else obstacle.angle, ())
+        if time != 0.0:
+            center = center + _as_float64(obstacle.velocity, (2,)) * time
+            angle = angle + obstacle.angular_velocity * time
+        poses.append((center, angle))
+    return poses
 
 
-def _face_fractions(model: GridFluidModel, obstacles, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+def _face_lines(model: GridFluidModel):
+    """(across, start, along) of the x-faces (vertical segments x = i dx, y in [j dx, (j + 1) dx];
+    along = 1) and of the y-faces (horizontal segments; along = 0), float64."""
     nx, ny = model.cell_count
     dx = model.cell_size
-    fx_count, fy_count = model.face_shape_x[0], model.face_shape_y[1]
-    # x-faces: vertical segments at x = i dx spanning y in [j dx, (j + 1) dx]
-    xi, yj = torch.meshgrid(torch.arange(fx_count, dtype=torch.float64), torch.arange(ny, dtype=torch.float64), indexing="ij")
-    blocked_x = torch.zeros_like(xi)
-    # y-faces: horizontal segments at y = j dx spanning x in [i dx, (i + 1) dx]
-    xi2, yj2 = torch.meshgrid(torch.arange(nx, dtype=torch.float64), torch.arange(fy_count, dtype=torch.float64), indexing="ij")
-    blocked_y = torch.zeros_like(xi2)
-    for obstacle in obstacles:
-        if obstacle.angle != 0.0:  # a rotated box: the general segment clip
-            blocked_x = torch.maximum(blocked_x, _covered_interval(obstacle, 0.0, xi * dx, yj * dx, dx, axis=1)[0])
-            blocked_y = torch.maximum(blocked_y, _covered_interval(obstacle, 0.0, yj2 * dx, xi2 * dx, dx, axis=0)[0])
-            continue
-        blocked_x = torch.maximum(blocked_x, _blocked_length(obstacle, xi * dx, yj * dx, dx, axis=1))
-        blocked_y = torch.maximum(blocked_y, _blocked_length(obstacle, yj2 * dx, xi2 * dx, dx, axis=0))
-    return _open_fractions(model, blocked_x, blocked_y, dtype, device)
+    f64 = dict(dtype=torch.float64)
+    xi, yj = torch.meshgrid(torch.arange(model.face_shape_x[0], **f64), torch.arange(ny, **f64), indexing="ij")
+    xi2, yj2 = torch.meshgrid(torch.arange(nx, **f64), torch.arange(model.face_shape_y[1], **f64), indexing="ij")
+    return (xi * dx, yj * dx, 1), (yj2 * dx, xi2 * dx, 0)
 
 
 def _open_fractions(model: GridFluidModel, blocked_x, blocked_y, dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -430,24 +459,29 @@ def _open_fractions(model: GridFluidModel, blocked_x, blocked_y, dtype, device) 
     open_x = torch.where(open_x < 1e-3, torch.zeros_like(open_x), open_x)
     open_y = torch.where(open_y < 1e-3, torch.zeros_like(open_y), open_y)
     x_lo, x_hi, y_lo, y_hi = model.boundary
+    keep_x = torch.ones(open_x.shape[0], dtype=open_x.dtype)
+    keep_y = torch.ones(open_y.shape[1], dtype=open_y.dtype)
     if x_lo == "wall":
-        open_x[0] = 0.0
+        keep_x[0] = 0.0
     if x_hi == "wall":
-        open_x[-1] = 0.0
+        keep_x[-1] = 0.0
     if y_lo == "wall":
-        open_y[:, 0] = 0.0
+        keep_y[0] = 0.0
     if y_hi == "wall":
-        open_y[:, -1] = 0.0
+        keep_y[-1] = 0.0
+    open_x, open_y = open_x * keep_x[:, None], open_y * keep_y[None, :]
     return open_x.to(dtype=dtype, device=device), open_y.to(dtype=dtype, device=device)
 
 
-
-def _covered_interval(obstacle: GridFluidObstacle, time: float, across: torch.Tensor, start: torch.Tensor, dx: float,
-                      axis: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _covered_interval_at(center: torch.Tensor, angle: torch.Tensor, size, is_box: bool, across: torch.Tensor,
+                         start: torch.Tensor, dx: float, axis: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The part of the face segments {across} x [start, start + dx] (segments along ``axis``: 1 for
-    x-faces, running along y; 0 for y-faces) inside the obstacle at ``time``: (length, and the
-    grid coordinates (x, y) of its midpoint)."""
-    (cx, cy), angle = obstacle.at(time)
+    x-faces, running along y; 0 for y-faces) inside a disc or (rotated) box with centre ``center``
+    (2,) and rotation ``angle`` () (float64 tensors): (length, and the grid coordinates (x, y) of
+    its midpoint). Exact, and differentiable in the centre and angle wherever the covered interval's
+    ends are not at a face's end (a kink) and, for a box side parallel to the face, not on the
+    face's line (a jump: the face is covered or not, no gradient across it)."""
+    cx, cy = center[0], center[1]
     if axis == 1:  # points (across, start + s)
         px, py, ex, ey = across, start, 0.0, 1.0
     else:  # points (start + s, across)
@@ -455,59 +489,72 @@ def _covered_interval(obstacle: GridFluidObstacle, time: float, across: torch.Te
     rx, ry = px - cx, py - cy
     lo = torch.zeros_like(start)
     hi = torch.full_like(start, dx)
-    if obstacle.is_box:
-        cos, sin = math.cos(angle), math.sin(angle)
-        for (ax, ay), half in (((cos, sin), obstacle.size[0]), ((-sin, cos), obstacle.size[1])):
+    if is_box:
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        for (ax, ay), half in (((cos, sin), float(size[0])), ((-sin, cos), float(size[1]))):
             offset = ax * rx + ay * ry  # along the box axis, at s = 0
             rate = ax * ex + ay * ey  # d offset / ds
-            if abs(rate) < 1e-12:  # the segment runs parallel to this pair of sides
-                outside = (offset.abs() >= half)
-                hi = torch.where(outside, lo, hi)
+            if abs(float(rate.detach())) < 1e-12:  # the segment runs parallel to this pair of sides
+                hi = torch.where(offset.abs() >= half, lo, hi)
             else:
                 a, b = (-half - offset) / rate, (half - offset) / rate
                 lo, hi = torch.maximum(lo, torch.minimum(a, b)), torch.minimum(hi, torch.maximum(a, b))
     else:
         centre_s = -(rx * ex + ry * ey)
-        perpendicular = rx * ey - ry * ex
-        half = (obstacle.size[0] ** 2 - perpendicular ** 2).clamp(min=0.0).sqrt()
+        perpendicular_sq = (rx * ey - ry * ex) ** 2
+        radius_sq = float(size[0]) ** 2
+        cuts = perpendicular_sq < radius_sq  # (the square root's slope is infinite at tangency: kept off it)
+        half = torch.where(cuts, (radius_sq - torch.where(cuts, perpendicular_sq, torch.zeros_like(perpendicular_sq)))
+                           .sqrt(), torch.zeros_like(perpendicular_sq))
         lo, hi = torch.maximum(lo, centre_s - half), torch.minimum(hi, centre_s + half)
     length = (hi - lo).clamp(min=0.0)
     middle = 0.5 * (lo + hi)
     return length, px + ex * middle, py + ey * middle
 
 
+def _covered_interval(obstacle: GridFluidObstacle, time: float, across: torch.Tensor, start: torch.Tensor, dx: float,
+                      axis: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_covered_interval_at`` for a GridFluidObstacle where its prescribed motion puts it at ``time``."""
+    center, angle = obstacle.at(time)
+    return _covered_interval_at(_as_float64(center, (2,)), _as_float64(angle, ()), obstacle.size, obstacle.is_box,
+                                across, start, dx, axis)
+
+
 def _moving_face_geometry(model: GridFluidModel, time: float):
-    nx, ny = model.cell_count
+    """(area_x, area_y, solid_x, solid_y) with the obstacles at ``time``: differentiable in
+    ``model.obstacle_center`` and ``model.obstacle_angle`` (see ``_covered_interval_at``)."""
     dx = model.cell_size
-    fx_count, fy_count = model.face_shape_x[0], model.face_shape_y[1]
-    xi, yj = torch.meshgrid(torch.arange(fx_count, dtype=torch.float64), torch.arange(ny, dtype=torch.float64), indexing="ij")
-    xi2, yj2 = torch.meshgrid(torch.arange(nx, dtype=torch.float64), torch.arange(fy_count, dtype=torch.float64), indexing="ij")
-    blocked_x, blocked_y = torch.zeros_like(xi), torch.zeros_like(xi2)
-    solid_x, solid_y = torch.zeros_like(xi), torch.zeros_like(xi2)
-    for obstacle in model.obstacles:
-        (cx, cy), _ = obstacle.at(time)
+    faces = _face_lines(model)
+    blocked = [torch.zeros_like(start) for _, start, _ in faces]
+    solid = [torch.zeros_like(start) for _, start, _ in faces]
+    for obstacle, (center, angle) in zip(model.obstacles, _obstacle_poses(model, time)):
         (vx, vy), omega = obstacle.velocity, obstacle.angular_velocity
-        # x-faces carry the x-velocity of the solid, y-faces its y-velocity: v + omega x (p - c)
-        length, mx, my = _covered_interval(obstacle, time, xi * dx, yj * dx, dx, axis=1)
-        closer = length > blocked_x
-        blocked_x = torch.where(closer, length, blocked_x)
-        solid_x = torch.where(closer, vx - omega * (my - cy), solid_x)
-        length, mx, my = _covered_interval(obstacle, time, yj2 * dx, xi2 * dx, dx, axis=0)
-        closer = length > blocked_y
-        blocked_y = torch.where(closer, length, blocked_y)
-        solid_y = torch.where(closer, vy + omega * (mx - cx), solid_y)
+        for axis, (across, start, along) in enumerate(faces):
+            length, mx, my = _covered_interval_at(center, angle, obstacle.size, obstacle.is_box, across, start, dx,
+                                                  along)
+            closer = length > blocked[axis]
+            blocked[axis] = torch.where(closer, length, blocked[axis])
+            if obstacle.moving:
+                # x-faces carry the x-velocity of the solid, y-faces its y-velocity: v + omega x (p - c)
+                speed = vx - omega * (my - center[1]) if axis == 0 else vy + omega * (mx - center[0])
+            else:
+                speed = torch.zeros_like(length)
+            solid[axis] = torch.where(closer, speed, solid[axis])
     dtype, device = model.dtype, model.device
-    area_x, area_y = _open_fractions(model, blocked_x, blocked_y, dtype, device)
+    area_x, area_y = _open_fractions(model, blocked[0], blocked[1], dtype, device)
     # the domain's walls are at rest
-    solid_x = torch.where(blocked_x > 0, solid_x, torch.zeros_like(solid_x))
-    solid_y = torch.where(blocked_y > 0, solid_y, torch.zeros_like(solid_y))
+    solid_x = torch.where(blocked[0] > 0, solid[0], torch.zeros_like(solid[0]))
+    solid_y = torch.where(blocked[1] > 0, solid[1], torch.zeros_like(solid[1]))
     x_lo, x_hi, y_lo, y_hi = model.boundary
+    keep_x = torch.ones(solid_x.shape[0], dtype=solid_x.dtype)
+    keep_y = torch.ones(solid_y.shape[1], dtype=solid_y.dtype)
     if x_lo == "wall":
-        solid_x[0] = 0.0
+        keep_x[0] = 0.0
     if x_hi == "wall":
-        solid_x[-1] = 0.0
+        keep_x[-1] = 0.0
     if y_lo == "wall":
-        solid_y[:, 0] = 0.0
+        keep_y[0] = 0.0
     if y_hi == "wall":
-        solid_y[:, -1] = 0.0
+        keep_y[-1] = 0.0
+    solid_x, solid_y = solid_x * keep_x[:, None], solid_y * keep_y[None, :]
     return area_x, area_y, solid_x.to(dtype=dtype, device=device), solid_y.to(dtype=dtype, device=device)

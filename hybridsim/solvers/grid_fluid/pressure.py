@@ -17,7 +17,13 @@ an open side M is singular (constants); both solves then remove the mean over fl
 Moving solids. With u_s the solid velocity normal to each face, the volume flux through a face is
 A u + (1 - A) u_s; the projection makes that composite flux divergence-free: M p = -div(A u +
 (1 - A) u_s) over fluid cells, u' = m (u - G p) + (1 - m) u_s, so solid faces carry u_s. The map
-is affine in u with the same linear part, so the adjoint is unchanged (u_s is prescribed).
+is affine in u with the same linear part, so the adjoint is unchanged.
+
+Geometry gradients. With psi the adjoint pressure (M psi = G^T m g), the same solve gives the
+gradient with respect to the solid velocities, (1 - m) g - (1 - A) G psi, and with respect to the
+open fractions, through both M and the right-hand side, -(m G psi) (u' - u_s) per open face (the
+mask m and the fluid cells are piecewise constant): autograd.project and bodies.project_with_pressure
+turn it into gradients with respect to obstacle and body poses.
 
 Viscosity. (I + nu dt K) u' = m u per face, K the negated face Laplacian (solid faces fixed
 at zero, no-slip walls through ghost values); symmetric, so the adjoint is another solve with the
@@ -68,7 +74,7 @@ def conjugate_gradient(apply_operator: Binder, rhs: torch.Tensor, preconditioner
 
     def remove_mean(x: torch.Tensor) -> None:
         if fluid is not None:
-            x.sub_(fluid * (torch.dot(x, fluid) / count))
+            x.addcmul_(fluid, torch.dot(x, fluid) / count, value=-1.0)  # in place: no temporary, no sync
 
     x = torch.zeros_like(rhs)
     r = rhs.clone()
@@ -191,6 +197,8 @@ class PressureProjection:
         """Solve M p = rhs (cells) to the tolerance; returns p with the shape of rhs."""
 
         def apply_operator(p: torch.Tensor, out: torch.Tensor):
+            if self.preconditioner == "multigrid":  # the same matrix as vectorised torch ops (faster on CPU)
+                return self.multigrid.bind_operator(p, out)
             return self.launcher.bind("apply_pressure_operator", self.cell_shape,
                                       [p.view(self.cell_shape), *self.areas],
                                       [self.cell_size, self.flags], [out.view(self.cell_shape)])

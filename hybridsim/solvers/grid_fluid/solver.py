@@ -6,7 +6,9 @@ A step, in order (each phase one kernel or one solve, each an autograd op):
    backtrace, or MacCormack with a clamping limiter; density also in conservative flux form);
 3. ``add_buoyancy`` (+ control accelerations), ``curl`` + ``confine_vorticity``;
 4. implicit viscosity (a CG solve);
-5. pressure projection (a CG solve to a tolerance; adjoint solve in backward).
+5. pressure projection (a CG solve to a tolerance; adjoint solve in backward, which also gives
+   the gradient with respect to the face open fractions and solid face velocities, hence the
+   obstacles' poses: ``model.obstacle_center`` / ``obstacle_angle``, and driven bodies' poses).
 
 With a temperature field (``model.has_temperature``): heating sources set it in step 1, it is
 advected like density in step 2 and then cools exponentially towards the ambient temperature,
@@ -18,7 +20,10 @@ A u + (1 - A) u_s), viscosity and projection the end geometry (solid faces get u
 ``step(state_in, state_out, control, dt)`` runs it without autograd and writes ``state_out``;
 ``step_differentiable(state, control, dt)`` returns a new state that torch can differentiate
 with respect to the state, the control and the model's learnable tensors. Neither mutates its
-input state.
+input state. Where no autograd graph is recorded (``step``, or nothing requires grad), steps 1-3
+run forward-only: static sources add a cached increment, MacCormack scalars take two fused
+launches instead of three, and semi-Lagrangian velocity transport and buoyancy one, with the
+same values bit for bit as the differentiable phases.
 """
 
 from __future__ import annotations
@@ -78,7 +83,10 @@ class SolverGridFluid:
 
     Args:
         model: the domain and its coefficients (learnable tensors may require grad; the
-            geometry, boundaries and face fractions are read once, here).
+            geometry, boundaries and face fractions are read once, here, the fractions from the
+            obstacles' current ``obstacle_center`` / ``obstacle_angle``; with one of those
+            requiring grad, each step recomputes the fractions (and moving obstacles' solid face
+            velocities) as differentiable tensors, so gradients reach the obstacles' poses).
         backend: ``"warp"`` or ``"taichi"``; both run the same numerics.
         device: ``"cpu"`` or ``"cuda"``; default: the model's.
         dtype: ``torch.float32`` or ``torch.float64``; default: the model's.
@@ -119,8 +127,11 @@ class SolverGridFluid:
         tolerance = pressure_tolerance if pressure_tolerance is not None else (1e-5 if dtype == torch.float32 else 1e-10)
         max_iterations = int(max_iterations) if max_iterations is not None else 20 * max(nx, ny) + 200
         to = dict(dtype=dtype, device=device)
-        self._area_x = model.face_fraction_x.detach().to(**to).contiguous()
-        self._area_y = model.face_fraction_y.detach().to(**to).contiguous()
+        areas = (model.face_fraction_x, model.face_fraction_y)
+        if model.obstacles:  # from the obstacles' current poses (they may have been set after finalize)
+            with torch.no_grad():
+                areas = model.face_fractions()
+        self._area_x, self._area_y = (a.detach().to(**to).contiguous() for a in areas)
         if tuple(self._area_x.shape) != model.face_shape_x or tuple(self._area_y.shape) != model.face_shape_y:
             raise HybridsimError(f"face fractions have shapes {tuple(self._area_x.shape)} and {tuple(self._area_y.shape)}; "
                                  f"expected {model.face_shape_x} and {model.face_shape_y}", field="face_fraction_x")
@@ -138,6 +149,7 @@ class SolverGridFluid:
                                           max_iterations=max_iterations)
         self._zero_acceleration = (torch.zeros(model.face_shape_x, **to), torch.zeros(model.face_shape_y, **to))
         self._cfl_warned = False
+        self._inflow_cache = None  # (key, increment): see _inflow_increment
         self._solve_options = dict(tolerance=tolerance, max_iterations=max_iterations, preconditioner=preconditioner)
         self._moving = model.has_moving_obstacles
         self._geometries: dict[float, SimpleNamespace] = {}
@@ -192,7 +204,8 @@ class SolverGridFluid:
         ``bodies_end`` (the same bodies where they are at the end of it); the model's prescribed
         obstacles take part as usual. Returns (new state, the projection's pressure [m^2/s] (nx, ny),
         the end geometry, see ``bodies.body_face_geometry``); a torch autograd op that also flows
-        into the bodies' velocities. ``bodies.body_impulses`` turns the pressure into loads."""
+        into the bodies' velocities and, where given as tensors, their poses (centre, angle).
+        ``bodies.body_impulses`` turns the pressure into loads."""
         time = float(state.time)
         start = self.body_geometry(time, bodies_start, solves=False)  # transport needs no solves
         end = self.body_geometry(time + float(dt), bodies_end)
@@ -207,10 +220,11 @@ class SolverGridFluid:
         cut = body_face_geometry(self.model, time, bodies)
         area_x, area_y = cut.area_x.to(**to).contiguous(), cut.area_y.to(**to).contiguous()
         cut.solid, cut.driven, cut.pressure = (cut.solid_x.to(**to), cut.solid_y.to(**to)), True, None
-        cut.area_x, cut.area_y = area_x, area_y
+        cut.area_x, cut.area_y = area_x, area_y  # differentiable in the bodies' poses (the solves use the values)
         if not solves:
             return cut
-        projection = PressureProjection(self._launcher, area_x, area_y, cell_size=self._dx, flags=self._flags,
+        projection = PressureProjection(self._launcher, area_x.detach(), area_y.detach(), cell_size=self._dx,
+                                        flags=self._flags,
                                         singular=self.model.pressure_is_singular, **self._solve_options)
         options = {k: v for k, v in self._solve_options.items() if k != "preconditioner"}
         diffusion = ViscousDiffusion(self._launcher, projection.mask_x, projection.mask_y, cell_size=self._dx,
@@ -226,7 +240,8 @@ class SolverGridFluid:
         geometry = self._geometries.get(time)
         if geometry is None:
             to = dict(dtype=self.dtype, device=self.device)
-            area_x, area_y, solid_x, solid_y = (t.to(**to).contiguous() for t in self.model.obstacle_faces(time))
+            with torch.no_grad():  # the values; ``_live_geometry`` adds the graph to the obstacles' poses
+                area_x, area_y, solid_x, solid_y = (t.to(**to).contiguous() for t in self.model.obstacle_faces(time))
             projection = PressureProjection(self._launcher, area_x, area_y, cell_size=self._dx, flags=self._flags,
                                             singular=self.model.pressure_is_singular, **self._solve_options)
             options = {k: v for k, v in self._solve_options.items() if k != "preconditioner"}
@@ -239,10 +254,60 @@ class SolverGridFluid:
             self._geometries[time] = geometry
         return geometry
 
+    def _pose_gradients(self) -> bool:
+        return self.model.obstacle_pose_requires_grad and torch.is_grad_enabled()
+
+    def _live_areas(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The static face fractions as tensors differentiable in the obstacles' poses (the values
+        the solves were built from) when a pose needs a gradient, else None."""
+        if not self._pose_gradients():
+            return None
+        to = dict(dtype=self.dtype, device=self.device)
+        return tuple(a.to(**to).contiguous() for a in self.model.face_fractions())
+
+    def _live_geometry(self, geometry: SimpleNamespace | None, time: float) -> SimpleNamespace | None:
+        """``geometry`` (moving obstacles at ``time``) with its fractions and solid velocities
+        recomputed as tensors differentiable in the obstacles' poses, when a pose needs a gradient
+        (fresh every step: a cached graph could be backpropagated through only once)."""
+        if geometry is None or not self._pose_gradients():
+            return geometry
+        to = dict(dtype=self.dtype, device=self.device)
+        area_x, area_y, solid_x, solid_y = (t.to(**to).contiguous() for t in self.model.obstacle_faces(float(time)))
+        return SimpleNamespace(area_x=area_x, area_y=area_y, solid=(solid_x, solid_y), projection=geometry.projection,
+                               diffusion=geometry.diffusion)
+
     # ------------------------------------------------------------------ the step
     def _phase(self, kernel, dim, scalars, output_shapes, *inputs) -> tuple[torch.Tensor, ...]:
         phase = KernelPhase(self._launcher, kernel, dim, tuple(scalars), tuple(output_shapes))
         return kernel_phase(phase, *inputs)
+
+    def _launch(self, kernel, dim, output_shapes, inputs, scalars) -> tuple[torch.Tensor, ...]:
+        """One forward-only kernel launch (no autograd node) into new output tensors."""
+        inputs = [t.detach().contiguous() for t in inputs]
+        outputs = [inputs[0].new_empty(shape) for shape in output_shapes]
+        self._launcher.launch(kernel, dim, inputs, scalars, outputs)
+        return tuple(outputs)
+
+    def _inflow_increment(self, source_count: int, dt: float, sources: tuple) -> torch.Tensor:
+        """dt x sum of rate x coverage per cell (forward only): what ``add_inflow`` adds, launched on
+        zeros, so ``density + increment`` is its value bit for bit. Cached while dt and the sources'
+        values (a few numbers per source) stay the same: static sources cost one add per step."""
+        key = (source_count, dt, tuple(torch.cat([s.detach().reshape(-1) for s in sources]).tolist()))
+        cached = self._inflow_cache
+        if cached is None or cached[0] != key:
+            zeros = torch.zeros(self.cell_dim, dtype=self.dtype, device=self.device)
+            (increment,) = self._launch(("add_inflow", source_count), self.cell_dim, (self.cell_dim,),
+                                        (zeros, *sources), (self._dx, dt))
+            cached = self._inflow_cache = (key, increment)
+        return cached[1]
+
+    @staticmethod
+    def _forward_only(*tensors) -> bool:
+        """Whether no autograd graph is recorded through these tensors: then transport and buoyancy
+        run as fused forward-only kernels (MacCormack scalars in two launches instead of three,
+        semi-Lagrangian velocity transport and buoyancy in one), which give the same values bit for
+        bit as the separate differentiable phases."""
+        return not torch.is_grad_enabled() or not any(t is not None and t.requires_grad for t in tensors)
 
     def _coefficient(self, value: torch.Tensor, name: str, shape: tuple) -> torch.Tensor:
         value = value.to(dtype=self.dtype, device=self.device)
@@ -259,13 +324,20 @@ class SolverGridFluid:
         self._check_cfl(u, v, dt, state.step_count)
         shape_x, shape_y, cells = tuple(u.shape), tuple(v.shape), tuple(density.shape)
         time = float(state.time)
-        start, end = geometry if geometry is not None else (self._geometry(time), self._geometry(time + dt))
+        live = None  # static obstacles' fractions as tensors differentiable in their poses, when needed
+        if geometry is None:
+            start, end = (self._live_geometry(self._geometry(t), t) for t in (time, time + dt))
+            live = self._live_areas() if start is None else None
+        else:
+            start, end = geometry
         projection = end.projection if end is not None else self.projection
         diffusion = end.diffusion if end is not None else self.diffusion
         flux = None  # conservative transport: the composite flux through faces cut by moving solids
         if start is not None:
             flux = (start.area_x * u + (1.0 - start.area_x) * start.solid[0],
                     start.area_y * v + (1.0 - start.area_y) * start.solid[1], *self._ones)
+        elif live is not None:
+            flux = (u, v, *live)
         temperature = None
         if model.has_temperature:
             ambient = self._coefficient(model.ambient_temperature, "ambient_temperature", (1,))
@@ -277,11 +349,15 @@ class SolverGridFluid:
         source_count = model.inflow_count
         if source_count:
             rate = control.inflow_rate if control.inflow_rate is not None else model.inflow_rate
-            (density,) = self._phase(("add_inflow", source_count), self.cell_dim, (dx, dt), (cells,), density,
-                                     self._coefficient(model.inflow_center, "inflow_center", (source_count, 2)),
-                                     self._coefficient(model.inflow_size, "inflow_size", (source_count, 2)),
-                                     self._coefficient(rate, "inflow_rate", (source_count,)),
-                                     self._coefficient(model.inflow_is_box, "inflow_is_box", (source_count,)))
+            sources = (self._coefficient(model.inflow_center, "inflow_center", (source_count, 2)),
+                       self._coefficient(model.inflow_size, "inflow_size", (source_count, 2)),
+                       self._coefficient(rate, "inflow_rate", (source_count,)),
+                       self._coefficient(model.inflow_is_box, "inflow_is_box", (source_count,)))
+            if self._forward_only(density, *sources):
+                density = density + self._inflow_increment(source_count, dt, sources)
+            else:
+                (density,) = self._phase(("add_inflow", source_count), self.cell_dim, (dx, dt), (cells,), density,
+                                         *sources)
             if temperature is not None and float(model.inflow_heats.detach().sum()) > 0:
                 (temperature,) = self._phase(
                     ("heat_inflow", source_count), self.cell_dim, (dx,), (cells,), temperature,
@@ -291,23 +367,34 @@ class SolverGridFluid:
                     self._coefficient(model.inflow_heats, "inflow_heats", (source_count,)),
                     self._coefficient(model.inflow_is_box, "inflow_is_box", (source_count,)))
 
-        # 2. transport by the start-of-step velocity
-        u_new, v_new = self._advect_velocity(u, v, dt, (projection.mask_x, projection.mask_y))
-        density = self._advect_density(density, u, v, dt, flux)
+        # 2. transport by the start-of-step velocity (velocity after the scalars: without autograd it
+        # fuses with the buoyancy of the new density, see _forward_only)
+        acceleration_x = control.acceleration_x if control.acceleration_x is not None else self._zero_acceleration[0]
+        acceleration_y = control.acceleration_y if control.acceleration_y is not None else self._zero_acceleration[1]
+        buoyancy = self._coefficient(model.buoyancy, "buoyancy", (1,))
+        # (the flux may carry gradients to obstacle / body poses and velocities: then no fusion)
+        fused = self._forward_only(u, v, density, temperature, acceleration_x, acceleration_y, buoyancy,
+                                   *(flux if flux is not None and self.density_advection == "conservative" else ()))
+        density = self._advect_density(density, u, v, dt, flux, fused=fused)
         if temperature is not None:
-            temperature = self._advect_density(temperature, u, v, dt, flux)
+            temperature = self._advect_density(temperature, u, v, dt, flux, fused=fused)
             cooling = self._coefficient(model.cooling_rate, "cooling_rate", (1,))
             if cooling.requires_grad or float(cooling.detach()[0]) != 0.0:
                 (temperature,) = self._phase("cool_temperature", self.cell_dim, (dt,), (cells,), temperature, ambient,
                                              cooling)
 
         # 3. body forces
-        acceleration_x = control.acceleration_x if control.acceleration_x is not None else self._zero_acceleration[0]
-        acceleration_y = control.acceleration_y if control.acceleration_y is not None else self._zero_acceleration[1]
         up_x, up_y = (-g for g in model.gravity_direction)
-        u_new, v_new = self._phase("add_buoyancy", self.face_dim, (up_x, up_y, dt, *self._grid), (shape_x, shape_y),
-                                   u_new, v_new, density, acceleration_x.to(self.dtype), acceleration_y.to(self.dtype),
-                                   self._coefficient(model.buoyancy, "buoyancy", (1,)))
+        masks = (projection.mask_x, projection.mask_y)
+        accelerations = (acceleration_x.to(self.dtype).contiguous(), acceleration_y.to(self.dtype).contiguous())
+        if fused and self.advection == "semi_lagrangian":
+            u_new, v_new = self._launch("advect_velocity_buoyancy", self.face_dim, (shape_x, shape_y),
+                                        (u, v, *masks, density, *accelerations, buoyancy),
+                                        (dx, dt, up_x, up_y, *self._grid))
+        else:
+            u_new, v_new = self._advect_velocity(u, v, dt, masks, fused=fused)
+            u_new, v_new = self._phase("add_buoyancy", self.face_dim, (up_x, up_y, dt, *self._grid),
+                                       (shape_x, shape_y), u_new, v_new, density, *accelerations, buoyancy)
         if temperature is not None:
             u_new, v_new = self._phase("add_temperature_buoyancy", self.face_dim, (up_x, up_y, dt, *self._grid),
                                        (shape_x, shape_y), u_new, v_new, temperature,
@@ -326,9 +413,11 @@ class SolverGridFluid:
 
         # 5. incompressibility (against the obstacles where they are at the end of the step)
         if getattr(end, "driven", False):  # bodies: keep the pressure for their loads
-            u_new, v_new, end.pressure = project_with_pressure(projection, u_new, v_new, *end.solid)
+            u_new, v_new, end.pressure = project_with_pressure(projection, u_new, v_new, *end.solid,
+                                                               areas=(end.area_x, end.area_y))
         else:
-            u_new, v_new = project(projection, u_new, v_new, end.solid if end is not None else None)
+            u_new, v_new = project(projection, u_new, v_new, end.solid if end is not None else None,
+                                   (end.area_x, end.area_y) if end is not None else live)
         self.last_projection = projection
 
         new = GridFluidState(u_new, v_new, density, state.step_count + 1, temperature, time + dt)
@@ -336,8 +425,16 @@ class SolverGridFluid:
             self._check_finite_state(new)
         return new
 
-    def _advect_velocity(self, u, v, dt, masks):
+    def _advect_velocity(self, u, v, dt, masks, fused=False):
+        """Transport the face velocities by themselves; ``fused``: MacCormack as two forward-only
+        launches (the same values, no autograd)."""
         shapes, dim, scalars = (tuple(u.shape), tuple(v.shape)), self.face_dim, (self._dx, dt, *self._grid)
+        if fused and self.advection == "maccormack":
+            outputs = (*shapes, shapes[0], shapes[0], shapes[1], shapes[1])  # forward, u's range, v's range
+            u_forward, v_forward, *ranges = self._launch("maccormack_velocity_forward", dim, outputs,
+                                                         (u, v, *masks), scalars)
+            return self._launch("maccormack_velocity_correct", dim, shapes,
+                                (u, v, u_forward, v_forward, *ranges, *masks), scalars)
         u_forward, v_forward = self._phase("advect_velocity", dim, scalars, shapes, u, v, u, v, *masks)
         if self.advection == "semi_lagrangian":
             return u_forward, v_forward
@@ -345,13 +442,18 @@ class SolverGridFluid:
                                      u, v, *masks)
         return self._phase("correct_velocity", dim, scalars, shapes, u, v, u_forward, v_forward, u_back, v_back, *masks)
 
-    def _advect_density(self, density, u, v, dt, flux=None):
+    def _advect_density(self, density, u, v, dt, flux=None, fused=False):
         """Transport a cell scalar (density, temperature); ``flux`` = (flux velocities, face weights)
-        for the conservative scheme (default: u, v with the static face fractions)."""
+        for the conservative scheme (default: u, v with the static face fractions). ``fused``: run
+        MacCormack as two forward-only launches (the same values, no autograd)."""
         cells, dim, scalars = (tuple(density.shape),), self.cell_dim, (self._dx, dt, *self._grid)
         if self.density_advection == "conservative":
             flux = flux if flux is not None else (u, v, self._area_x, self._area_y)
             (out,) = self._phase("advect_conservative", dim, scalars, cells, density, *flux)
+            return out
+        if fused and self.density_advection == "maccormack":
+            forward, lo, hi = self._launch("maccormack_scalar_forward", dim, cells * 3, (density, u, v), scalars)
+            (out,) = self._launch("maccormack_scalar_correct", dim, cells, (density, forward, lo, hi, u, v), scalars)
             return out
         (forward,) = self._phase("advect_scalar", dim, scalars, cells, density, u, v)
         if self.density_advection == "semi_lagrangian":
