@@ -134,4 +134,4 @@ def test_interrupted_levenberg_marquardt_fit_resumes_identically(tmp_path):
     assert resumed.loss_history == full.loss_history and resumed.values == full.values
     saved = json.loads((tmp_path / "cut" / "checkpoint.json").read_text())
     assert saved["config"]["optimizer"] == "levenberg_marquardt"
-    assert set(saved["restarts"][0]["levenberg_marquardt"]) == {"damping", "converged", "step_scale"}
+    assert set(saved["restarts"][0]["levenberg_marquardt"]) == {"damping", "converged", "step_scale", "observed"}

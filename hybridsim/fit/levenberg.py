@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import SimulationError
-from .losses import rendered_centroids
-from .target import mask_moments
+from .losses import moment_residuals, rendered_centroids
 
 __all__ = ["LM_MAX_COMPONENTS", "LM_SCENE_KINDS", "LevenbergMarquardt", "fit_residuals"]
 
@@ -74,25 +73,28 @@ STEP_TOLERANCE = 1e-4
 """An accepted step smaller than this in every component of u (on the full window) means converged."""
 
 
-def fit_residuals(alpha, projected, pixels, target, frames: int, weights: dict, evidence=None) -> torch.Tensor:
+def fit_residuals(alpha, projected, pixels, target, frames: int, weights: dict, evidence=None,
+                  evidence_alpha=None) -> torch.Tensor:
     """Residual vector (pixels) of one render: see the module docstring.
 
-    ``alpha`` (T, H, W) coverage, ``projected`` (T, 2) mean projected centre, ``pixels`` (T, N, 2)
-    projected centres of the moving objects; ``target`` a Target; ``weights`` the loss weights
-    (a block enters scaled by the square root of its term's weight, and not at all at weight 0).
+    ``alpha`` (T, H, W) coverage compared with the target's mask, ``projected`` (T, 2) mean
+    projected centre, ``pixels`` (T, N, 2) projected centres of the moving objects; ``target`` a
+    Target; ``weights`` the loss weights (a block enters scaled by the square root of its term's
+    weight, and not at all at weight 0); ``evidence_alpha`` the coverage compared with the user's
+    masks (default ``alpha``).
     """
     alpha = alpha.double()
+    evidence_alpha = alpha if evidence_alpha is None else evidence_alpha.double()
     visible = target.visible[:frames].to(alpha.device)
     blocks = []
     if weights.get("centroid", 0.0) > 0.0:
         centroid = rendered_centroids(alpha, projected.double())
-        diff = (centroid - target.centroid[:frames].to(alpha.device))[visible].reshape(-1)
-        area, _ = mask_moments(alpha)
-        size = (torch.sqrt(area) - torch.sqrt(target.area[:frames].to(alpha.device)))[visible]
+        diff, size, _ = moment_residuals(alpha, target, frames, ok=visible, centroid=centroid)
         blocks += [math.sqrt(weights["centroid"]) * diff, math.sqrt(weights["centroid"]) * size]
-    for name, mask in (("silhouette", target.mask), ("masks", getattr(evidence, "masks", None))):
+    for name, mask, rendered in (("silhouette", target.mask, alpha),
+                                 ("masks", getattr(evidence, "masks", None), evidence_alpha)):
         if mask is not None and weights.get(name, 0.0) > 0.0:
-            diff = alpha - mask[:frames].to(alpha.device, alpha.dtype)
+            diff = rendered - mask[:frames].to(alpha.device, alpha.dtype)
             pooled = F.avg_pool2d(diff[:, None], SILHOUETTE_POOL, ceil_mode=True) * SILHOUETTE_POOL
             blocks.append(math.sqrt(weights[name]) * pooled.reshape(-1))
     if evidence is not None and getattr(evidence, "track_points", None) is not None and weights.get("tracks", 0.0) > 0:
@@ -121,13 +123,22 @@ class LevenbergMarquardt:
     last evaluation only saves a rollout and is recomputed (identically) after a resume.
     """
 
-    def __init__(self, damping: float = DAMPING_START, converged: bool = False, step_scale: float = 1.0):
+    def __init__(self, damping: float = DAMPING_START, converged: bool = False, step_scale: float = 1.0,
+                 observed: bool = False):
         self.damping = float(damping)
         self.converged = bool(converged)
+        self.observed = bool(observed)
+        """The second phase of a fit with observed coverage (``FitSettings.coverage``): after
+        converging on the rendered coverage, the restart goes on comparing observed coverages."""
         self.step_scale = float(step_scale)
         """Factor on the forward-difference steps: halved each time no trial step lowers the cost
         (the Jacobian was too coarse there), until MIN_STEP_SCALE."""
         self._last: _Point | None = None
+
+    def start_observed_phase(self) -> None:
+        """Converged on the rendered coverage: start again (damping, steps) on the observed one."""
+        self.observed, self.converged = True, False
+        self.damping, self.step_scale, self._last = DAMPING_START, 1.0, None
 
     def _at(self, evaluate, u: torch.Tensor, window: int) -> _Point:
         last = self._last

@@ -74,12 +74,24 @@ def multiscale_rgb_loss(rgb: torch.Tensor, target_rgb: torch.Tensor, scales=RGB_
     return total / len(scales)
 
 
-def moment_residuals(alpha: torch.Tensor, target, frames: int) -> torch.Tensor:
-    """Residual vector for the Laplace approximation (pixels): for each frame where target and render
-    are both visible, centroid x, y differences and sqrt(area) difference (an apparent-size residual)."""
-    area, centroid = mask_moments(alpha.double())
-    t_area, t_centroid = target.area[:frames], target.centroid[:frames]
-    ok = target.visible[:frames] & (area >= MIN_AREA_PX)
+def moment_residuals(alpha: torch.Tensor, target, frames: int, ok: torch.Tensor | None = None,
+                     centroid: torch.Tensor | None = None):
+    """Image-moment residuals (pixels) of a render against the target's mask, on the frames ``ok``:
+    (centroid x, y differences flattened (2 n,), sqrt(area) differences (n,) (an apparent-size
+    residual), ok). The Laplace uncertainty and the Levenberg-Marquardt residuals share it.
+
+    ``ok`` (T,) bool, a fixed frame selection (so residual counts never change between renders);
+    default: frames where the target is visible and the render covers >= MIN_AREA_PX.
+    ``centroid`` (T, 2): the render's centroids when they are not alpha's own (the LM passes
+    :func:`rendered_centroids`, with the projected centre where the render covers < 1 px)."""
+    alpha = alpha.double()
+    area, own = mask_moments(alpha)
+    centroid = own if centroid is None else centroid.double()
+    t_area = target.area[:frames].to(alpha.device, torch.float64)
+    t_centroid = target.centroid[:frames].to(alpha.device, torch.float64)
+    if ok is None:
+        ok = target.visible[:frames].to(alpha.device) & (area >= MIN_AREA_PX)
+    ok = ok.to(alpha.device)
     res_c = (centroid - t_centroid)[ok].reshape(-1)
     res_a = (torch.sqrt(area) - torch.sqrt(t_area))[ok]
     return res_c, res_a, ok

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from ..errors import AssetError
 
 __all__ = ["Target", "prepare_target", "load_target_frames", "load_camera_json", "foreground_mask",
-           "resample_frames", "mask_moments", "first_frame_background"]
+           "resample_frames", "mask_moments", "first_frame_background", "observed_coverage", "observed_target",
+           "quantize_uint8"]
 
 MIN_THRESHOLD = 0.08
 """Smallest colour distance (RGB in [0, 1], Euclidean) that counts as foreground."""
@@ -164,6 +165,51 @@ def foreground_mask(frames: torch.Tensor, background: torch.Tensor | None = None
     soft = coverage.clamp(0.0, 1.0)  # linear in the pixel, so zero-mean noise adds no bias (unlike a distance)
     mask = torch.where(inner > 0, torch.ones_like(soft), soft * near)
     return mask, background, threshold, noise
+
+
+def quantize_uint8(rgb: torch.Tensor) -> torch.Tensor:
+    """``rgb`` rounded to 8 bits as every target is (:func:`prepare_target`), with the identity's
+    gradient (straight-through): a render and a target of the same image then compare exactly."""
+    rounded = torch.round(rgb.detach().clamp(0.0, 1.0) * 255.0) / 255.0
+    return rgb + (rounded - rgb.detach())
+
+
+def observed_coverage(frames: torch.Tensor, background: torch.Tensor, threshold: float,
+                      quantize: bool = True) -> torch.Tensor:
+    """A smooth background-subtraction coverage of frames (T, H, W, 3) over a known ``background``
+    (H, W, 3): the fit applies it to the target and to its renders alike (``FitSettings.coverage =
+    "observed"``), so a render of the true values gives exactly the target's mask.
+
+    Per pixel, a = clamp((pixel - bg) . s / (|s|^2 + threshold^2), 0, 1), the compositing model
+    pixel = a fg + (1 - a) bg with s = fg - bg estimated as the mean of (pixel - bg) over the 7x7
+    neighbourhood weighted by |pixel - bg|^4 (the most covered pixels near it), times a gate that
+    is 0 where no pixel within 2 px differs from the background by more than ``threshold`` and 1
+    where one differs by twice that (noise far from objects adds no area). Unlike
+    :func:`foreground_mask` it selects no pixel sets, so it is continuous in the pixels (and
+    differentiable through a render): membership jumps would leave small local minima in the
+    loss along which Levenberg-Marquardt stalls. With ``quantize`` renders are rounded to 8 bits
+    first, as targets are (:func:`quantize_uint8`, straight-through; a no-op on targets); the
+    Laplace uncertainty's finite differences (steps far below one grey level) pass False."""
+    x = quantize_uint8(frames) if quantize else frames
+    diff = x - background.to(x.device, x.dtype)
+    d2 = (diff * diff).sum(-1)  # (T, H, W)
+    weight = (d2 * d2)[:, None]  # |pixel - bg|^4
+    pool = lambda v: F.avg_pool2d(v, 7, stride=1, padding=3, count_include_pad=False)  # noqa: E731
+    step = pool(weight * diff.permute(0, 3, 1, 2)) / (pool(weight) + 1e-20)  # (T, 3, H, W): fg - bg
+    step = step.permute(0, 2, 3, 1)
+    a = (diff * step).sum(-1) / ((step * step).sum(-1) + float(threshold) ** 2)
+    near = F.max_pool2d(torch.sqrt(d2 + 1e-20)[:, None], 5, stride=1, padding=2)[:, 0]
+    gate = ((near - threshold) / threshold).clamp(0.0, 1.0)
+    return a.clamp(0.0, 1.0) * gate
+
+
+def observed_target(target: "Target", background: torch.Tensor) -> "Target":
+    """``target`` with its mask, area, centroid and visibility from :func:`observed_coverage`."""
+    import dataclasses
+
+    mask = observed_coverage(target.rgb.float(), background.float(), target.threshold).contiguous()
+    area, centroid = mask_moments(mask.double())
+    return dataclasses.replace(target, mask=mask, area=area, centroid=centroid, visible=area >= MIN_AREA_PX)
 
 
 def is_shadow(pixels: torch.Tensor, lit: torch.Tensor) -> torch.Tensor:

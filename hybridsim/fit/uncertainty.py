@@ -20,6 +20,7 @@ import math
 import torch
 
 from .losses import moment_residuals
+from .target import observed_coverage
 
 __all__ = ["laplace_uncertainty", "SIGMA_FLOOR_PX", "NULL_COMPONENT"]
 
@@ -28,11 +29,14 @@ NULL_COMPONENT = 0.1
 FD_STEP = 1e-3
 
 
-def laplace_uncertainty(world64, camera, target, specs, values: dict, frames: int, *, motion_prior=None) -> dict:
+def laplace_uncertainty(world64, camera, target, specs, values: dict, frames: int, *, motion_prior=None,
+                        observe: dict | None = None) -> dict:
     """Per parameter path: {"uncertainty": float|list|None, "identifiable": bool|list, "curvature": ...}.
 
     ``world64`` is a float64 World of the fitted scene; ``values`` the fitted values (path -> number or list).
-    ``motion_prior``: a trained ResidualForcePrior kept fixed inside the rollouts.
+    ``motion_prior``: a trained ResidualForcePrior kept fixed inside the rollouts. ``observe``: the
+    fit's measurement of its renders (keyword arguments of :func:`observed_coverage`), None for
+    the rendered coverage.
     """
     from .scenes import fit_scene
 
@@ -62,14 +66,18 @@ def laplace_uncertainty(world64, camera, target, specs, values: dict, frames: in
                 motion_prior.mass = world64.model(params_of(theta)).mass.detach()
                 prior = motion_prior
             trajectory = scene.rollout(params_of(theta), frames - 1, check=False, motion_prior=prior)
-            return scene.render(trajectory, params_of(theta), camera)["coverage"].cpu()
+            out = scene.render(trajectory, params_of(theta), camera)
+            if observe is not None:
+                # unrounded: the differences below are far smaller than one grey level
+                return observed_coverage(out["rgb"], **observe, quantize=False).cpu()
+            return out["coverage"].cpu()
 
     alpha0 = alpha_of(theta0)
     res_c0, res_a0, ok = moment_residuals(alpha0, target, frames)
 
     def residuals(theta):
         alpha = alpha_of(theta)
-        rc, ra, _ = moment_residuals_fixed(alpha, target, frames, ok)
+        rc, ra, _ = moment_residuals(alpha, target, frames, ok)
         return rc, ra
 
     jac_c = torch.zeros((res_c0.numel(), p), dtype=torch.float64)
@@ -130,12 +138,3 @@ def laplace_uncertainty(world64, camera, target, specs, values: dict, frames: in
     out["_frames_used"] = int(ok.sum())
     return out
 
-
-def moment_residuals_fixed(alpha, target, frames, ok):
-    """Like :func:`moment_residuals` but on a fixed frame selection ``ok`` (so lengths never change)."""
-    from .target import mask_moments
-
-    area, centroid = mask_moments(alpha.double())
-    res_c = (centroid - target.centroid[:frames])[ok].reshape(-1)
-    res_a = (torch.sqrt(area) - torch.sqrt(target.area[:frames]))[ok]
-    return res_c, res_a, ok
