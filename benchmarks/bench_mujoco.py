@@ -9,11 +9,19 @@ Scenes (the same geometry, masses, friction and time step on both sides; float32
 - ``mujoco_box_slide``: one box pushed at 3 m/s sliding to rest (mu = 0.5). Steps per second; the
   stop distances of both against v0^2 / (2 mu g) are in ``extra``.
 - ``mujoco_batch256``: 256 independent worlds of the 64-sphere scene (each with its own small
-  random jitter of the initial heights), as world-steps per second. MuJoCo: ``mujoco.rollout``
-  with one MjData per thread (2 threads; the 1-thread figure is in ``extra``). Ours: the 256
-  scenes are the worlds of one model (``RigidBuilder.add_builder``), stepped together with one
-  launch per phase (each world gets the bits it would alone); the solve walks the worlds'
-  slots in one thread (Warp's CPU launches are single-threaded).
+  random jitter of the initial heights), 240 steps, as world-steps per second. MuJoCo:
+  ``mujoco.rollout`` with one MjData per thread (2 threads; the 1-thread figure is in ``extra``).
+  Ours: the 256 scenes are the worlds of one model (``RigidBuilder.add_builder``), stepped
+  together with one launch per phase (each world gets the bits it would alone); the contact solve
+  runs one Gauss-Seidel thread per world. Both backends are measured and the faster is the
+  headline (``extra["ours_backend"]``; both rates are in ``extra``): Taichi runs every phase on
+  its CPU pool, capped at 2 threads like MuJoCo (``TI_CPU_MAX_NUM_THREADS``, unless Taichi was
+  initialised earlier in the process: ``extra["ours_taichi_threads"]`` says what it had); Warp's
+  CPU launches run on one thread, so the Warp solver runs its two contact solves as 2 launches
+  over halves of the worlds side by side (``SolverRigid(cpu_threads=2)``) and its other phases
+  (contact generation, integration) and the torch broad phase on one thread. ``extra`` also has
+  each side's CPU time per world-step (all threads), which other load on the machine does not
+  inflate the way it does wall time.
 - ``mujoco_backward_vs_forward``: backward / forward time of a differentiable rollout of the
   64-sphere scene (ours: torch autograd through our adjoint kernels) against what a gradient
   through a MuJoCo rollout costs with MuJoCo's own tools: one ``mjd_transitionFD`` (forward
@@ -126,11 +134,11 @@ def _ours_box():
     return builder.finalize(dtype=torch.float32)
 
 
-def _ours_run(model, steps: int, backend: str = "warp"):
+def _ours_run(model, steps: int, backend: str = "warp", cpu_threads: int = 1):
     """A closure stepping ``steps`` steps from the model's initial state; returns the last state."""
     from hybridsim.solvers.rigid import SolverRigid
 
-    solver = SolverRigid(model, backend=backend)
+    solver = SolverRigid(model, backend=backend, cpu_threads=cpu_threads)
 
     def go():
         state = model.state()
@@ -275,6 +283,36 @@ def box_slide(quick: bool) -> Record:
                   extra=extra)
 
 
+BATCH_THREADS = 2  # MuJoCo's rollout threads, and the CPU threads ours may use (Taichi's pool, torch)
+
+
+def _taichi_threads() -> int:
+    """Initialise Taichi for the CPU with a pool of BATCH_THREADS threads (unless something in this
+    process initialised it first) and return the pool size it actually has."""
+    import os
+
+    from hybridsim import backends
+
+    os.environ.setdefault("TI_CPU_MAX_NUM_THREADS", str(BATCH_THREADS))  # read by ti.init
+    ti = backends.taichi("cpu")
+    return int(ti.lang.impl.current_cfg().cpu_max_num_threads)
+
+
+def _timed(fn) -> tuple[float, float]:
+    """Wall and CPU seconds (all of this process's threads) of one ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def _ours_batch_rate(model, worlds: int, steps: int, backend: str) -> tuple[float, float]:
+    """World-steps per second of ``steps`` forward-only steps of all worlds (after a first step that
+    loads the kernels), and the CPU microseconds per world-step."""
+    _ours_run(model, 1, backend, BATCH_THREADS)()
+    wall, cpu = _timed(_ours_run(model, steps, backend, BATCH_THREADS))
+    return worlds * steps / wall, cpu / (worlds * steps) * 1e6
+
+
 @case("mujoco_batch256")
 def batch256(quick: bool) -> Record:
     mujoco = _mujoco()
@@ -283,15 +321,21 @@ def batch256(quick: bool) -> Record:
     from mujoco import rollout
 
     worlds, steps = (16, 24) if quick else (256, 240)
-    # ours: the worlds of one model (each its own seed), all stepped by one solver
-    start = time.perf_counter()
-    model = _ours_sphere_worlds(64, worlds)
-    build_s = time.perf_counter() - start
-    _ours_run(model, 1)()  # kernel loads
-    start = time.perf_counter()
-    _ours_run(model, steps)()
-    t_ours = (time.perf_counter() - start) / (worlds * steps)
-    # MuJoCo: 256 initial states, the same jitter scheme, stepped by rollout's thread pool
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(min(torch_threads, BATCH_THREADS))  # the broad phase's torch ops
+    try:
+        taichi_threads = _taichi_threads()
+        # ours: the worlds of one model (each its own seed), all stepped by one solver, on both backends
+        start = time.perf_counter()
+        model = _ours_sphere_worlds(64, worlds)
+        build_s = time.perf_counter() - start
+        measured = {backend: _ours_batch_rate(model, worlds, steps, backend) for backend in ("warp", "taichi")}
+        ours_torch_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(torch_threads)
+    ours = {backend: rate for backend, (rate, _) in measured.items()}
+    best = max(ours, key=ours.get)
+    # MuJoCo: the same initial states (the same jitter scheme), stepped by rollout's thread pool
     mj_model = mujoco.MjModel.from_xml_string(_mjcf_spheres(64))
     data = mujoco.MjData(mj_model)
     spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
@@ -302,23 +346,42 @@ def batch256(quick: bool) -> Record:
         qpos = data.qpos.reshape(64, 7)
         qpos[:, :3] = _sphere_centres(64, w)
         mujoco.mj_getState(mj_model, data, initial[w], spec)
-    rates = {}
-    for threads in (1, 2):
+    rates, mj_cpu = {}, {}
+    for threads in (1, BATCH_THREADS):
         datas = [mujoco.MjData(mj_model) for _ in range(threads)]
 
         def go():
             rollout.rollout(mj_model, datas, initial, nstep=steps)
 
-        rates[threads] = worlds * steps / median_time(go, repeats=1 if not quick else 3, warmup=0)
-    return Record("mujoco_batch256", 1.0 / t_ours, rates[2], "world-steps/s",
-                  f"warp rigid solver, {worlds} worlds in one model ({model.contact_count:,} slots), one launch per "
-                  f"phase, 1 thread, {steps} steps",
-                  f"mujoco {mujoco.__version__} rollout, {worlds} worlds x {steps} steps, 2 threads",
-                  2,
-                  notes="ours steps all worlds together, but its Gauss-Seidel solve walks them in one thread (no "
-                        "parallel world axis on Warp's CPU backend); mujoco's rollout spreads worlds over 2 threads",
-                  extra={"mujoco_1_thread_world_steps_per_s": rates[1], "mujoco_2_thread_world_steps_per_s": rates[2],
-                         "ours_threads": 1, "ours_build_s": build_s, "steps": steps, "worlds": worlds})
+        wall, cpu = min((_timed(go) for _ in range(1 if not quick else 3)), key=lambda t: t[0])
+        rates[threads] = worlds * steps / wall
+        mj_cpu[threads] = cpu / (worlds * steps) * 1e6
+    threads_of = {"warp": BATCH_THREADS, "taichi": taichi_threads}
+    return Record("mujoco_batch256", ours[best], rates[BATCH_THREADS], "world-steps/s",
+                  f"{best} rigid solver (the faster backend here), {worlds} worlds in one model "
+                  f"({model.contact_count:,} slots), one launch per phase, {threads_of[best]} solver threads, "
+                  f"{steps} steps, float32",
+                  f"mujoco {mujoco.__version__} rollout, {worlds} worlds x {steps} steps, {BATCH_THREADS} threads",
+                  BATCH_THREADS,
+                  notes=(f"ours steps all worlds together; the contact solve runs one Gauss-Seidel thread per world "
+                         f"(the same bits as one serial walk). Taichi spreads every phase over its {taichi_threads}-thread "
+                         f"CPU pool; Warp's CPU launches run on one thread, so its solves run as {BATCH_THREADS} launches "
+                         f"over world ranges side by side (SolverRigid cpu_threads) and its other phases on one; the "
+                         f"broad phase is torch ({ours_torch_threads} thread(s)). mujoco's rollout spreads worlds over "
+                         f"{BATCH_THREADS} threads"),
+                  extra={"ours_backend": best, "ours_warp_world_steps_per_s": ours["warp"],
+                         "ours_taichi_world_steps_per_s": ours["taichi"], "ours_warp_threads": BATCH_THREADS,
+                         "ours_taichi_threads": taichi_threads, "ours_torch_threads": ours_torch_threads,
+                         "mujoco_1_thread_world_steps_per_s": rates[1],
+                         "mujoco_2_thread_world_steps_per_s": rates[BATCH_THREADS],
+                         "ratio_warp": ours["warp"] / rates[BATCH_THREADS],
+                         "ratio_taichi": ours["taichi"] / rates[BATCH_THREADS],
+                         # CPU time (all threads) per world-step: what the work costs whatever else runs
+                         "ours_warp_cpu_us_per_world_step": measured["warp"][1],
+                         "ours_taichi_cpu_us_per_world_step": measured["taichi"][1],
+                         "mujoco_1_thread_cpu_us_per_world_step": mj_cpu[1],
+                         "mujoco_2_thread_cpu_us_per_world_step": mj_cpu[BATCH_THREADS],
+                         "ours_build_s": build_s, "steps": steps, "worlds": worlds})
 
 
 @case("mujoco_backward_vs_forward")

@@ -172,10 +172,64 @@ def test_worlds_step_together_with_the_bits_each_gets_alone():
     alone = [part.finalize() for part in parts]
     assert model.world_count == 3 and model.contact_count == sum(m.contact_count for m in alone)
     assert model.body_world.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+    # each world's slots are one range, in the order the world has alone (one solve thread per world)
+    start = model.contact["world_start"].tolist()
+    assert start == [0, *np.cumsum([m.contact_count for m in alone]).tolist()]
     together, _ = _states(model, 150)
     for world, single in enumerate(alone):
         final, _ = _states(single, 150)
         rows = slice(4 * world, 4 * world + 4)
+        slots = slice(start[world], start[world + 1])
+        assert torch.equal(model.contact["body"][slots], single.contact["body"] + torch.where(
+            single.contact["body"] >= 0, 4 * world, 0).to(torch.int32))
         for a, b in zip(together[-1].tensors()[:4], final[-1].tensors()[:4]):
             assert torch.equal(a[rows], b)
+        assert torch.equal(together[-1].contact_impulse[slots], final[-1].contact_impulse)
     assert not torch.equal(together[-1].body_position[:4], together[-1].body_position[8:])
+    # Warp on the CPU: the solves' worlds as 2 launches side by side, the same bits
+    split, _ = _states(model, 150, cpu_threads=2)
+    for a, b in zip(together[-1].tensors(), split[-1].tensors()):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+
+
+@pytest.mark.parametrize("backend", ["warp", "taichi"])
+def test_world_batch_states_and_gradients_are_each_world_alone(backend):
+    # float64; three worlds (two identical) stepped together, differentiably, through contacts
+    parts = [_mixed_pile_builder(3), _mixed_pile_builder(3), _mixed_pile_builder(4)]
+    batch = RigidBuilder()
+    for part in parts:
+        batch.add_builder(part)
+    model = batch.finalize(dtype=torch.float64)
+    alone = [part.finalize(dtype=torch.float64) for part in parts]
+    start = model.contact["world_start"].tolist()
+
+    def run(m):
+        initial, _ = _states(m, 60)  # into contact (forward only)
+        state = initial[-1].clone()
+        for t in (state.body_velocity, state.body_position, state.contact_impulse):
+            t.requires_grad_(True)
+        solver = SolverRigid(m, backend=backend)
+        current = state
+        for _ in range(4):
+            current = solver.step_differentiable(current, None, DT)
+        # per body (and slot) terms only, so each world's loss is the batch loss's share
+        loss = ((current.body_position[:, 2] ** 2).sum() + current.body_velocity.square().sum()
+                + (current.contact_impulse ** 2).sum())
+        loss.backward()
+        return current.detach(), (state.body_velocity.grad, state.body_position.grad, state.contact_impulse.grad)
+
+    together, grads = run(model)
+    assert model.contact_count and grads[0].abs().max() > 0
+    assert together.contact_impulse.abs().max() > 0, "the worlds are in contact"
+    for world, single in enumerate(alone):
+        final, single_grads = run(single)
+        rows = slice(4 * world, 4 * world + 4)
+        slots = slice(start[world], start[world + 1])
+        for a, b in zip(together.tensors()[:4], final.tensors()[:4]):
+            assert torch.equal(a[rows], b)
+        assert torch.equal(together.contact_impulse[slots], final.contact_impulse)
+        # Taichi's reverse kernels add into body rows from parallel threads: the same to rounding
+        same = torch.equal if backend == "warp" else (lambda a, b: torch.allclose(a, b, rtol=1e-12, atol=1e-12))
+        for g, single_g in zip(grads[:2], single_grads[:2]):
+            assert same(g[rows], single_g)
+        assert same(grads[2][slots], single_grads[2])

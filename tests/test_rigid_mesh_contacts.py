@@ -114,10 +114,12 @@ def test_slots_cover_primitives_and_both_meshes_of_a_pair():
         assert count[(2, target)] == 8 and count[(3, target)] == 1 and count[(4, target)] == 2
     # the octagonal prism's 32 triangles lie in 10 planes; the icosahedron's 20 in 20
     hull = model.contact["b_hull"]
-    assert set(hull[pair[:, 1] == 0][:, 1].tolist()) == {10} and set(hull[pair[:, 1] == 1][:, 1].tolist()) == {20}
-    assert model.hull_planes.shape == (30, 4) and model.has_mesh_targets
+    on = lambda target: mesh_slots & (pair[:, 1] == target)  # noqa: E731
+    assert set(hull[on(0)][:, 1].tolist()) == {10} and set(hull[on(1)][:, 1].tolist()) == {20}
+    # the planes come first; the edge blocks of the convex pairs' edge-edge slots follow them
+    assert set(hull[mesh_slots][:, 0].tolist()) <= {0, 10} and model.has_mesh_targets
     # a slot's hull range holds exactly its target's planes
-    start, width = hull[pair[:, 1] == 1][0].tolist()
+    start, width = hull[on(1)][0].tolist()
     planes = model.hull_planes[start:start + width].double()
     vertices = torch.as_tensor(model.shapes[1].mesh_vertices)
     heights = vertices @ planes[:, :3].T - planes[:, 3]

@@ -338,7 +338,7 @@ BAD = [
     ("duplicate_names", _edit('name = "blue"', 'name = "red"'),
      "objects[2].name", "duplicate object name 'red' (also objects[0])", 'name = "red"\nposition = [0.7'),
     ("unknown_object_type", _edit('type = "sphere"\nname = "green"', 'type = "cube"\nname = "green"'),
-     "objects[1].type", "unknown object type 'cube' (expected 'sphere', 'box', 'capsule', 'mesh', 'static_box')", 'type = "cube"'),
+     "objects[1].type", "unknown object type 'cube' (expected 'sphere', 'box', 'capsule', 'mesh', 'static_box', 'static_mesh')", 'type = "cube"'),
     ("bad_vector_component", _edit("gravity = [0.0, 0.0, -9.81]", 'gravity = [0.0, 0.0, "down"]'),
      "gravity[2]", "must be a number (got 'down')", "gravity ="),
     ("colour_out_of_range", _edit("color = [0.2, 0.35, 0.9]", "color = [0.2, 1.35, 0.9]"),

@@ -134,7 +134,7 @@ class RigidFitScene(FitScene):
         return trajectory.positions
 
     def object_names(self) -> list[str]:
-        moving = [obj for obj in self.world.spec.objects if obj.type != "static_box"]
+        moving = [obj for obj in self.world.spec.objects if obj.type not in ("static_box", "static_mesh")]
         return [obj.name or str(k) for k, obj in enumerate(moving)]
 
     def screen_centres(self, draws: dict, count: int, frames: int) -> torch.Tensor:
@@ -150,7 +150,7 @@ class RigidFitScene(FitScene):
         from ..sim.rigid import rigid_model
 
         spec = self.world.spec
-        statics = [i for i, obj in enumerate(spec.objects) if obj.type == "static_box"]
+        statics = [i for i, obj in enumerate(spec.objects) if obj.type in ("static_box", "static_mesh")]
         options = scene_light_options(self.world)
         dtype = torch.float64
         if statics:

@@ -1,9 +1,10 @@
 """Rendering rigid-body rollouts (``hybridsim.sim.rigid``) with the triangle-mesh renderer.
 
-Every scene object is one mesh: spheres as icospheres, boxes, capsules, meshes from their files
-and static boxes. Object k of the scene draws as segmentation id k + 1 (0 is ground / sky), as
-in the sphere path. Poses (K, 7) are position [m] + quaternion (x, y, z, w) of each object's
-centre of mass (static boxes: their centre); mesh vertices are kept in that frame, which is
+Every scene object is one mesh: spheres as icospheres, boxes, capsules, meshes from their files,
+static boxes and static meshes (from their files). Object k of the scene draws as segmentation id
+k + 1 (0 is ground / sky), as in the sphere path, static objects included. Poses (K, 7) are
+position [m] + quaternion (x, y, z, w) of each object's centre of mass (static boxes: their
+centre; static meshes: the file's origin, as placed by ``position``); mesh vertices are kept in that frame, which is
 also the frame object textures (``texture`` in the scene) live in. The scene's ``[light]``
 (directional or spot, ``object_shadows``) is used as given; learnable light values in ``params``
 reach the image.
@@ -44,7 +45,7 @@ def rigid_object_meshes(world, model, dtype=torch.float64) -> list[tuple[torch.T
             verts, faces = box_mesh(obj.half_extents, dtype)
         elif obj.type == "capsule":
             verts, faces = capsule_mesh(obj.radius, obj.half_height, dtype=dtype)
-        elif obj.type == "mesh":
+        elif obj.type in ("mesh", "static_mesh"):
             loaded = load_mesh(mesh_file(spec, i))  # limits, no side files, AssetError naming the file
             loaded.apply_scale(obj.scale)
             if loaded.volume < 0:
@@ -137,7 +138,9 @@ def render_rigid(world, trajectory, params: Mapping[str, torch.Tensor] | None = 
     """Render (a slice of) the frames of a rigid trajectory; layers stacked over frames
     (``rgb`` (F, H, W, 3) etc., as ``render_meshes``), differentiable w.r.t. the trajectory (poses)
     and the learnable colours in ``params``. ``coverage`` (F, H, W) is the soft coverage of the
-    moving objects alone (static boxes excluded, but hiding what is behind them)."""
+    moving objects alone (static boxes and meshes excluded, but hiding what is behind them)."""
+    from ..scene.schema import STATIC_TYPES
+
     dtype = trajectory.positions.dtype
     meshes = rigid_object_meshes(world, trajectory.model, dtype)
     poses = rigid_poses(world, trajectory)
@@ -146,7 +149,7 @@ def render_rigid(world, trajectory, params: Mapping[str, torch.Tensor] | None = 
     if frames is not None:
         poses, cameras = poses[frames], cameras[frames]
     colors = _colors(world, params, dtype)
-    moving = torch.tensor([float(obj.type != "static_box") for obj in world.spec.objects], dtype=dtype)
+    moving = torch.tensor([float(obj.type not in STATIC_TYPES) for obj in world.spec.objects], dtype=dtype)
     look = _look(world, params, meshes, dtype)
     layers = [_render_frame(world, cam, meshes, pose, colors, softness, moving, look)
               for cam, pose in zip(cameras, poses)]

@@ -42,6 +42,7 @@ __all__ = [
     "CapsuleSpec",
     "MeshSpec",
     "StaticBoxSpec",
+    "StaticMeshSpec",
     "FluidSpec",
     "FluidInflowSpec",
     "FluidShapeSpec",
@@ -679,11 +680,38 @@ class StaticBoxSpec(_Spec):
         return _white_if_textured(data)
 
 
+class StaticMeshSpec(_Spec):
+    """``[[objects]]`` with ``type = "static_mesh"``: an immovable convex mesh (a wedge ramp, a wall,
+    one side of a container) read from ``file`` (obj, stl, ply, glb; relative to the scene file's
+    folder), scaled by ``scale``, its file origin placed at ``position`` and turned by
+    ``orientation`` (rotation vector [rad]). Contacts use its convex hull (a mesh that is not
+    closed is replaced by its hull); it is drawn as the file's triangles."""
+
+    type: Literal["static_mesh"] = "static_mesh"
+    name: OptName = None
+    file: Annotated[str, BeforeValidator(_relative_file)]
+    scale: PosFloat = 1.0
+    position: Vec3
+    orientation: Vec3 = (0.0, 0.0, 0.0)
+    friction: NonNegFloat = 0.5
+    restitution: _num_type(ge=0.0, le=1.0) = 0.5  # type: ignore[valid-type]
+    color: Color = (0.6, 0.6, 0.6)
+    texture: TextureSpec | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _textured(cls, data: Any) -> Any:
+        return _white_if_textured(data)
+
+
 #: Object types by their ``type`` tag. Add new object models here and to ``ObjectSpec``.
 OBJECT_TYPES: dict[str, type[BaseModel]] = {"sphere": SphereSpec, "box": BoxSpec, "capsule": CapsuleSpec,
-                                            "mesh": MeshSpec, "static_box": StaticBoxSpec}
+                                            "mesh": MeshSpec, "static_box": StaticBoxSpec,
+                                            "static_mesh": StaticMeshSpec}
 #: Object types simulated by the rigid-body solver (a scene with any of them uses it for all objects).
-RIGID_TYPES = frozenset({"box", "capsule", "mesh", "static_box"})
+RIGID_TYPES = frozenset({"box", "capsule", "mesh", "static_box", "static_mesh"})
+#: Immovable rigid object types (static shapes, no bodies; drawn but never moving).
+STATIC_TYPES = frozenset({"static_box", "static_mesh"})
 
 ObjectSpec = Annotated[Union[tuple(OBJECT_TYPES.values())], Field(discriminator="type")]  # type: ignore[misc]
 
@@ -1237,6 +1265,9 @@ class SceneSpec(_Spec):
             if obj.name in seen:
                 fail(f"duplicate object name {obj.name!r} (also objects[{seen[obj.name]}])", f"objects[{i}].name")
             seen[obj.name] = i
+            if obj.type == "static_mesh" and getattr(self, "mpm", None) is not None:
+                fail("the MPM material does not collide with static meshes yet (it would pass through): use "
+                     "static_box obstacles in an [mpm] scene", f"objects[{i}].type")
         for table, items in (("joints", self.joints), ("springs", self.springs)):
             for i, item in enumerate(items):
                 for side in ("a", "b"):
@@ -1247,8 +1278,8 @@ class SceneSpec(_Spec):
                         close = difflib.get_close_matches(name, list(seen), n=1, cutoff=0.5)
                         hint = f"; did you mean {close[0]!r}?" if close else ""
                         fail(f"no object named {name!r}{hint}", f"{table}[{i}].{side}")
-                    if side == "a" and self.objects[seen[name]].type == "static_box":
-                        fail("must be a moving object (a static box can only be b)", f"{table}[{i}].a")
+                    if side == "a" and self.objects[seen[name]].type in STATIC_TYPES:
+                        fail("must be a moving object (a static box or mesh can only be b)", f"{table}[{i}].a")
                 if item.b is not None and item.b == item.a:
                     fail("a and b must be different objects", f"{table}[{i}].b")
         if self.light.type == "spot" and not any(obj.type in RIGID_TYPES or obj.type == "sphere"

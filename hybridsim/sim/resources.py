@@ -272,7 +272,7 @@ def estimate_scene(spec, *, frames: int | None = None, grad: bool = False, rende
             est.add("autograd tape", alive * per_step + math.ceil(mpm_steps / alive) * 2 * dim * particles * s)
         kind = "mpm"
     elif any(obj.type in RIGID_TYPES for obj in spec.objects):
-        bodies = sum(obj.type != "static_box" for obj in spec.objects)
+        bodies = sum(obj.type not in ("static_box", "static_mesh") for obj in spec.objects)
         est = MemoryEstimate(f"{bodies} rigid bod{'ies' if bodies != 1 else 'y'}, {what}", "time.frames",
                              "reduce frames", device)
         est.add("per-frame records", RECORD_COPIES * kept * bodies * 13 * s)

@@ -2,16 +2,17 @@
 differentiable rollouts of it recorded once per frame.
 
 A scene is simulated by the rigid-body solver (``hybridsim.solvers.rigid``) when it has any
-object of type ``box``, ``capsule``, ``mesh`` or ``static_box``; its spheres then become rigid
-balls too (friction 0.5, no spin at t = 0). Sphere-only scenes keep the exact sphere solver.
+object of type ``box``, ``capsule``, ``mesh``, ``static_box`` or ``static_mesh``; its spheres then
+become rigid balls too (friction 0.5, no spin at t = 0). Sphere-only scenes keep the exact sphere solver.
 
-Every dynamic object is one body with one shape; a ``static_box`` is a static shape. The model's
+Every dynamic object is one body with one shape; a ``static_box`` or ``static_mesh`` is a static
+shape (``RigidBuilder.add_static_box`` / ``add_static_mesh``). The model's
 learnable tensors are replaced by tensors derived from ``params`` (as ``sim/fluid.py`` does), so
 gradients of anything computed from a rollout reach: ``objects[i].position``, ``.orientation``
 (rotation vector), ``.velocity``, ``.angular_velocity``, ``.mass`` or ``.density`` (the inertia
 scales with the mass), ``.friction``, ``.restitution``, ``ground.friction``,
 ``ground.restitution`` and ``gravity``. Geometry (half extents, radii, mesh scale) and static
-boxes cannot be learned: the contact slots are built from them once (SceneError if marked).
+boxes and meshes (but their colour) cannot be learned: the contact slots are built from them once (SceneError if marked).
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ _GEOMETRY = ("half_extents", "radius", "half_height", "scale")
 @dataclass
 class RigidTrajectory:
     """Per-frame body states of a rigid rollout; frame 0 is the initial state. Body b is scene
-    object ``body_objects[b]`` (static boxes are no bodies)."""
+    object ``body_objects[b]`` (static boxes and meshes are no bodies)."""
 
     positions: torch.Tensor
     """Centres of mass [m], shape (F+1, B, 3)."""
@@ -62,8 +63,10 @@ class RigidTrajectory:
 
 
 def rigid_body_objects(spec) -> tuple[int, ...]:
-    """Scene object index of each rigid body (every object except static boxes), in body order."""
-    return tuple(i for i, obj in enumerate(spec.objects) if obj.type != "static_box")
+    """Scene object index of each rigid body (every object except static boxes and meshes), in body order."""
+    from ..scene.schema import STATIC_TYPES
+
+    return tuple(i for i, obj in enumerate(spec.objects) if obj.type not in STATIC_TYPES)
 
 
 def mesh_file(spec, index: int) -> Path:
@@ -76,13 +79,14 @@ def mesh_file(spec, index: int) -> Path:
 
 
 def _mesh_source(spec, index: int):
-    """What ``add_shape_mesh`` gets for ``objects[index]``: the file, or, when the object gives
-    ``mass``, the loaded mesh, replaced by its convex hull if it is not closed (its volume is then
-    undefined, but a mass plus the hull's inertia still make a body)."""
+    """What ``add_shape_mesh`` (``add_static_mesh``) gets for ``objects[index]``: the file, or, when
+    the object gives ``mass`` (or is a static mesh, which needs no volume), the loaded mesh, replaced
+    by its convex hull if it is not closed (its volume is then undefined, but a mass plus the hull's
+    inertia still make a body)."""
     from ..assets import load_mesh
 
     path = mesh_file(spec, index)
-    if spec.objects[index].mass is None:
+    if spec.objects[index].type != "static_mesh" and spec.objects[index].mass is None:
         return str(path)
     mesh = load_mesh(path)
     if mesh.is_watertight:
@@ -106,8 +110,8 @@ def _check_learnable(spec) -> None:
         index = int(path[len("objects["):path.index("]")])
         field = path[path.index("]") + 2:].split("[")[0].split(".")[0]
         obj = spec.objects[index]
-        if field in _GEOMETRY or obj.type == "static_box" and field != "color":
-            what = "static boxes" if obj.type == "static_box" else "geometry"
+        if field in _GEOMETRY or obj.type in ("static_box", "static_mesh") and field != "color":
+            what = {"static_box": "static boxes", "static_mesh": "static meshes"}.get(obj.type, "geometry")
             raise SceneError(f"cannot be learned in a rigid scene ({what} is fixed when the contact slots are built)",
                              file=spec.source, field=path)
 
@@ -119,7 +123,7 @@ def _quat_numpy(rotation_vector) -> tuple[float, float, float, float]:
 
 
 def _add_joints_and_springs(spec, builder, body_objects) -> None:
-    """``[[joints]]`` and ``[[springs]]``: object names -> body indices (static boxes and a missing
+    """``[[joints]]`` and ``[[springs]]``: object names -> body indices (static objects and a missing
     ``b`` are the world); anchors are world points where the objects stand in the scene."""
     import numpy as np
 
@@ -169,6 +173,12 @@ def rigid_model(world, params: Mapping[str, torch.Tensor] | None = None):
             if obj.type == "static_box":
                 builder.add_static_box(obj.half_extents, position=obj.position, rotation=_quat_numpy(obj.orientation),
                                        friction=obj.friction, restitution=obj.restitution)
+                shape_objects.append(i)
+                continue
+            if obj.type == "static_mesh":
+                builder.add_static_mesh(_mesh_source(spec, i), scale=obj.scale, position=obj.position,
+                                        rotation=_quat_numpy(obj.orientation), friction=obj.friction,
+                                        restitution=obj.restitution)
                 shape_objects.append(i)
                 continue
             sphere = obj.type == "sphere"

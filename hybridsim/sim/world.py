@@ -153,7 +153,7 @@ class World:
 
     def _sphere_only(self) -> None:
         if self.rigid:
-            raise SceneError("this scene has rigid objects (box, capsule, mesh, static_box): simulate it with "
+            raise SceneError("this scene has rigid objects (box, capsule, mesh, static_box, static_mesh): simulate it with "
                              "hybridsim.sim.rigid (rigid_model / rigid_rollout), not the sphere solver",
                              file=self.spec.source, field="objects")
 

@@ -3,11 +3,16 @@
 Arrays are torch tensors passed as external ndarrays; ``real`` (ti.f32/ti.f64) types every
 literal. Selections are branch-free (``ti.select``) so the reverse mode (``kernel.grad``) stays
 exact; the two solve kernels walk (pass, slot) pairs in one serial inner loop that writes each
-history record once, which Taichi's reverse mode replays backwards; ``slot_bodies`` and
+history record once, which Taichi's reverse mode replays backwards (one thread per world, each
+over its own range of slots: worlds share no body; an inactive slot only passes both velocities
+through, ``pass_through``, as in the Warp kernels); ``slot_bodies`` and
 ``record_slot`` are the part they share. Quaternions are vec4 (x, y, z, w). The hull plane of a
 convex-mesh slot is picked by ``select_hull_planes`` (integers only; the solver runs no reverse
 pass for it): Taichi 1.7.4's reverse mode crashes on a run-time inner loop that carries a local
-(a probe with an argmax over ndarray rows segfaulted), so ``collide`` has none.
+(a probe with an argmax over ndarray rows segfaulted), so ``collide`` has none. Edge-edge slots
+(kind 6) get their edge pair the same way (``select_edge_pair``); ``collide`` computes their
+contact (``hull_edge_contact``) branch-free for every slot, from row 0 and two fixed unit edges
+where it is not selected.
 """
 
 
@@ -25,6 +30,7 @@ def rigid_kernels(real):
     vec4 = ti.types.vector(4, real)
     mat33 = ti.types.matrix(3, 3, real)
     ivec2 = ti.types.vector(2, ti.i32)
+    WORLD_PAD = 4096  # iterations of the solves' world loop (see solve_velocity)
     a_vec3 = ti.types.ndarray(dtype=vec3, ndim=1)
     a_vec4 = ti.types.ndarray(dtype=vec4, ndim=1)
     a_mat = ti.types.ndarray(dtype=mat33, ndim=1)
@@ -347,6 +353,139 @@ def rigid_kernels(real):
         valid = ti.select(use_edge, m == 0, face_valid)
         return n, d, point, ti.select(valid, lit(1.0), lit(0.0))
 
+    # -- edge-edge contacts of two convex hulls (mesh-mesh, mesh-box), as in the Warp kernels -----
+    # edge blocks in hull_planes (builder ``_edge_block``): header (F, V, E, radius), centroid, F
+    # planes, V vertices, 4 rows per edge (end points, the normals of its two faces), body frame
+    @ti.func
+    def block_count(hull_planes: ti.template(), h, k):
+        return ti.cast(hull_planes[h][k] + lit(0.5), ti.i32)
+
+    @ti.func
+    def block_point(hull_planes: ti.template(), row, x, q):
+        r = hull_planes[row]
+        return x + quat_rotate(q, vec3(r[0], r[1], r[2]))
+
+    @ti.func
+    def block_direction(hull_planes: ti.template(), row, q):
+        r = hull_planes[row]
+        return quat_rotate(q, vec3(r[0], r[1], r[2]))
+
+    @ti.func
+    def face_separation(hull_planes: ti.template(), ha, xa, qa, hb, xb, qb):
+        fa = block_count(hull_planes, ha, 0)
+        fb = block_count(hull_planes, hb, 0)
+        vb = block_count(hull_planes, hb, 1)
+        best = lit(-1.0e30)
+        for k in range(fa):
+            plane = hull_planes[ha + 2 + k]
+            n = quat_rotate(qa, vec3(plane[0], plane[1], plane[2]))
+            offset = plane[3] + n.dot(xa)
+            lowest = lit(1.0e30)
+            for v in range(vb):
+                lowest = ti.min(lowest, n.dot(block_point(hull_planes, hb + 2 + fb + v, xb, qb)))
+            best = ti.max(best, lowest - offset)
+        return best
+
+    @ti.func
+    def minkowski_face(a, b, c, d):
+        bxa = b.cross(a)
+        dxc = d.cross(c)
+        cba = c.dot(bxa)
+        dba = d.dot(bxa)
+        adc = a.dot(dxc)
+        bdc = b.dot(dxc)
+        return (cba * dba < lit(0.0)) & (adc * bdc < lit(0.0)) & (cba * bdc > lit(0.0))
+
+    @ti.func
+    def segment_parameters(pa0, da, pb0, db):
+        r = pa0 - pb0
+        aa = da.dot(da)
+        ee = ti.max(db.dot(db), lit(1.0e-18))
+        bb = da.dot(db)
+        cc = da.dot(r)
+        ff = db.dot(r)
+        denom = ti.max(aa * ee - bb * bb, lit(1.0e-18))
+        s_line = (bb * ff - cc * ee) / denom
+        t_line = (bb * s_line + ff) / ee
+        s = clamp(s_line, lit(0.0), lit(1.0))
+        t = clamp((bb * s + ff) / ee, lit(0.0), lit(1.0))
+        return s, t, s_line, t_line
+
+    @ti.func
+    def select_edge_pair(hull_planes: ti.template(), ha, xa, qa, hb, xb, qb):
+        fa = block_count(hull_planes, ha, 0)
+        va = block_count(hull_planes, ha, 1)
+        ea = block_count(hull_planes, ha, 2)
+        fb = block_count(hull_planes, hb, 0)
+        vb = block_count(hull_planes, hb, 1)
+        eb = block_count(hull_planes, hb, 2)
+        centre_a = block_point(hull_planes, ha + 1, xa, qa)
+        face = ti.max(face_separation(hull_planes, ha, xa, qa, hb, xb, qb),
+                      face_separation(hull_planes, hb, xb, qb, ha, xa, qa))
+        best = lit(-1.0e30)
+        code = -1
+        for i in range(ea):
+            ra = ha + 2 + fa + va + 4 * i
+            pa0 = block_point(hull_planes, ra, xa, qa)
+            da = block_point(hull_planes, ra + 1, xa, qa) - pa0
+            na0 = block_direction(hull_planes, ra + 2, qa)
+            na1 = block_direction(hull_planes, ra + 3, qa)
+            for j in range(eb):
+                rb = hb + 2 + fb + vb + 4 * j
+                nb0 = block_direction(hull_planes, rb + 2, qb)
+                nb1 = block_direction(hull_planes, rb + 3, qb)
+                if minkowski_face(na0, na1, -nb0, -nb1):
+                    pb0 = block_point(hull_planes, rb, xb, qb)
+                    db = block_point(hull_planes, rb + 1, xb, qb) - pb0
+                    axis = da.cross(db)
+                    length = vlength(axis)
+                    if length > lit(1.0e-3) * vlength(da) * vlength(db):
+                        axis = axis / length
+                        flip = 0
+                        if axis.dot(pa0 - centre_a) < lit(0.0):
+                            axis = -axis
+                            flip = 1
+                        separation = axis.dot(pb0 - pa0)
+                        if separation > best:
+                            best = separation
+                            code = (i * eb + j) * 2 + flip
+        scale = hull_planes[ha][3] + hull_planes[hb][3]
+        result = -1
+        if (code >= 0) & (best > face + lit(0.05) * ti.abs(face) + lit(1.0e-4) * scale):
+            pair = code // 2
+            ra = ha + 2 + fa + va + 4 * (pair // eb)
+            rb = hb + 2 + fb + vb + 4 * (pair % eb)
+            pa0 = block_point(hull_planes, ra, xa, qa)
+            pb0 = block_point(hull_planes, rb, xb, qb)
+            s, t, s_line, t_line = segment_parameters(pa0, block_point(hull_planes, ra + 1, xa, qa) - pa0, pb0,
+                                                      block_point(hull_planes, rb + 1, xb, qb) - pb0)
+            if (s_line >= lit(0.0)) & (s_line <= lit(1.0)) & (t_line >= lit(0.0)) & (t_line <= lit(1.0)):
+                result = code
+        return result
+
+    @ti.func
+    def hull_edge_contact(hull_planes: ti.template(), use, ha, hb, code, xa, qa, xb, qb):
+        # branch-free twin of the Warp function: slots that do not use it read row 0 and get two
+        # fixed crossing unit edges, so its (unselected) values and adjoints stay finite
+        fa = block_count(hull_planes, ha, 0)
+        va = block_count(hull_planes, ha, 1)
+        fb = block_count(hull_planes, hb, 0)
+        vb = block_count(hull_planes, hb, 1)
+        eb = ti.max(block_count(hull_planes, hb, 2), 1)
+        pair = code // 2
+        ra = ti.select(use, ha + 2 + fa + va + 4 * (pair // eb), 0)
+        rb = ti.select(use, hb + 2 + fb + vb + 4 * (pair % eb), 0)
+        step = ti.select(use, 1, 0)
+        pa0 = block_point(hull_planes, ra, xa, qa)
+        da = ti.select(use, block_point(hull_planes, ra + step, xa, qa) - pa0, vec3(1.0, 0.0, 0.0))
+        pb0 = block_point(hull_planes, rb, xb, qb)
+        db = ti.select(use, block_point(hull_planes, rb + step, xb, qb) - pb0, vec3(0.0, 1.0, 0.0))
+        axis = safe_direction(da.cross(db), vec3(0.0, 0.0, 1.0)) * ti.select(code % 2 == 1, lit(-1.0), lit(1.0))
+        s, t, s_line, t_line = segment_parameters(pa0, da, pb0, db)
+        pa = pa0 + s * da
+        pb = pb0 + t * db
+        return -axis, (pb - pa).dot(axis), lit(0.5) * (pa + pb)
+
     @ti.kernel
     def integrate_forces(orientation: a_vec4, velocity: a_vec3, angular_velocity: a_vec3, force: a_vec3, torque: a_vec3,
                          inv_mass: a_real, inv_inertia: a_vec3, inertia_rotation: a_vec4, gravity: a_vec3, dt: real,
@@ -362,7 +501,8 @@ def rigid_kernels(real):
     def select_hull_planes(position: a_vec3, orientation: a_vec4, slot_body: a_ivec2, slot_point: a_vec3,
                            slot_b_position: a_vec3, slot_b_rotation: a_vec4, slot_b_hull: a_ivec2, hull_planes: a_vec4,
                            contact_plane: a_int):
-        # per slot against a convex mesh: the row of the hull plane its point is highest over (as Warp)
+        # per slot against a convex mesh: the row of the hull plane its point is highest over; per
+        # edge-edge slot (b_hull[0] < 0) its edge pair (as Warp)
         for c in range(slot_body.shape[0]):
             a = slot_body[c][0]
             b = slot_body[c][1]
@@ -374,14 +514,18 @@ def rigid_kernels(real):
             cb = xb + quat_rotate(qb, slot_b_position[c])
             local = quat_rotate_inv(quat_mul(qb, slot_b_rotation[c]), p - cb)
             start = slot_b_hull[c][0]
-            best_row = start
-            best = plane_height(hull_planes[start], local)
-            for row in range(start + 1, start + slot_b_hull[c][1]):
-                height = plane_height(hull_planes[row], local)
-                if height > best:
-                    best = height
-                    best_row = row
-            contact_plane[c] = best_row
+            if start < 0:
+                contact_plane[c] = select_edge_pair(hull_planes, -1 - start, position[a], orientation[a],
+                                                    slot_b_hull[c][1], xb, qb)
+            else:
+                best_row = start
+                best = plane_height(hull_planes[start], local)
+                for row in range(start + 1, start + slot_b_hull[c][1]):
+                    height = plane_height(hull_planes[row], local)
+                    if height > best:
+                        best = height
+                        best_row = row
+                contact_plane[c] = best_row
 
     @ti.kernel
     def collide(position: a_vec3, orientation: a_vec4, velocity: a_vec3, angular_velocity: a_vec3, velocity_star: a_vec3,
@@ -444,7 +588,7 @@ def rigid_kernels(real):
             d_box = ti.select(is_out, out_len, inside_d) - ra_point
 
             # convex mesh: the hull plane ``select_hull_planes`` found the point highest over
-            plane = hull_planes[contact_plane[c]]
+            plane = hull_planes[ti.select(kind == 5, contact_plane[c], 0)]
             n_mesh = quat_rotate(rot_b, vec3(plane[0], plane[1], plane[2]))
             d_mesh = plane_height(plane, local_c) - ra_point
 
@@ -456,13 +600,20 @@ def rigid_kernels(real):
             box_b = ti.select(kind == 4, size_b, vec3(1.0, 1.0, 1.0))
             n_sat, d_sat, point_sat, valid_sat = box_box_contact(ca, rot_a, box_a, cb, rot_b, box_b, slot_order[c], face_tolerance)
 
-            n = ti.select(kind == 0, n_ground, ti.select(kind == 1, n_sphere, ti.select(kind == 2, n_box, ti.select(
-                kind == 3, n_capsule, ti.select(kind == 5, n_mesh, n_sat)))))
-            d = ti.select(kind == 0, d_ground, ti.select(kind == 1, d_sphere, ti.select(kind == 2, d_box, ti.select(
-                kind == 3, d_capsule, ti.select(kind == 5, d_mesh, d_sat)))))
-            valid = ((kind != 4) | (valid_sat > lit(0.0))) & ((not sliding) | inner)
+            # two convex hulls edge to edge (the pair select_hull_planes chose; -1: none)
+            edge_ok = (kind == 6) & (contact_plane[c] >= 0)
+            edge_ha = ti.select(edge_ok, ti.cast(slot_a_size[c][0] + lit(0.5), ti.i32), 0)
+            edge_hb = ti.select(edge_ok, ti.cast(slot_a_size[c][1] + lit(0.5), ti.i32), 0)
+            n_edge, d_edge, point_edge = hull_edge_contact(hull_planes, edge_ok, edge_ha, edge_hb,
+                                                           ti.select(edge_ok, contact_plane[c], 0), xa, qa, xb, qb)
 
-            pc = ti.select(kind == 4, point_sat, p - ra_point * n)
+            n = ti.select(kind == 0, n_ground, ti.select(kind == 1, n_sphere, ti.select(kind == 2, n_box, ti.select(
+                kind == 3, n_capsule, ti.select(kind == 5, n_mesh, ti.select(kind == 6, n_edge, n_sat))))))
+            d = ti.select(kind == 0, d_ground, ti.select(kind == 1, d_sphere, ti.select(kind == 2, d_box, ti.select(
+                kind == 3, d_capsule, ti.select(kind == 5, d_mesh, ti.select(kind == 6, d_edge, d_sat))))))
+            valid = ((kind != 4) | (valid_sat > lit(0.0))) & ((kind != 6) | edge_ok) & ((not sliding) | inner)
+
+            pc = ti.select(kind == 4, point_sat, ti.select(kind == 6, point_edge, p - ra_point * n))
             arm_a = pc - xa
             arm_b = pc - xb
             ima = inv_mass[a]
@@ -540,6 +691,15 @@ def rigid_kernels(real):
         linear_history[out + 1] = vb - imb * dp
         angular_history[out + 1] = wb - ib @ rb.cross(dp)
 
+    @ti.func
+    def pass_through(s, body_count, va, wa, vb, wb, linear_history: ti.template(), angular_history: ti.template()):
+        # ``record_slot`` of an inactive slot: both bodies' velocities unchanged
+        out = body_count + 1 + s * 2
+        linear_history[out] = va
+        angular_history[out] = wa
+        linear_history[out + 1] = vb
+        angular_history[out + 1] = wb
+
     @ti.kernel
     def seed_velocities(velocity_star: a_vec3, angular_velocity_star: a_vec3, linear_history: a_vec3, angular_history: a_vec3):
         for i in range(velocity_star.shape[0]):
@@ -547,47 +707,64 @@ def rigid_kernels(real):
             angular_history[i] = angular_velocity_star[i]
 
     @ti.kernel
-    def solve_velocity(slot_body: a_ivec2, slot_prev: a_ivec2, slot_prev_side: a_ivec2, body_last: a_int, body_last_side: a_int,
+    def solve_velocity(world_slot_start: a_int, slot_body: a_ivec2, slot_prev: a_ivec2, slot_prev_side: a_ivec2, body_last: a_int, body_last_side: a_int,
                        inv_mass: a_real, inv_inertia_world: a_mat, contact_normal: a_vec3, contact_arm_a: a_vec3,
                        contact_arm_b: a_vec3, contact_tangent1: a_vec3, contact_tangent2: a_vec3, contact_mass: a_vec3,
                        contact_velocity_target: a_real, contact_active: a_real, slot_friction: a_real, warm_impulse: a_vec3,
                        pass_count: ti.i32, contact_count: ti.i32, body_count: ti.i32, impulse_history: a_vec3,
                        linear_history: a_vec3, angular_history: a_vec3):
-        # one thread: Gauss-Seidel over slots; pass 0 applies the warm-start impulses
-        for _ in range(1):
-            for s in range(pass_count * contact_count):
-                k = s // contact_count
-                c = s % contact_count
+        # one thread per world (the outermost loop is parallel): Gauss-Seidel over the world's slots,
+        # records at the serial walk's indices; pass 0 applies the warm-start impulses
+        # Taichi's CPU pool splits a parallel loop into blocks of at least 512 iterations (its adaptive
+        # block size ignores ti.loop_config), so a loop over a few hundred worlds would run on one
+        # thread: the loop runs over about WORLD_PAD iterations (several worlds: one world every
+        # ``stride``; one world: no padding), the others empty. Its bound is one expression: Taichi's
+        # reverse mode takes no statements outside the loop.
+        for t in range((world_slot_start.shape[0] - 1) * ti.select(world_slot_start.shape[0] > 2, ti.max(
+                WORLD_PAD // (world_slot_start.shape[0] - 1), 1), 1)):
+            stride = ti.select(world_slot_start.shape[0] > 2, ti.max(WORLD_PAD // (world_slot_start.shape[0] - 1), 1), 1)
+            world = t // stride
+            first = world_slot_start[world]
+            count = ti.select(t % stride == 0, world_slot_start[world + 1] - first, 0)
+            for i in range(pass_count * count):
+                k = i // count
+                c = first + i % count
+                s = k * contact_count + c
                 va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count,
                                                                body_count, slot_prev, slot_prev_side, body_last,
                                                                body_last_side, inv_mass, inv_inertia_world,
                                                                linear_history, angular_history)
-                n = contact_normal[c]
-                t1 = contact_tangent1[c]
-                t2 = contact_tangent2[c]
-                ra = contact_arm_a[c]
-                rb = contact_arm_b[c]
-                m = contact_mass[c]
                 active = contact_active[c]
-                old = impulse_history[k * contact_count + c]
-                vn = relative_velocity(va, wa, ra, vb, wb, rb).dot(n)
-                lam_n = ti.max(old[0] + m[0] * (contact_velocity_target[c] - vn), lit(0.0)) * active
-                pn = (lam_n - old[0]) * n
-                va1 = va + ima * pn
-                wa1 = wa + ia @ ra.cross(pn)
-                vb1 = vb - imb * pn
-                wb1 = wb - ib @ rb.cross(pn)
-                vr = relative_velocity(va1, wa1, ra, vb1, wb1, rb)
-                lt1 = old[1] - m[1] * vr.dot(t1)
-                lt2 = old[2] - m[2] * vr.dot(t2)
-                limit = slot_friction[c] * lam_n
-                norm2 = lt1 * lt1 + lt2 * lt2
-                scale = ti.select(norm2 > limit * limit, limit / ti.sqrt(ti.max(norm2, lit(1.0e-30))), lit(1.0)) * active
-                solved = vec3(lam_n, lt1 * scale, lt2 * scale)
-                new = ti.select(k == 0, warm_impulse[c] * active, solved)
-                impulse_history[(k + 1) * contact_count + c] = new
-                dp = (new[0] - old[0]) * n + (new[1] - old[1]) * t1 + (new[2] - old[2]) * t2
-                record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
+                if active == lit(0.0):
+                    # an inactive slot is a no-op (impulse 0, both velocities pass through): skip its arithmetic
+                    pass_through(s, body_count, va, wa, vb, wb, linear_history, angular_history)
+                    impulse_history[(k + 1) * contact_count + c] = vec3(0.0, 0.0, 0.0)
+                else:
+                    n = contact_normal[c]
+                    t1 = contact_tangent1[c]
+                    t2 = contact_tangent2[c]
+                    ra = contact_arm_a[c]
+                    rb = contact_arm_b[c]
+                    m = contact_mass[c]
+                    old = impulse_history[k * contact_count + c]
+                    vn = relative_velocity(va, wa, ra, vb, wb, rb).dot(n)
+                    lam_n = ti.max(old[0] + m[0] * (contact_velocity_target[c] - vn), lit(0.0)) * active
+                    pn = (lam_n - old[0]) * n
+                    va1 = va + ima * pn
+                    wa1 = wa + ia @ ra.cross(pn)
+                    vb1 = vb - imb * pn
+                    wb1 = wb - ib @ rb.cross(pn)
+                    vr = relative_velocity(va1, wa1, ra, vb1, wb1, rb)
+                    lt1 = old[1] - m[1] * vr.dot(t1)
+                    lt2 = old[2] - m[2] * vr.dot(t2)
+                    limit = slot_friction[c] * lam_n
+                    norm2 = lt1 * lt1 + lt2 * lt2
+                    scale = ti.select(norm2 > limit * limit, limit / ti.sqrt(ti.max(norm2, lit(1.0e-30))), lit(1.0)) * active
+                    solved = vec3(lam_n, lt1 * scale, lt2 * scale)
+                    new = ti.select(k == 0, warm_impulse[c] * active, solved)
+                    impulse_history[(k + 1) * contact_count + c] = new
+                    dp = (new[0] - old[0]) * n + (new[1] - old[1]) * t1 + (new[2] - old[2]) * t2
+                    record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
 
     @ti.kernel
     def finalize_velocities(body_last: a_int, body_last_side: a_int, linear_history: a_vec3, angular_history: a_vec3,
@@ -616,29 +793,41 @@ def rigid_kernels(real):
             contact_pseudo_target[c] = (contact_gap_target[c] - predicted) / dt
 
     @ti.kernel
-    def solve_position(slot_body: a_ivec2, slot_prev: a_ivec2, slot_prev_side: a_ivec2, body_last: a_int, body_last_side: a_int,
+    def solve_position(world_slot_start: a_int, slot_body: a_ivec2, slot_prev: a_ivec2, slot_prev_side: a_ivec2, body_last: a_int, body_last_side: a_int,
                        inv_mass: a_real, inv_inertia_world: a_mat, contact_normal: a_vec3, contact_arm_a: a_vec3,
                        contact_arm_b: a_vec3, contact_mass: a_vec3, contact_pseudo_target: a_real, contact_active: a_real,
                        contact_impacting: a_real, pass_count: ti.i32, contact_count: ti.i32, body_count: ti.i32,
                        impulse_history: a_real, linear_history: a_vec3, angular_history: a_vec3):
-        for _ in range(1):
-            for s in range(pass_count * contact_count):
-                k = s // contact_count
-                c = s % contact_count
+        # one thread per world, as solve_velocity
+        for t in range((world_slot_start.shape[0] - 1) * ti.select(world_slot_start.shape[0] > 2, ti.max(
+                WORLD_PAD // (world_slot_start.shape[0] - 1), 1), 1)):
+            stride = ti.select(world_slot_start.shape[0] > 2, ti.max(WORLD_PAD // (world_slot_start.shape[0] - 1), 1), 1)
+            world = t // stride
+            first = world_slot_start[world]
+            count = ti.select(t % stride == 0, world_slot_start[world + 1] - first, 0)
+            for i in range(pass_count * count):
+                k = i // count
+                c = first + i % count
+                s = k * contact_count + c
                 va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count,
                                                                body_count, slot_prev, slot_prev_side, body_last,
                                                                body_last_side, inv_mass, inv_inertia_world,
                                                                linear_history, angular_history)
-                n = contact_normal[c]
-                ra = contact_arm_a[c]
-                rb = contact_arm_b[c]
-                old = impulse_history[k * contact_count + c]
-                vn = relative_velocity(va, wa, ra, vb, wb, rb).dot(n)
-                trial = old + contact_mass[c][0] * (contact_pseudo_target[c] - vn)
-                new = ti.select(contact_impacting[c] > lit(0.0), trial, ti.max(trial, lit(0.0))) * contact_active[c]
-                impulse_history[(k + 1) * contact_count + c] = new
-                dp = (new - old) * n
-                record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
+                active = contact_active[c]
+                if active == lit(0.0):  # a no-op, as in solve_velocity
+                    pass_through(s, body_count, va, wa, vb, wb, linear_history, angular_history)
+                    impulse_history[(k + 1) * contact_count + c] = lit(0.0)
+                else:
+                    n = contact_normal[c]
+                    ra = contact_arm_a[c]
+                    rb = contact_arm_b[c]
+                    old = impulse_history[k * contact_count + c]
+                    vn = relative_velocity(va, wa, ra, vb, wb, rb).dot(n)
+                    trial = old + contact_mass[c][0] * (contact_pseudo_target[c] - vn)
+                    new = ti.select(contact_impacting[c] > lit(0.0), trial, ti.max(trial, lit(0.0))) * active
+                    impulse_history[(k + 1) * contact_count + c] = new
+                    dp = (new - old) * n
+                    record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
 
     @ti.kernel
     def integrate_positions(position: a_vec3, orientation: a_vec4, velocity: a_vec3, angular_velocity: a_vec3,

@@ -6,9 +6,13 @@ A step is: ``integrate_forces`` (velocities after gravity, forces, torques) -> `
 friction) -> ``finalize_velocities`` -> ``predict_gaps`` -> ``solve_position`` (pseudo-velocity
 split impulses that never feed back into velocity) -> ``integrate_positions``.
 
-The two solve kernels run one thread that walks every (pass, slot) pair in order and writes
-each result once into a history buffer (impulses and the body velocities after each slot), so
-nothing is overwritten under the tape and the adjoint replays the chain exactly; the part they
+The two solve kernels run one thread per world (``world_slot_start``: each world's slots are one
+range; worlds share no body) that walks the world's (pass, slot) pairs in order and writes each
+result once into a history buffer (impulses and the body velocities after each slot, at the index
+a serial walk over all slots would use), so the results are the serial walk's bits, nothing is
+overwritten under the tape and the adjoint replays each chain exactly (an inactive slot only
+passes both velocities through, ``pass_through``: the values and adjoints of computing it, up to
+the sign of a zero impulse); the part they
 share (``slot_bodies``: read both bodies' latest velocities; ``record_slot``: write them after an
 impulse) is one pair of helpers. Every helper here has a twin of the same arithmetic in
 kernels/taichi/rigid.py.
@@ -17,6 +21,11 @@ Slots against a convex mesh (kind 5) measure the point against the mesh's hull p
 bound of the distance outside near edges and corners), normal that plane's. The maximising
 plane is picked first by ``select_hull_planes`` (an integer per slot, a piecewise-constant choice
 with no adjoint, launched outside the tape), so ``collide`` stays free of run-time loops.
+Edge-edge slots (kind 6, one per convex pair with a mesh: mesh-mesh, mesh-box) work the same way:
+``select_hull_planes`` runs the separating-axis test of the two hulls (face normals, and the edge
+pairs that make a face of their Minkowski difference) and keeps the best edge pair when an edge
+axis separates clearly better than every face; ``collide`` then puts one contact at the closest
+points of those two edges (``hull_edge_contact``), differentiable in both bodies' poses.
 ``collide`` computes the sliding-capsule point and the box-box manifold only for the slots that
 use them (real branches: the values it skips are never selected, so results and adjoints are
 those of computing everything). Quaternions are vec4 (x, y, z, w).
@@ -32,6 +41,7 @@ KIND_BOX = 2
 KIND_CAPSULE = 3
 KIND_BOX_BOX = 4
 KIND_MESH = 5
+KIND_EDGE = 6
 
 
 @functools.cache
@@ -342,6 +352,151 @@ def rigid_kernels(real):
         valid = wp.where(use_edge, m == 0, face_valid)
         return n, d, point, wp.where(valid, one, zero)
 
+    # -- edge-edge contacts of two convex hulls (mesh-mesh, mesh-box) ---------------------------
+    # A shape's edge block (builder ``_edge_block``) in hull_planes, in its body's frame: row h a
+    # header (faces F, vertices V, edges E, radius), h + 1 the centroid, then F planes, V vertices,
+    # and 4 rows per edge (two end points, the outward normals of its two faces).
+    @wp.func
+    def block_count(hull_planes: wp.array(dtype=vec4), h: int, k: int):
+        return int(hull_planes[h][k] + half)
+
+    @wp.func
+    def block_point(hull_planes: wp.array(dtype=vec4), row: int, x: vec3, q: vec4):
+        r = hull_planes[row]
+        return x + quat_rotate(q, vec3(r[0], r[1], r[2]))
+
+    @wp.func
+    def block_direction(hull_planes: wp.array(dtype=vec4), row: int, q: vec4):
+        r = hull_planes[row]
+        return quat_rotate(q, vec3(r[0], r[1], r[2]))
+
+    @wp.func
+    def face_separation(hull_planes: wp.array(dtype=vec4), ha: int, xa: vec3, qa: vec4, hb: int, xb: vec3, qb: vec4):
+        # the largest separation of hull b from a face plane of hull a (min over b's vertices of the
+        # height over the plane; < 0: overlapping along that normal)
+        fa = block_count(hull_planes, ha, 0)
+        fb = block_count(hull_planes, hb, 0)
+        vb = block_count(hull_planes, hb, 1)
+        best = real(-1.0e30)
+        for k in range(fa):
+            plane = hull_planes[ha + 2 + k]
+            n = quat_rotate(qa, vec3(plane[0], plane[1], plane[2]))
+            offset = plane[3] + wp.dot(n, xa)
+            lowest = real(1.0e30)
+            for v in range(vb):
+                lowest = wp.min(lowest, wp.dot(n, block_point(hull_planes, hb + 2 + fb + v, xb, qb)))
+            best = wp.max(best, lowest - offset)
+        return best
+
+    @wp.func
+    def minkowski_face(a: vec3, b: vec3, c: vec3, d: vec3):
+        # do the Gauss-map arcs a-b and c-d (unit face normals) cross? (arcs of an edge of hull a and
+        # of the negated normals of an edge of hull b: the two edges then make a face of a - b)
+        bxa = wp.cross(b, a)
+        dxc = wp.cross(d, c)
+        cba = wp.dot(c, bxa)
+        dba = wp.dot(d, bxa)
+        adc = wp.dot(a, dxc)
+        bdc = wp.dot(b, dxc)
+        return cba * dba < zero and adc * bdc < zero and cba * bdc > zero
+
+    @wp.func
+    def segment_parameters(pa0: vec3, da: vec3, pb0: vec3, db: vec3):
+        # closest points pa0 + s da, pb0 + t db of two segments (s, t in [0, 1]; Ericson 5.1.9) and
+        # the unclamped s, t of the two lines
+        r = pa0 - pb0
+        aa = wp.dot(da, da)
+        ee = wp.max(wp.dot(db, db), real(1.0e-18))
+        bb = wp.dot(da, db)
+        cc = wp.dot(da, r)
+        ff = wp.dot(db, r)
+        denom = wp.max(aa * ee - bb * bb, real(1.0e-18))
+        s_line = (bb * ff - cc * ee) / denom
+        t_line = (bb * s_line + ff) / ee
+        s = wp.clamp(s_line, zero, one)
+        t = wp.clamp((bb * s + ff) / ee, zero, one)
+        return s, t, s_line, t_line
+
+    @wp.func
+    def select_edge_pair(hull_planes: wp.array(dtype=vec4), ha: int, xa: vec3, qa: vec4, hb: int, xb: vec3, qb: vec4):
+        # separating axis over two hulls: their face normals and the cross products of the edge
+        # pairs that make a face of the Minkowski difference. Returns (pair * 2 + flip) of the best
+        # edge pair (pair = i E_b + j; flip: its axis is -(da x db)) when an edge axis separates
+        # clearly better than every face (faces win near-ties, as for box pairs) and the closest
+        # points of the two edges lie inside both; else -1
+        fa = block_count(hull_planes, ha, 0)
+        va = block_count(hull_planes, ha, 1)
+        ea = block_count(hull_planes, ha, 2)
+        fb = block_count(hull_planes, hb, 0)
+        vb = block_count(hull_planes, hb, 1)
+        eb = block_count(hull_planes, hb, 2)
+        centre_a = block_point(hull_planes, ha + 1, xa, qa)
+        face = wp.max(face_separation(hull_planes, ha, xa, qa, hb, xb, qb),
+                      face_separation(hull_planes, hb, xb, qb, ha, xa, qa))
+        best = real(-1.0e30)
+        code = int(-1)
+        for i in range(ea):
+            ra = ha + 2 + fa + va + 4 * i
+            pa0 = block_point(hull_planes, ra, xa, qa)
+            da = block_point(hull_planes, ra + 1, xa, qa) - pa0
+            na0 = block_direction(hull_planes, ra + 2, qa)
+            na1 = block_direction(hull_planes, ra + 3, qa)
+            for j in range(eb):
+                rb = hb + 2 + fb + vb + 4 * j
+                nb0 = block_direction(hull_planes, rb + 2, qb)
+                nb1 = block_direction(hull_planes, rb + 3, qb)
+                if minkowski_face(na0, na1, -nb0, -nb1):
+                    pb0 = block_point(hull_planes, rb, xb, qb)
+                    db = block_point(hull_planes, rb + 1, xb, qb) - pb0
+                    axis = wp.cross(da, db)
+                    length = wp.length(axis)
+                    if length > real(1.0e-3) * wp.length(da) * wp.length(db):
+                        axis = axis / length
+                        flip = int(0)
+                        if wp.dot(axis, pa0 - centre_a) < zero:  # pointing out of a
+                            axis = -axis
+                            flip = 1
+                        separation = wp.dot(axis, pb0 - pa0)
+                        if separation > best:
+                            best = separation
+                            code = (i * eb + j) * 2 + flip
+        scale = hull_planes[ha][3] + hull_planes[hb][3]
+        result = int(-1)
+        if code >= 0 and best > face + real(0.05) * wp.abs(face) + real(1.0e-4) * scale:
+            pair = code // 2
+            ra = ha + 2 + fa + va + 4 * (pair // eb)
+            rb = hb + 2 + fb + vb + 4 * (pair % eb)
+            pa0 = block_point(hull_planes, ra, xa, qa)
+            pb0 = block_point(hull_planes, rb, xb, qb)
+            s, t, s_line, t_line = segment_parameters(pa0, block_point(hull_planes, ra + 1, xa, qa) - pa0, pb0,
+                                                      block_point(hull_planes, rb + 1, xb, qb) - pb0)
+            if s_line >= zero and s_line <= one and t_line >= zero and t_line <= one:
+                result = code
+        return result
+
+    @wp.func
+    def hull_edge_contact(hull_planes: wp.array(dtype=vec4), ha: int, hb: int, code: int, xa: vec3, qa: vec4,
+                          xb: vec3, qb: vec4):
+        # the edge pair ``select_edge_pair`` chose: normal from b to a, gap along it between the
+        # closest points of the two edges, and the contact point between them
+        fa = block_count(hull_planes, ha, 0)
+        va = block_count(hull_planes, ha, 1)
+        fb = block_count(hull_planes, hb, 0)
+        vb = block_count(hull_planes, hb, 1)
+        eb = wp.max(block_count(hull_planes, hb, 2), 1)
+        pair = code // 2
+        ra = ha + 2 + fa + va + 4 * (pair // eb)
+        rb = hb + 2 + fb + vb + 4 * (pair % eb)
+        pa0 = block_point(hull_planes, ra, xa, qa)
+        da = block_point(hull_planes, ra + 1, xa, qa) - pa0
+        pb0 = block_point(hull_planes, rb, xb, qb)
+        db = block_point(hull_planes, rb + 1, xb, qb) - pb0
+        axis = safe_direction(wp.cross(da, db), vec3(zero, zero, one)) * wp.where(code % 2 == 1, -one, one)
+        s, t, s_line, t_line = segment_parameters(pa0, da, pb0, db)
+        pa = pa0 + s * da
+        pb = pb0 + t * db
+        return -axis, wp.dot(pb - pa, axis), half * (pa + pb)
+
     @wp.kernel(module="unique")
     def integrate_forces(
         orientation: wp.array(dtype=vec4),
@@ -380,7 +535,8 @@ def rigid_kernels(real):
         contact_plane: wp.array(dtype=wp.int32),
     ):
         # per slot against a convex mesh: the row of the hull plane its point is highest over (the
-        # same point and mesh frame as ``collide``); other slots get their (unused) start row
+        # same point and mesh frame as ``collide``); other slots get their (unused) start row; an
+        # edge-edge slot (b_hull = (-1 - a's edge block row, b's)) its edge pair (``select_edge_pair``)
         c = wp.tid()
         a = slot_body[c][0]
         b = slot_body[c][1]
@@ -392,14 +548,18 @@ def rigid_kernels(real):
         cb = xb + quat_rotate(qb, slot_b_position[c])
         local = quat_rotate_inv(quat_mul(qb, slot_b_rotation[c]), p - cb)
         start = slot_b_hull[c][0]
-        best_row = start
-        best = plane_height(hull_planes[start], local)
-        for row in range(start + 1, start + slot_b_hull[c][1]):
-            height = plane_height(hull_planes[row], local)
-            if height > best:
-                best = height
-                best_row = row
-        contact_plane[c] = best_row
+        if start < 0:
+            contact_plane[c] = select_edge_pair(hull_planes, -1 - start, position[a], orientation[a], slot_b_hull[c][1],
+                                                xb, qb)
+        else:
+            best_row = start
+            best = plane_height(hull_planes[start], local)
+            for row in range(start + 1, start + slot_b_hull[c][1]):
+                height = plane_height(hull_planes[row], local)
+                if height > best:
+                    best = height
+                    best_row = row
+            contact_plane[c] = best_row
 
     @wp.kernel(module="unique")
     def collide(
@@ -504,7 +664,7 @@ def rigid_kernels(real):
         d_box = wp.where(is_out, out_len, inside_d) - ra_point
 
         # convex mesh: the hull plane ``select_hull_planes`` found the point highest over
-        plane = hull_planes[contact_plane[c]]
+        plane = hull_planes[wp.where(kind == 5, contact_plane[c], 0)]
         n_mesh = quat_rotate(rot_b, vec3(plane[0], plane[1], plane[2]))
         d_mesh = plane_height(plane, local_c) - ra_point
 
@@ -519,14 +679,24 @@ def rigid_kernels(real):
             n_sat, d_sat, point_sat, valid_sat = box_box_contact(ca, rot_a, slot_a_size[c], cb, rot_b, size_b, slot_order[c],
                                                                  face_tolerance)
 
+        # two convex hulls edge to edge: the pair select_hull_planes chose (-1: none); a_size holds
+        # the rows of the two edge blocks (builder)
+        edge_ok = kind == 6 and contact_plane[c] >= 0
+        n_edge = up
+        d_edge = zero
+        point_edge = xa
+        if edge_ok:
+            n_edge, d_edge, point_edge = hull_edge_contact(hull_planes, int(slot_a_size[c][0] + half),
+                                                           int(slot_a_size[c][1] + half), contact_plane[c], xa, qa, xb, qb)
+
         n = wp.where(kind == 0, n_ground, wp.where(kind == 1, n_sphere, wp.where(kind == 2, n_box, wp.where(
-            kind == 3, n_capsule, wp.where(kind == 5, n_mesh, n_sat)))))
+            kind == 3, n_capsule, wp.where(kind == 5, n_mesh, wp.where(kind == 6, n_edge, n_sat))))))
         d = wp.where(kind == 0, d_ground, wp.where(kind == 1, d_sphere, wp.where(kind == 2, d_box, wp.where(
-            kind == 3, d_capsule, wp.where(kind == 5, d_mesh, d_sat)))))
-        valid = (kind != 4 or valid_sat > zero) and (not sliding or inner)
+            kind == 3, d_capsule, wp.where(kind == 5, d_mesh, wp.where(kind == 6, d_edge, d_sat))))))
+        valid = (kind != 4 or valid_sat > zero) and (kind != 6 or edge_ok) and (not sliding or inner)
 
         # contact point on the surface of a; arms from each centre of mass
-        pc = wp.where(kind == 4, point_sat, p - ra_point * n)
+        pc = wp.where(kind == 4, point_sat, wp.where(kind == 6, point_edge, p - ra_point * n))
         arm_a = pc - xa
         arm_b = pc - xb
         ima = inv_mass[a]
@@ -615,6 +785,16 @@ def rigid_kernels(real):
         linear_history[out + 1] = vb - imb * dp
         angular_history[out + 1] = wb - ib * wp.cross(rb, dp)
 
+    @wp.func
+    def pass_through(s: int, body_count: int, va: vec3, wa: vec3, vb: vec3, wb: vec3, linear_history: wp.array(dtype=vec3),
+                     angular_history: wp.array(dtype=vec3)):
+        # ``record_slot`` of an inactive slot: both bodies' velocities unchanged
+        out = body_count + 1 + s * 2
+        linear_history[out] = va
+        angular_history[out] = wa
+        linear_history[out + 1] = vb
+        angular_history[out + 1] = wb
+
     @wp.kernel(module="unique")
     def seed_velocities(velocity_star: wp.array(dtype=vec3), angular_velocity_star: wp.array(dtype=vec3),
                         linear_history: wp.array(dtype=vec3), angular_history: wp.array(dtype=vec3)):
@@ -624,6 +804,7 @@ def rigid_kernels(real):
 
     @wp.kernel(module="unique")
     def solve_velocity(
+        world_slot_start: wp.array(dtype=wp.int32),
         slot_body: wp.array(dtype=ivec2),
         slot_prev: wp.array(dtype=ivec2),
         slot_prev_side: wp.array(dtype=ivec2),
@@ -648,41 +829,50 @@ def rigid_kernels(real):
         linear_history: wp.array(dtype=vec3),
         angular_history: wp.array(dtype=vec3),
     ):
-        # one thread: Gauss-Seidel over slots; pass 0 applies the warm-start impulses
-        for s in range(pass_count * contact_count):
-            k = s // contact_count
-            c = s % contact_count
-            va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count, body_count,
-                                                           slot_prev, slot_prev_side, body_last, body_last_side, inv_mass,
-                                                           inv_inertia_world, linear_history, angular_history)
-            n = contact_normal[c]
-            t1 = contact_tangent1[c]
-            t2 = contact_tangent2[c]
-            ra = contact_arm_a[c]
-            rb = contact_arm_b[c]
-            m = contact_mass[c]
-            active = contact_active[c]
-            old = impulse_history[k * contact_count + c]
-            # normal: accumulated impulse stays >= 0 and reaches the restitution target velocity
-            vn = wp.dot(relative_velocity(va, wa, ra, vb, wb, rb), n)
-            lam_n = wp.max(old[0] + m[0] * (contact_velocity_target[c] - vn), zero) * active
-            pn = (lam_n - old[0]) * n
-            va1 = va + ima * pn
-            wa1 = wa + ia * wp.cross(ra, pn)
-            vb1 = vb - imb * pn
-            wb1 = wb - ib * wp.cross(rb, pn)
-            # friction: stop the tangential slip, clamped to the Coulomb disc mu * lambda_n
-            vr = relative_velocity(va1, wa1, ra, vb1, wb1, rb)
-            lt1 = old[1] - m[1] * wp.dot(vr, t1)
-            lt2 = old[2] - m[2] * wp.dot(vr, t2)
-            limit = slot_friction[c] * lam_n
-            norm2 = lt1 * lt1 + lt2 * lt2
-            scale = wp.where(norm2 > limit * limit, limit / wp.sqrt(wp.max(norm2, tiny)), one) * active
-            solved = vec3(lam_n, lt1 * scale, lt2 * scale)
-            new = wp.where(k == 0, warm_impulse[c] * active, solved)
-            impulse_history[(k + 1) * contact_count + c] = new
-            dp = (new[0] - old[0]) * n + (new[1] - old[1]) * t1 + (new[2] - old[2]) * t2
-            record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
+        # one thread per world: Gauss-Seidel over the world's slots; pass 0 applies the warm-start impulses
+        world = wp.tid()
+        first = world_slot_start[world]
+        count = world_slot_start[world + 1] - first
+        for k in range(pass_count):
+            for j in range(count):
+                c = first + j
+                s = k * contact_count + c  # the (pass, slot) record, as in a serial walk over all slots
+                va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count, body_count,
+                                                               slot_prev, slot_prev_side, body_last, body_last_side, inv_mass,
+                                                               inv_inertia_world, linear_history, angular_history)
+                active = contact_active[c]
+                if active == zero:
+                    # an inactive slot is a no-op (impulse 0, both velocities pass through): skip its arithmetic
+                    pass_through(s, body_count, va, wa, vb, wb, linear_history, angular_history)
+                    impulse_history[(k + 1) * contact_count + c] = vec3(zero, zero, zero)
+                else:
+                    n = contact_normal[c]
+                    t1 = contact_tangent1[c]
+                    t2 = contact_tangent2[c]
+                    ra = contact_arm_a[c]
+                    rb = contact_arm_b[c]
+                    m = contact_mass[c]
+                    old = impulse_history[k * contact_count + c]
+                    # normal: accumulated impulse stays >= 0 and reaches the restitution target velocity
+                    vn = wp.dot(relative_velocity(va, wa, ra, vb, wb, rb), n)
+                    lam_n = wp.max(old[0] + m[0] * (contact_velocity_target[c] - vn), zero) * active
+                    pn = (lam_n - old[0]) * n
+                    va1 = va + ima * pn
+                    wa1 = wa + ia * wp.cross(ra, pn)
+                    vb1 = vb - imb * pn
+                    wb1 = wb - ib * wp.cross(rb, pn)
+                    # friction: stop the tangential slip, clamped to the Coulomb disc mu * lambda_n
+                    vr = relative_velocity(va1, wa1, ra, vb1, wb1, rb)
+                    lt1 = old[1] - m[1] * wp.dot(vr, t1)
+                    lt2 = old[2] - m[2] * wp.dot(vr, t2)
+                    limit = slot_friction[c] * lam_n
+                    norm2 = lt1 * lt1 + lt2 * lt2
+                    scale = wp.where(norm2 > limit * limit, limit / wp.sqrt(wp.max(norm2, tiny)), one) * active
+                    solved = vec3(lam_n, lt1 * scale, lt2 * scale)
+                    new = wp.where(k == 0, warm_impulse[c] * active, solved)
+                    impulse_history[(k + 1) * contact_count + c] = new
+                    dp = (new[0] - old[0]) * n + (new[1] - old[1]) * t1 + (new[2] - old[2]) * t2
+                    record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
 
     @wp.kernel(module="unique")
     def finalize_velocities(
@@ -731,6 +921,7 @@ def rigid_kernels(real):
 
     @wp.kernel(module="unique")
     def solve_position(
+        world_slot_start: wp.array(dtype=wp.int32),
         slot_body: wp.array(dtype=ivec2),
         slot_prev: wp.array(dtype=ivec2),
         slot_prev_side: wp.array(dtype=ivec2),
@@ -753,23 +944,32 @@ def rigid_kernels(real):
         angular_history: wp.array(dtype=vec3),
     ):
         # split impulses on pseudo-velocities: they move bodies but never enter the velocity
-        for s in range(pass_count * contact_count):
-            k = s // contact_count
-            c = s % contact_count
-            va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count, body_count,
-                                                           slot_prev, slot_prev_side, body_last, body_last_side, inv_mass,
-                                                           inv_inertia_world, linear_history, angular_history)
-            n = contact_normal[c]
-            ra = contact_arm_a[c]
-            rb = contact_arm_b[c]
-            old = impulse_history[k * contact_count + c]
-            vn = wp.dot(relative_velocity(va, wa, ra, vb, wb, rb), n)
-            trial = old + contact_mass[c][0] * (contact_pseudo_target[c] - vn)
-            # an impact lands exactly on its time-of-impact end gap (two-sided); resting contacts push only
-            new = wp.where(contact_impacting[c] > zero, trial, wp.max(trial, zero)) * contact_active[c]
-            impulse_history[(k + 1) * contact_count + c] = new
-            dp = (new - old) * n
-            record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
+        world = wp.tid()
+        first = world_slot_start[world]
+        count = world_slot_start[world + 1] - first
+        for k in range(pass_count):
+            for j in range(count):
+                c = first + j
+                s = k * contact_count + c
+                va, wa, vb, wb, ima, imb, ia, ib = slot_bodies(k, c, slot_body[c][0], slot_body[c][1], contact_count, body_count,
+                                                               slot_prev, slot_prev_side, body_last, body_last_side, inv_mass,
+                                                               inv_inertia_world, linear_history, angular_history)
+                active = contact_active[c]
+                if active == zero:  # a no-op, as in solve_velocity
+                    pass_through(s, body_count, va, wa, vb, wb, linear_history, angular_history)
+                    impulse_history[(k + 1) * contact_count + c] = zero
+                else:
+                    n = contact_normal[c]
+                    ra = contact_arm_a[c]
+                    rb = contact_arm_b[c]
+                    old = impulse_history[k * contact_count + c]
+                    vn = wp.dot(relative_velocity(va, wa, ra, vb, wb, rb), n)
+                    trial = old + contact_mass[c][0] * (contact_pseudo_target[c] - vn)
+                    # an impact lands exactly on its time-of-impact end gap (two-sided); resting contacts push only
+                    new = wp.where(contact_impacting[c] > zero, trial, wp.max(trial, zero)) * active
+                    impulse_history[(k + 1) * contact_count + c] = new
+                    dp = (new - old) * n
+                    record_slot(s, body_count, va, wa, vb, wb, ima, imb, ia, ib, ra, rb, dp, linear_history, angular_history)
 
     @wp.kernel(module="unique")
     def integrate_positions(

@@ -25,6 +25,12 @@ from .shapes import SHAPE_BOX, SHAPE_CAPSULE, SHAPE_MESH, SHAPE_SPHERE, ShapeSpe
 __all__ = ["RigidBuilder"]
 
 KIND_GROUND, KIND_SPHERE, KIND_BOX, KIND_CAPSULE, KIND_BOX_BOX, KIND_MESH = 0, 1, 2, 3, 4, 5
+# one slot per convex pair with a mesh (mesh-mesh, mesh-box): the edge-edge contact of the pair's
+# two hulls when an edge-edge axis separates them best (see ``_edge_block``)
+KIND_EDGE = 6
+# edge pairs one edge-edge slot may test per step (select_hull_planes is O(E_a E_b)); finer hulls
+# approximate smooth surfaces, where their dense vertices' contacts suffice: no edge slot
+EDGE_PAIR_LIMIT = 20000
 _TARGET_KIND = {SHAPE_SPHERE: KIND_SPHERE, SHAPE_BOX: KIND_BOX, SHAPE_CAPSULE: KIND_CAPSULE}
 IDENTITY = (0.0, 0.0, 0.0, 1.0)
 # box-box slots per pair: 4 incident corners, 4 reference corners, 16 edge crossings (the clipped
@@ -90,6 +96,37 @@ def _distinct_planes(planes: np.ndarray) -> np.ndarray:
     return planes[np.sort(first)]
 
 
+def _edge_block(shape: ShapeSpec) -> np.ndarray:
+    """Rows (R, 4) describing a box's or mesh's convex hull in its body's frame (a static shape's:
+    the world) for edge-edge contacts: a header (faces F, vertices V, edges E, bounding radius),
+    the centroid (x, y, z, 0), F face planes (n, offset; n . x <= offset inside), V vertices
+    (x, y, z, 0), then per edge 4 rows: its two end points and the outward normals of its two
+    faces (coplanar triangles merged: no diagonals). ``shape.position``/``rotation`` are the
+    shape's pose in that frame (the centre-of-mass frame, after ``finalize`` re-expresses them)."""
+    import trimesh
+
+    points, _ = shape.contact_points()
+    rotation = _quat_matrix(shape.rotation)
+    points = np.asarray(points, dtype=float) @ rotation.T + np.asarray(shape.position, dtype=float)
+    hull = trimesh.Trimesh(vertices=points, process=True).convex_hull
+    vertices = np.asarray(hull.vertices, dtype=float)
+    normals = np.asarray(hull.face_normals, dtype=float)
+    offsets = np.einsum("ij,ij->i", normals, np.asarray(hull.triangles_center, dtype=float))
+    planes = _distinct_planes(np.concatenate([normals, offsets[:, None]], axis=1))
+    adjacency = np.asarray(hull.face_adjacency, dtype=np.int64).reshape(-1, 2)
+    ends = np.asarray(hull.face_adjacency_edges, dtype=np.int64).reshape(-1, 2)
+    sharp = np.einsum("ij,ij->i", normals[adjacency[:, 0]], normals[adjacency[:, 1]]) < 1.0 - 1e-9
+    adjacency, ends = adjacency[sharp], ends[sharp]
+    centroid = vertices.mean(axis=0)
+    radius = float(np.linalg.norm(vertices - centroid, axis=1).max())
+    rows = [[len(planes), len(vertices), len(ends), radius], [*centroid, 0.0]]
+    rows += planes.tolist()
+    rows += [[*v, 0.0] for v in vertices]
+    for (f0, f1), (e0, e1) in zip(adjacency, ends):
+        rows += [[*vertices[e0], 0.0], [*vertices[e1], 0.0], [*normals[f0], 0.0], [*normals[f1], 0.0]]
+    return np.asarray(rows, dtype=float)
+
+
 class RigidBuilder:
     """Collects a rigid-body scene; ``finalize()`` returns a RigidModel.
 
@@ -145,7 +182,7 @@ class RigidBuilder:
                           rotation=_unit_quat(rotation, "rotation"), density=_positive(density, "density"),
                           friction=float(friction), restitution=float(restitution), **mesh)
         self.shapes.append(shape)
-        self.shape_world.append(0)
+        self.shape_world.append(self.body_world[body] if body >= 0 else 0)  # a static shape: world 0
         return len(self.shapes) - 1
 
     def add_shape_sphere(self, body: int, radius: float, *, position=(0.0, 0.0, 0.0), density: float = 1000.0,
@@ -190,7 +227,8 @@ class RigidBuilder:
 
         Other bodies' points (sphere centres, box corners, capsule ends, mesh hull vertices)
         collide with its hull planes; its own vertices have no slots (a static mesh's vertex
-        poking a face or edge of a dynamic shape is not caught)."""
+        poking a face or edge of a dynamic shape is not caught). A downward face lying on the
+        ground plane (a wedge's base) is left out of its contact planes."""
         return self._add_mesh(-1, source, scale, position, rotation, 1000.0, friction, restitution)
 
     def _add_mesh(self, body, source, scale, position, rotation, density, friction, restitution) -> int:
@@ -294,9 +332,22 @@ class RigidBuilder:
             result.append((mass, com, moments, _matrix_quat(rotation)))
         return result
 
-    def _contact_slots(self, shapes: list[ShapeSpec], hull_range: dict[int, tuple[int, int]]) -> dict:
+    def _drop_grounded_faces(self, planes: np.ndarray, shape: ShapeSpec) -> np.ndarray:
+        """A static mesh's hull planes without its downward face lying on (or under) the ground: no
+        point reaches that face from outside, but a point slipping into the mesh's thin foot (a
+        wedge's edge at ground level) would find it the nearest plane and be pushed down, into the
+        ground (the two contacts then fight)."""
+        normals = planes[:, :3] @ _quat_matrix(shape.rotation).T  # world normals
+        height = shape.position[2] - planes[:, 3]  # the face's height when its normal is -z
+        extent = float(np.ptp(shape.mesh_vertices, axis=0).max())
+        keep = ~((normals[:, 2] < -1.0 + 1e-6) & (height <= self.ground_height + 1e-6 * extent))
+        return planes[keep]
+
+    def _contact_slots(self, shapes: list[ShapeSpec], hull_range: dict[int, tuple[int, int]],
+                       edge_block=None) -> dict:
         """The slot table; ``hull_range`` maps each mesh shape to the (start, count) of its hull
-        planes in the model's ``hull_planes``."""
+        planes in the model's ``hull_planes``; ``edge_block(index)`` gives the row of a shape's edge
+        block there and its edge count (``_edge_block``; None: no edge-edge slots)."""
         rows = []
 
         def add(kind, shape_a, point, radius, body_b, shape_b_index, b_position, b_rotation, b_size, order=0):
@@ -312,11 +363,6 @@ class RigidBuilder:
             rot = _quat_matrix(s.rotation)
             return [(s.position + rot @ p, r) for p, r in zip(pts, radii)]
 
-        dynamic = [i for i, s in enumerate(shapes) if s.body >= 0]
-        if self.ground:
-            for i in dynamic:
-                for p, r in points_of(i):
-                    add(KIND_GROUND, i, p, r, -1, -1, np.array([0.0, 0.0, self.ground_height]), np.array(IDENTITY), (0.0, 0.0, 0.0))
 
         def against(i, j, sliding=True):
             """Points of shape i (dynamic) against the solid shape j; a capsule also gets a sliding
@@ -339,10 +385,21 @@ class RigidBuilder:
                 add(_TARGET_KIND[sj.kind], i, np.zeros(3), shapes[i].size[0], sj.body, j, sj.position, sj.rotation,
                     sj.size, 1)
 
+        # each world's slots are one contiguous range (its ground slots, then its pairs), worlds in
+        # order: the solver runs one Gauss-Seidel thread per world over its range (``world_start``)
         worlds: dict[int, list[int]] = {}
         for i, world in enumerate(self.shape_world):
             worlds.setdefault(world, []).append(i)
-        for group in (worlds[w] for w in sorted(worlds)):
+        world_start = np.zeros(self.world_count + 1, np.int32)
+        for w in range(self.world_count):
+            world_start[w] = len(rows)
+            group = worlds.get(w, [])
+            if self.ground:
+                for i in group:
+                    if shapes[i].body >= 0:
+                        for p, r in points_of(i):
+                            add(KIND_GROUND, i, p, r, -1, -1, np.array([0.0, 0.0, self.ground_height]), np.array(IDENTITY),
+                                (0.0, 0.0, 0.0))
             for position, i in enumerate(group):
                 for j in group[position + 1:]:
                     si, sj = shapes[i], shapes[j]
@@ -366,8 +423,20 @@ class RigidBuilder:
                             against(i, j)
                         if sj.body >= 0:  # two capsules: one sliding slot for the pair is enough
                             against(j, i, sliding=not (kinds == {SHAPE_CAPSULE} and si.body >= 0))
+                        if edge_block is not None and SHAPE_MESH in kinds and kinds <= {SHAPE_MESH, SHAPE_BOX}:
+                            # the pair's edge-edge contact (a: a dynamic shape); the point slots
+                            # above cover vertex-face contacts. b_hull = (-1 - a's block row, b's
+                            # block row) tells select_hull_planes it is an edge slot; a_size holds
+                            # the two rows as reals for collide
+                            a_i, b_i = (i, j) if si.body >= 0 else (j, i)
+                            (ha, edges_a), (hb, edges_b) = edge_block(a_i), edge_block(b_i)
+                            if 0 < edges_a * edges_b <= EDGE_PAIR_LIMIT:
+                                sb = shapes[b_i]
+                                add(KIND_EDGE, a_i, np.zeros(3), 0.0, sb.body, b_i, sb.position, sb.rotation, sb.size)
+                                rows[-1].update(a_size=(float(ha), float(hb), 0.0), b_hull=(-1 - ha, hb))
 
         count = len(rows)
+        world_start[self.world_count] = count
         contact = dict(count=count)
 
         def stack(key, width=None, dtype=float):
@@ -392,7 +461,7 @@ class RigidBuilder:
                 if body >= 0:
                     prev[c, side], prev_side[c, side] = last[body], last_side[body]
                     last[body], last_side[body] = c, side
-        contact.update(prev=prev, prev_side=prev_side, body_last=last, body_last_side=last_side)
+        contact.update(prev=prev, prev_side=prev_side, body_last=last, body_last_side=last_side, world_start=world_start)
         return contact
 
     def finalize(self, device: str = "cpu", dtype: torch.dtype = torch.float32, *, iterations: int = 12,
@@ -418,10 +487,24 @@ class RigidBuilder:
         for index, s in enumerate(shapes):
             if s.kind == SHAPE_MESH:
                 planes = _distinct_planes(s.mesh_planes)
+                if s.body < 0 and self.ground:
+                    planes = self._drop_grounded_faces(planes, s)
                 hull_range[index] = (sum(len(r) for r in hull_rows), len(planes))
                 hull_rows.append(planes)
+        # edge blocks (``_edge_block``) of the shapes in edge-edge slots, after all plane rows
+        edge_rows, edge_start = [], {}
+        plane_count = sum(len(r) for r in hull_rows)
+
+        def edge_block(index: int) -> tuple[int, int]:
+            if index not in edge_start:
+                block = _edge_block(shapes[index])
+                edge_start[index] = (plane_count + sum(len(r) for r in edge_rows), int(block[0, 2]))
+                edge_rows.append(block)
+            return edge_start[index]
+
+        contact = self._contact_slots(shapes, hull_range, edge_block)
+        hull_rows = hull_rows + edge_rows
         hull_planes = np.concatenate(hull_rows) if hull_rows else np.zeros((1, 4))
-        contact = self._contact_slots(shapes, hull_range)
 
         def real(x):
             return torch.as_tensor(np.asarray(x, dtype=float), dtype=dtype, device=device)
@@ -474,7 +557,7 @@ class RigidBuilder:
             shape_restitution=real([s.restitution for s in shapes]),
             ground_friction=real(self.ground_friction), ground_restitution=real(self.ground_restitution),
             gravity=real(self.gravity), contact=contact_t, spring=spring, shapes=shapes, hull_planes=real(hull_planes),
-            has_mesh_targets=bool((contact["kind"] == KIND_MESH).any()) if contact["count"] else False,
+            has_mesh_targets=bool(np.isin(contact["kind"], (KIND_MESH, KIND_EDGE)).any()) if contact["count"] else False,
             has_ground=self.ground, ground_height=self.ground_height, restitution_threshold=float(restitution_threshold),
             iterations=int(iterations), position_iterations=int(position_iterations), device=device, dtype=dtype,
             world_count=self.world_count, body_world=torch.as_tensor(self.body_world, dtype=torch.int32, device=device))

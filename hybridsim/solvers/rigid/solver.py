@@ -8,6 +8,19 @@ pass replays the same list under a Warp tape, or calls each Taichi kernel's ``.g
 order, on the saved inputs. The forward-only ``step`` runs the same kernels on buffers (and, for
 Warp, array wrappers and recorded launches) kept across steps, so both give the same bits.
 Springs are torch ops evaluated before the kernels (shared by both backends).
+
+The two contact solves (``solve_velocity``, ``solve_position``) launch one thread per world: the
+builder lays each world's slots out as one range (``contact["world_start"]``; a plan keeps them
+ascending, so ``world_slot_start`` is again one range per world) and worlds share no body, so each
+thread's Gauss-Seidel walk reads and writes only its own history records, at the indices a serial
+walk over all slots would use: the same bits, and on Taichi's CPU pool or a GPU the worlds run in
+parallel (Warp's CPU launches are single-threaded: ``cpu_threads`` runs the solves as launches
+over world ranges side by side). The forward-only ``step`` keeps a broad-phase plan while it
+covers the slots a step needs, and a new plan keeps the slots within reach over two steps, so
+plans are rebuilt less often (kept slots out of reach are inactive: the same bits). An inactive
+slot (``contact_active`` 0) is a no-op of both solves: its impulse is 0 and both bodies'
+velocities pass through, so the kernels skip its arithmetic (values and gradients as computing
+it, up to the sign of a zero impulse).
 """
 
 from __future__ import annotations
@@ -41,19 +54,59 @@ class _SlotPlan:
     def __init__(self, slots: torch.Tensor | None, tables: dict):
         self.slots, self.tables = slots, tables
         self.count = int(tables["slot_kind"].shape[0])
+        self.kept = None  # (C,) bool mask of ``slots`` (set by SolverRigid._plan for a sub plan)
+
+
+def _world_start(model: RigidModel) -> torch.Tensor:
+    """(W + 1,) int32: world w's slots are the range [start[w], start[w + 1]) (builder: contiguous)."""
+    start = model.contact.get("world_start")
+    if start is None:  # a model made without it: one world over all slots
+        start = torch.tensor([0, model.contact_count], dtype=torch.int32, device=model.device)
+    return start
 
 
 def _full_plan(model: RigidModel) -> _SlotPlan:
     tables = {f"slot_{k}": model.contact[k] for k in (*_SLOT_KEYS, "prev", "prev_side")}
-    tables.update(body_last=model.contact["body_last"], body_last_side=model.contact["body_last_side"])
+    tables.update(body_last=model.contact["body_last"], body_last_side=model.contact["body_last_side"],
+                  world_slot_start=_world_start(model))
     return _SlotPlan(None, tables)
 
 
-def _sub_plan(model: RigidModel, slots: torch.Tensor) -> _SlotPlan:
-    tables = {f"slot_{k}": model.contact[k].index_select(0, slots) for k in _SLOT_KEYS}
+class _PackedSlotTables:
+    """The model's slot tables side by side, one (C, n) tensor per dtype, so that a plan's rows come
+    out of one row gather per dtype (many narrow gathers cost more than the copies)."""
+
+    def __init__(self, model: RigidModel):
+        C = model.contact_count
+        self.groups = []
+        for dtype in {model.contact[k].dtype for k in _SLOT_KEYS}:
+            names = [k for k in _SLOT_KEYS if model.contact[k].dtype == dtype]
+            columns = [model.contact[k].reshape(C, -1) for k in names]
+            layout, start = [], 0
+            for name, column in zip(names, columns):
+                layout.append((name, start, start + column.shape[1], model.contact[name].shape[1:]))
+                start += column.shape[1]
+            self.groups.append((layout, torch.cat(columns, dim=1)))
+
+    def select(self, slots: torch.Tensor) -> dict:
+        K, tables = int(slots.shape[0]), {}
+        for layout, packed in self.groups:
+            rows = packed.index_select(0, slots)
+            for name, lo, hi, shape in layout:
+                tables[f"slot_{name}"] = rows[:, lo:hi].reshape(K, *shape).contiguous()
+        return tables
+
+
+def _sub_plan(model: RigidModel, slots: torch.Tensor, packed: _PackedSlotTables | None = None) -> _SlotPlan:
+    if packed is None:
+        tables = {f"slot_{k}": model.contact[k].index_select(0, slots) for k in _SLOT_KEYS}
+    else:
+        tables = packed.select(slots)
     chain = slot_chain(tables["slot_body"], model.body_count)
+    # the kept slots stay ascending, so each world's are again one range of the plan
+    start = torch.searchsorted(slots, _world_start(model).to(slots.dtype)).to(torch.int32)
     tables.update(slot_prev=chain["prev"], slot_prev_side=chain["prev_side"], body_last=chain["body_last"],
-                  body_last_side=chain["body_last_side"])
+                  body_last_side=chain["body_last_side"], world_slot_start=start)
     return _SlotPlan(slots, tables)
 
 
@@ -61,6 +114,7 @@ def _phases(model: RigidModel, dt: float, C: int):
     """The step over C slots as (kernel name, launch dim, argument list); a str names a buffer,
     ("real", x)/("int", n) is a scalar."""
     B = model.body_count
+    W = int(_world_start(model).shape[0]) - 1  # solve launches: one thread per world
     pv, pp = model.iterations + 1, model.position_iterations
     real, integer = (lambda x: ("real", float(x))), (lambda n: ("int", int(n)))
     slots = [f"slot_{k}" for k in _SLOT_KEYS if k != "b_hull"]  # collide reads the hull through contact_plane
@@ -78,9 +132,10 @@ def _phases(model: RigidModel, dt: float, C: int):
                                       "contact_plane", "slot_restitution",
                                       real(model.restitution_threshold), real(model.face_tolerance), real(model.contact_margin), real(dt), *_CONTACT_OUT]))
     phases.append(("seed_velocities", B, ["velocity_star", "angular_velocity_star", "linear_history", "angular_history"]))
-    chain = ["slot_body", "slot_prev", "slot_prev_side", "body_last", "body_last_side", "inv_mass", "inv_inertia_world"]
+    chain = ["world_slot_start", "slot_body", "slot_prev", "slot_prev_side", "body_last", "body_last_side", "inv_mass",
+             "inv_inertia_world"]
     if C > 0:
-        phases.append(("solve_velocity", 1, [*chain, "contact_normal", "contact_arm_a", "contact_arm_b", "contact_tangent1",
+        phases.append(("solve_velocity", W, [*chain, "contact_normal", "contact_arm_a", "contact_arm_b", "contact_tangent1",
                                              "contact_tangent2", "contact_mass", "contact_velocity_target", "contact_active",
                                              "slot_friction", "warm_impulse", integer(pv), integer(C), integer(B),
                                              "impulse_history", "linear_history", "angular_history"]))
@@ -91,7 +146,7 @@ def _phases(model: RigidModel, dt: float, C: int):
         phases.append(("predict_gaps", C, ["slot_body", "velocity_final", "angular_velocity_final", "contact_normal",
                                            "contact_arm_a", "contact_arm_b", "contact_gap", "contact_normal_velocity",
                                            "contact_gap_target", real(dt), "contact_pseudo_target"]))
-        phases.append(("solve_position", 1, [*chain, "contact_normal", "contact_arm_a", "contact_arm_b", "contact_mass",
+        phases.append(("solve_position", W, [*chain, "contact_normal", "contact_arm_a", "contact_arm_b", "contact_mass",
                                              "contact_pseudo_target", "contact_active", "contact_impacting", integer(pp),
                                              integer(C), integer(B), "pseudo_impulse_history", "pseudo_linear_history",
                                              "pseudo_angular_history"]))
@@ -142,8 +197,9 @@ class _Workspace:
     reads before writing is reset: the zero rows of the histories stay zero (no kernel writes
     them), and the first pass's "previous impulse" rows are zeroed per step."""
 
-    def __init__(self):
+    def __init__(self, cpu_threads: int = 1):
         self.capacity, self.version, self.buf, self.plan = -1, 0, {}, None
+        self.cpu_threads = cpu_threads  # Warp CPU: threads of the solves' world ranges
         self.backend_cache = None  # the launcher's own per-workspace data (Warp arrays, recorded launches)
 
     def prepare(self, model: RigidModel, plan: _SlotPlan, inputs: dict) -> dict:
@@ -179,9 +235,26 @@ class _Workspace:
         return cut
 
 
+# a new broad-phase plan keeps the slots within reach over this many steps (see SolverRigid._plan)
+_PLAN_REACH = 2.0
+
 # buffers with one row per visited slot (the workspace keeps them at capacity)
 _K_SIZED = frozenset((*(f"slot_{k}" for k in (*_SLOT_KEYS, "prev", "prev_side")), "warm_impulse", "slot_friction",
                       "slot_restitution", *_CONTACT_OUT, "contact_pseudo_target", "contact_plane"))
+
+
+# phases launched with one thread per world (their dim is the world count)
+_WORLD_PHASES = frozenset(("solve_velocity", "solve_position"))
+_pools: dict = {}
+
+
+def _pool(workers: int):
+    """A process-wide thread pool of ``workers`` threads (for the Warp CPU solves' world ranges)."""
+    if workers not in _pools:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pools[workers] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hybridsim-rigid")
+    return _pools[workers]
 
 
 class _WarpRigid:
@@ -229,21 +302,43 @@ class _WarpRigid:
         if cache is None or cache["version"] != work.version:
             cache = work.backend_cache = {"version": work.version, "launches": None, "phases": None,
                                           "arrays": {name: self._view(t) for name, t in work.buf.items()}}
-        if cache["launches"] is None or [p[0] for p in cache["phases"]] != [p[0] for p in phases]:
-            cache["launches"] = [
-                self.wp.launch(getattr(self.k, name), dim=dim, device=self.device, record_cmd=True,
-                               inputs=[self._scalar(a) if isinstance(a, tuple) else cache["arrays"][a] for a in args])
-                for name, dim, args in phases]
+        threads = work.cpu_threads if self.device == "cpu" else 1
+        if (cache["launches"] is None or [p[0] for p in cache["phases"]] != [p[0] for p in phases]
+                or cache.get("threads") != threads):
+            record = lambda name, dim, args, arrays: self.wp.launch(  # noqa: E731
+                getattr(self.k, name), dim=dim, device=self.device, record_cmd=True,
+                inputs=[self._scalar(a) if isinstance(a, tuple) else arrays[a] for a in args])
+            cache["launches"] = [record(name, dim, args, cache["arrays"]) for name, dim, args in phases]
+            # Warp's CPU launches run on one thread: the solves' worlds are cut into ``threads``
+            # ranges, each a launch over its part of ``world_slot_start``, run side by side (ctypes
+            # releases the GIL); worlds write disjoint records, so the bits are the one launch's
+            cache["parts"], cache["threads"] = {}, threads
+            for index, (name, dim, args) in enumerate(phases):
+                if name in _WORLD_PHASES and threads > 1 and dim > 1:
+                    n = min(threads, dim)
+                    cuts = [dim * j // n for j in range(n + 1)]
+                    cache["parts"][index] = [
+                        record(name, hi - lo, args, {**cache["arrays"], "world_slot_start": self._view(
+                            work.buf["world_slot_start"][lo:hi + 1])}) for lo, hi in zip(cuts[:-1], cuts[1:])]
         else:
-            for launch, (_, dim, args), (_, old_dim, old_args) in zip(cache["launches"], phases, cache["phases"]):
+            for index, ((_, dim, args), (_, old_dim, old_args)) in enumerate(zip(phases, cache["phases"])):
+                launch = cache["launches"][index]
                 if dim != old_dim:
                     launch.set_dim(dim)
-                for index, (arg, old) in enumerate(zip(args, old_args)):
+                for position, (arg, old) in enumerate(zip(args, old_args)):
                     if isinstance(arg, tuple) and arg != old:
-                        launch.set_param_at_index(index, self._scalar(arg))
+                        for target in (launch, *cache["parts"].get(index, ())):
+                            target.set_param_at_index(position, self._scalar(arg))
         cache["phases"] = phases
-        for launch in cache["launches"]:
-            launch.launch()
+        for index, launch in enumerate(cache["launches"]):
+            parts = cache["parts"].get(index)
+            if parts is None:
+                launch.launch()
+            else:
+                pending = [_pool(len(parts) - 1).submit(part.launch) for part in parts[1:]]
+                parts[0].launch()
+                for future in pending:
+                    future.result()
 
     def backward(self, model, phases, buf, grad_outputs):
         # plain contiguous gradients: zeros_like would copy a size-1 dimension's stride 0, which Warp rejects
@@ -357,9 +452,13 @@ class SolverRigid:
         device: ``"cpu"`` or ``"cuda"`` (must match the model's tensors).
         broad_phase: visit only the slots whose shapes' bounds come within reach this step
             (``broad_phase.py``); off, every slot is visited. The results are the same bits.
+        cpu_threads: Warp on the CPU, forward-only ``step`` of a many-world model: run the
+            contact solves' worlds as this many ranges side by side (Warp's CPU launches are
+            single-threaded; Taichi uses its own pool). The same bits as 1.
     """
 
-    def __init__(self, model: RigidModel, *, backend: str = "warp", device: str | None = None, broad_phase: bool = True):
+    def __init__(self, model: RigidModel, *, backend: str = "warp", device: str | None = None, broad_phase: bool = True,
+                 cpu_threads: int = 1):
         if backend not in _LAUNCHERS:
             raise HybridsimError(f"unknown backend {backend!r}; expected one of {sorted(_LAUNCHERS)}", field="backend")
         self.model, self.backend = model, backend
@@ -367,8 +466,10 @@ class SolverRigid:
         self._launcher = _launcher(backend, self.device, model.dtype)
         self._bounds = None if broad_phase else False  # broad-phase shape data, made on the first step (False: none)
         self._last_plan = None    # the last step's slots, reused while unchanged
+        self._packed = None       # the slot tables packed for the broad phase's row gathers
         self._workspace = None    # buffers of the forward-only step
         self._constants_cache = None
+        self.cpu_threads = max(1, int(cpu_threads))
 
     # -- loads ---------------------------------------------------------------------------
     def spring_loads(self, state: RigidState, dt: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -454,9 +555,11 @@ class SolverRigid:
         return self._constants_cache[2]
 
     # -- stepping ------------------------------------------------------------------------
-    def _plan(self, inputs: tuple, dt: float) -> _SlotPlan:
-        """The broad phase of this step (see ``broad_phase.py``); the last plan is reused while
-        the kept slots do not change."""
+    def _plan(self, inputs: tuple, dt: float, widen: bool = False) -> _SlotPlan:
+        """The broad phase of this step (see ``broad_phase.py``). The last plan is reused while it
+        keeps the same slots or, with ``widen`` (the forward-only ``step``), every slot this step
+        needs; a new plan then keeps the slots within reach over _PLAN_REACH steps. Without it the
+        plan is a function of the step's inputs alone (checkpointed rollouts recompute steps)."""
         model = self.model
         if self._bounds is None:
             self._bounds = ShapeBounds(model) if model.contact_count >= SMALL_SLOT_COUNT else False
@@ -470,8 +573,19 @@ class SolverRigid:
         if slots is None:
             if last is None or last.slots is not None:
                 last = _full_plan(model)
-        elif last is None or last.slots is None or not torch.equal(last.slots, slots):
-            last = _sub_plan(model, slots)
+        elif last is None or last.slots is None or not (
+                torch.equal(last.slots, slots) or (widen and bool(last.kept.index_select(0, slots).all()))):
+            if widen:
+                # the slots within reach over _PLAN_REACH steps (a superset: the reach grows with the
+                # time span), so the next steps can reuse the plan while it covers their slots (a
+                # kept slot out of reach is inactive, an exact no-op: the same bits)
+                wide = candidate_slots(model, self._bounds, x, v, w, f, tau, _PLAN_REACH * dt)
+                if wide is not None and wide.shape[0] < model.contact_count:
+                    slots = wide
+            if self._packed is None:
+                self._packed = _PackedSlotTables(model)
+            last = _sub_plan(model, slots, self._packed)
+            last.kept = torch.zeros(model.contact_count, dtype=torch.bool, device=slots.device).index_fill_(0, slots, True)
         self._last_plan = last
         return last
 
@@ -498,10 +612,11 @@ class SolverRigid:
         dt = float(dt)
         with torch.no_grad():
             inputs = self._inputs(state_in, control, dt, cached=True)
-            plan = self._plan(inputs, dt)
+            plan = self._plan(inputs, dt, widen=True)
             inputs = self._restrict(plan, inputs)
             if self._workspace is None:
-                self._workspace = _Workspace()
+                self._workspace = _Workspace(self.cpu_threads)
+            self._workspace.cpu_threads = self.cpu_threads
             buf = self._workspace.prepare(self.model, plan, dict(zip(_INPUTS, inputs)))
             self._launcher.forward_reused(self.model, self._workspace, _phases(self.model, dt, plan.count))
             outputs = _outputs(self.model, plan, buf)
