@@ -89,10 +89,12 @@ def test_box_obstacle_blocks_its_cross_section_and_projects_divergence_free():
 @pytest.mark.parametrize("dtype,bound", [(torch.float32, 1e-5), (D64, 1e-9)])
 def test_projection_leaves_no_divergence_with_an_obstacle(dtype, bound):
     model = plume_model(cells=(12, 12, 12), dtype=dtype)
-    # the solve stops at a relative L2 residual; 1e-6 keeps the worst cell below 1e-5 in float32
-    solver = SolverGridFluid3D(model, backend="warp", pressure_tolerance=1e-6 if dtype == torch.float32 else None)
+    # at the default tolerance: the CG's relative L2 stop alone left 4.4e-5 in float32 here; the
+    # projection refines until the max norm relative to max |u'| is below the tolerance
+    solver = SolverGridFluid3D(model, backend="warp")
     u, v, w = smooth_velocity(model)
     pu, pv, pw = solver.project(u, v, w)
+    assert solver.projection.last_refinements >= 1
     scale = max(float(f.abs().max()) for f in (pu, pv, pw)) / model.cell_size
     before = float(solver.divergence(u, v, w).abs().max()) / scale
     after = float(solver.divergence(pu, pv, pw).abs().max()) / scale

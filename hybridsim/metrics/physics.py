@@ -217,7 +217,7 @@ def fluid_physics_metrics(velocity_x: torch.Tensor, velocity_y: torch.Tensor, de
                           times: torch.Tensor, *, cell_size: float, dt: float, face_fraction_x=None,
                           face_fraction_y=None, solid_x=None, solid_y=None, periodic: Sequence[bool] = (False, False),
                           inflow_rate: float = 0.0, velocity_z: torch.Tensor | None = None,
-                          face_fraction_z=None) -> dict:
+                          face_fraction_z=None, solid_z=None) -> dict:
     """Incompressibility, mass budget, kinetic energy and CFL number of 2D or 3D MAC-grid fluid states.
 
     ``velocity_x`` (T, Fx, ny) and ``velocity_y`` (T, nx, Fy) face velocities [m/s] (Fx = nx + 1,
@@ -227,8 +227,8 @@ def fluid_physics_metrics(velocity_x: torch.Tensor, velocity_y: torch.Tensor, de
     velocity on faces covered by moving obstacles (the volume flux is then A u + (1 - A) u_s, as
     in the solver's projection), ``inflow_rate`` the density the sources add per second summed
     over the cells [1/s] (:func:`hybridsim.data.gates.fluid_inflow_rate`). 3D: add
-    ``velocity_z`` (T, nx, ny, Fz) and ``face_fraction_z``; every field gains the z axis,
-    ``periodic`` has 3 entries (obstacles are static in 3D).
+    ``velocity_z`` (T, nx, ny, Fz), ``face_fraction_z`` and (moving obstacles) ``solid_z``; every
+    field gains the z axis, ``periodic`` has 3 entries.
 
     Returns, per frame (lists of T) and as maxima over frames:
       * ``divergence_max_relative``: max over fluid cells of |div(A u)| dx / max |u| [1] (0 for a
@@ -254,7 +254,7 @@ def fluid_physics_metrics(velocity_x: torch.Tensor, velocity_y: torch.Tensor, de
     areas = [_per_frame(fraction, frames, u, 1.0)
              for fraction, u in zip((face_fraction_x, face_fraction_y, face_fraction_z), velocities)]
     fluxes = [area * u for area, u in zip(areas, velocities)]
-    for axis, solid in enumerate((solid_x, solid_y)):
+    for axis, solid in enumerate((solid_x, solid_y, solid_z)[:dims]):
         if solid is not None:
             fluxes[axis] = fluxes[axis] + (1.0 - areas[axis]) * _per_frame(solid, frames, velocities[axis], 0.0)
 
@@ -566,11 +566,17 @@ def _scene_fluid3d(world, array) -> dict:
     spec = world.spec
     with torch.no_grad():
         model = fluid_model3d(world)
-    return fluid_physics_metrics(array("velocity_x"), array("velocity_y"), array("density"), array("times").double(),
+        times = array("times").double()
+        if model.has_moving_obstacles:  # the faces the obstacles cover at each frame's time
+            faces = [model.obstacle_faces(float(t)) for t in times]
+            extra = {key: torch.stack([f[k] for f in faces]) for k, key in enumerate(
+                ("face_fraction_x", "face_fraction_y", "face_fraction_z", "solid_x", "solid_y", "solid_z"))}
+        else:
+            extra = {"face_fraction_x": model.face_fraction_x, "face_fraction_y": model.face_fraction_y,
+                     "face_fraction_z": model.face_fraction_z}
+    return fluid_physics_metrics(array("velocity_x"), array("velocity_y"), array("density"), times,
                                  velocity_z=array("velocity_z"), cell_size=spec.fluid.cell_size, dt=spec.dt,
-                                 periodic=model.periodic, inflow_rate=fluid_inflow_rate(spec.fluid),
-                                 face_fraction_x=model.face_fraction_x, face_fraction_y=model.face_fraction_y,
-                                 face_fraction_z=model.face_fraction_z)
+                                 periodic=model.periodic, inflow_rate=fluid_inflow_rate(spec.fluid), **extra)
 
 
 def _scene_mpm(world, array, free_fall: bool = True) -> dict:

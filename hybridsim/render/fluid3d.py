@@ -1,9 +1,10 @@
 """Render a 3D grid fluid (a smoke volume) in its scene: ground, sky and obstacles from the mesh
 rasteriser, the smoke ray-marched over them (``hybridsim.render.volume.render_volume``).
 
-The obstacles are static, so the opaque background (rgb and depth) is rasterised once per camera
-(once for a fixed camera, every frame for a moving one, ``[[camera.keyframes]]`` or an orbit
-sweep) and every frame's march stops at its depth: smoke behind an obstacle or under the ground is
+The opaque background (rgb and depth) is rasterised once per camera and obstacle placement (once
+for a fixed camera and static obstacles, every frame for a moving camera, ``[[camera.keyframes]]``
+or an orbit sweep, or obstacles with a ``velocity``, drawn where they are at the frame's time)
+and every frame's march stops at its depth: smoke behind an obstacle or under the ground is
 hidden, smoke in front of it veils it. Layers follow the other renderers: rgb, alpha, depth [m]
 (the smoke's expected depth where it covers, else the surface behind), segmentation (0 ground /
 sky, k + 1 obstacle k, obstacle_count + 1 smoke where alpha >= 0.5), camera-space normals of the
@@ -11,8 +12,9 @@ surfaces, forward and backward optical flow [px] over one frame with occlusion m
 
 Flow: where the smoke covers (alpha >= 1e-4) a pixel moves as the opacity-weighted mean of the
 projected motion of the ray's samples (``render_volume``), projected by the other frame's camera;
-elsewhere it shows a static surface (or the sky, a point at infinity), which moves only with the
-camera (0 for a fixed one). Forward flow of frame t moves the samples by ``+v_t dt``; backward
+elsewhere it shows a surface (or the sky, a point at infinity), which moves with the camera and,
+on a moving obstacle's pixels, with the obstacle's velocity (0 for a fixed camera and static
+surfaces). Forward flow of frame t moves the samples by ``+v_t dt``; backward
 flow of frame t by ``-v_t dt`` (frame t's velocity run backwards: the same formula, no second
 field to sample, and exact for a steady velocity). ``occlusion_forward`` /
 ``occlusion_backward`` (True = the flow does not lead to the same content) mark pixels whose
@@ -51,8 +53,15 @@ def cell_velocity3d(velocity_x: torch.Tensor, velocity_y: torch.Tensor, velocity
     return torch.stack(components, dim=-1)
 
 
-def fluid3d_background(world, camera: Camera, dtype=torch.float64) -> dict[str, torch.Tensor]:
-    """The scene without smoke: ground, sky and the fluid's obstacles (``render_meshes`` layers)."""
+def obstacle_velocities(world) -> list[tuple[float, float, float]]:
+    """World velocity [m/s] of every obstacle of the scene's 3D fluid (zeros for a static one)."""
+    return [tuple(float(c) for c in obstacle.velocity) if len(obstacle.velocity) == 3 else (0.0, 0.0, 0.0)
+            for obstacle in world.spec.fluid.obstacles]
+
+
+def fluid3d_background(world, camera: Camera, dtype=torch.float64, time: float = 0.0) -> dict[str, torch.Tensor]:
+    """The scene without smoke: ground, sky and the fluid's obstacles where they are at ``time`` [s]
+    (``render_meshes`` layers)."""
     import trimesh
 
     from .mesh import box_mesh, render_meshes, transform_meshes, trimesh_to_mesh
@@ -67,7 +76,8 @@ def fluid3d_background(world, camera: Camera, dtype=torch.float64) -> dict[str, 
         else:
             verts, faces = box_mesh(obstacle.half_size, dtype)
         meshes.append((verts, faces))
-        poses.append([*obstacle.center, 0.0, 0.0, 0.0, 1.0])
+        velocity = obstacle.velocity if len(obstacle.velocity) == 3 else (0.0, 0.0, 0.0)
+        poses.append([*(c + v * float(time) for c, v in zip(obstacle.center, velocity)), 0.0, 0.0, 0.0, 1.0])
     if not meshes:  # nothing but ground and sky: a speck far below the ground stands in
         verts, faces = box_mesh((1e-3, 1e-3, 1e-3), dtype)
         meshes.append((verts, faces))
@@ -123,6 +133,17 @@ def flow_occlusion(flow: torch.Tensor, alpha: torch.Tensor, moved_depth: torch.T
     return outside | hidden | changed
 
 
+def _move_obstacle_points(points: torch.Tensor, segmentation: torch.Tensor, velocities, dt: float) -> torch.Tensor:
+    """World points (H, W, 3) shifted by ``velocities[k] * dt`` where ``segmentation`` is obstacle k
+    (id k + 1); the others unchanged."""
+    for k, velocity in enumerate(velocities):
+        if any(velocity):
+            on = (segmentation.to(points.device) == k + 1)[..., None]
+            points = torch.where(on, points + torch.tensor(velocity, dtype=points.dtype, device=points.device) * dt,
+                                 points)
+    return points
+
+
 def render_fluid3d_frames(world, trajectory, camera: Camera | Sequence[Camera], frame_dt: float,
                           background: dict | None = None) -> dict[str, torch.Tensor]:
     """Layers (F, H, W, ...) for every record of a GridFluid3DTrajectory, seen by ``camera`` (one, or
@@ -143,11 +164,15 @@ def render_fluid3d_frames(world, trajectory, camera: Camera | Sequence[Camera], 
 
         raise AssetError(f"got {len(cameras)} cameras for {frames} records: give one camera or one per record",
                          field="camera")
-    moving = any(c != cameras[0] for c in cameras[1:])
+    velocities = obstacle_velocities(world)
+    obstacles_move = any(any(v) for v in velocities)
+    moving = any(c != cameras[0] for c in cameras[1:]) or obstacles_move  # surfaces move in the image
+    times = [float(t) for t in trajectory.times.reshape(-1)] if getattr(trajectory, "times", None) is not None \
+        else [f * frame_dt for f in range(frames)]
     if not moving:  # the background rasterised once
         backgrounds = [background if background is not None else fluid3d_background(world, cameras[0], dtype)] * frames
     else:
-        backgrounds = [fluid3d_background(world, view, dtype) for view in cameras]
+        backgrounds = [fluid3d_background(world, view, dtype, times[f]) for f, view in enumerate(cameras)]
     backgrounds = [{key: value.to(device) for key, value in surface.items() if torch.is_tensor(value)}
                    for surface in backgrounds]
     smoke_id = len(fluid.obstacles) + 1
@@ -174,9 +199,11 @@ def render_fluid3d_frames(world, trajectory, camera: Camera | Sequence[Camera], 
                 layers[key].append(torch.zeros_like(out["flow"]))
                 continue
             flow = flows[key]
-            if moving:  # where no smoke is seen the static surfaces move by the camera's motion alone
+            if moving:  # where no smoke is seen the surfaces move by the camera's and the obstacles' motion
                 points = surface_points(view, surface_depth)
-                surface_flow = other.project(points)[0] - view.project(points)[0]
+                moved = _move_obstacle_points(points, surface["segmentation"], velocities,
+                                              frame_dt if key == "flow_forward" else -frame_dt)
+                surface_flow = other.project(moved)[0] - view.project(points)[0]
                 flow = torch.where(smoke_seen[..., None], flow, surface_flow.to(dtype))
             layers[key].append(flow)
         layers["rgb"].append(out["rgb"])
@@ -194,8 +221,9 @@ def render_fluid3d_frames(world, trajectory, camera: Camera | Sequence[Camera], 
                 other = cameras[f + step]
                 moved_depth = depth[f]
                 if moving:  # this pixel's content (surface or smoke at its expected depth) seen by the other camera
-                    moved_depth = torch.where(torch.isfinite(depth[f]),
-                                              other.project(surface_points(cameras[f], depth[f]))[1], depth[f])
+                    points = _move_obstacle_points(surface_points(cameras[f], depth[f]), stacked["segmentation"][f],
+                                                   velocities, step * frame_dt)
+                    moved_depth = torch.where(torch.isfinite(depth[f]), other.project(points)[1], depth[f])
                 occlusion[f] = flow_occlusion(stacked[f"flow_{key}"][f], alpha[f], moved_depth, alpha[f + step],
                                               backgrounds[f + step]["depth"].to(dtype),
                                               depth_tolerance=float(fluid.cell_size))

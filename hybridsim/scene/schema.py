@@ -839,9 +839,10 @@ class FluidInflowSpec(FluidShapeSpec):
 class FluidObstacleSpec(FluidShapeSpec):
     """A solid disc or box in the fluid; ``velocity`` [m/s] (world x, z) and ``angular_velocity``
     [rad/s, counter-clockwise seen from the camera at -y] make it move (prescribed); ``angle`` [rad]
-    rotates a box."""
+    rotates a box. In a 3D fluid (sphere or axis-aligned box) ``velocity`` is a world 3-vector
+    [vx, vy, vz] (translation only)."""
 
-    velocity: Vec2 = (0.0, 0.0)
+    velocity: Annotated[tuple[float, ...], BeforeValidator(lambda v: _to_vec23(v))] = (0.0, 0.0)
     angular_velocity: Float = 0.0
     angle: Float = 0.0
 
@@ -913,11 +914,15 @@ class FluidSpec(_Spec):
                 if shape.shape == "box" and len(shape.half_size) != dim:
                     fail(f"half_size has {len(shape.half_size)} components but cells has {dim} (a {dim}D fluid)",
                          f"{group}[{i}].half_size")
-        if dim == 3:
-            for i, obstacle in enumerate(self.obstacles):
-                if any(obstacle.velocity) or obstacle.angular_velocity or obstacle.angle:
-                    fail("obstacles of a 3D fluid are static and axis-aligned (velocity, angular_velocity and "
-                         "angle are 2D only)", f"obstacles[{i}]")
+        for i, obstacle in enumerate(self.obstacles):
+            if dim == 3 and "velocity" not in obstacle.model_fields_set:
+                object.__setattr__(obstacle, "velocity", (0.0, 0.0, 0.0))  # frozen: the default is the 2D one
+            if len(obstacle.velocity) != dim:
+                fail(f"velocity has {len(obstacle.velocity)} components but cells has {dim} (a {dim}D fluid)",
+                     f"obstacles[{i}].velocity")
+            if dim == 3 and (obstacle.angular_velocity or obstacle.angle):
+                fail("obstacles of a 3D fluid are axis-aligned and do not rotate (angular_velocity and angle are "
+                     "2D only; velocity translates them)", f"obstacles[{i}]")
         return self
 
     @model_validator(mode="after")

@@ -3,9 +3,10 @@ GridFluid3DModel, and differentiable rollouts of it recorded once per frame.
 
 Grid (i, j, k) is world (x, y, z), z up, gravity along -z; ``fluid.origin`` is the world position
 of the grid's low corner. Inflows and obstacles are spheres or axis-aligned boxes at world
-centres; obstacles are static. ``[fluid.temperature]`` adds a temperature field as in 2D.
-Learnable: buoyancy, vorticity, viscosity, the temperature values, every inflow's rate and centre
-and every obstacle's centre (through its face fractions).
+centres; an obstacle with a ``velocity`` [vx, vy, vz] translates at it (prescribed; the fluid
+starts at rest and the moving faces push it). ``[fluid.temperature]`` adds a temperature field as
+in 2D. Learnable: buoyancy, vorticity, viscosity, the temperature values, every inflow's rate and
+centre and every obstacle's centre (through its face fractions) and velocity.
 """
 
 from __future__ import annotations
@@ -39,9 +40,9 @@ def fluid_model3d(world, params: Mapping[str, torch.Tensor] | None = None):
             builder.add_inflow_box(inflow.center, inflow.half_size, inflow.rate, temperature=inflow.temperature)
     for obstacle in spec.obstacles:
         if obstacle.shape == "sphere":
-            builder.add_obstacle_sphere(obstacle.center, obstacle.radius)
+            builder.add_obstacle_sphere(obstacle.center, obstacle.radius, velocity=obstacle.velocity)
         else:
-            builder.add_obstacle_box(obstacle.center, obstacle.half_size)
+            builder.add_obstacle_box(obstacle.center, obstacle.half_size, velocity=obstacle.velocity)
     try:
         model = builder.finalize(dtype=world.dtype, device=world.device)
     except Exception as error:  # HybridsimError from the builder: name the scene file and table
@@ -54,6 +55,8 @@ def fluid_model3d(world, params: Mapping[str, torch.Tensor] | None = None):
     if spec.obstacles:
         model.obstacle_center = torch.stack([world.value(f"fluid.obstacles[{i}].center", params).reshape(3)
                                              for i in range(len(spec.obstacles))])
+        model.obstacle_velocity = torch.stack([world.value(f"fluid.obstacles[{i}].velocity", params).reshape(3)
+                                               for i in range(len(spec.obstacles))])
         with torch.no_grad():  # the fractions where the (possibly learned) centres put the obstacles
             model.face_fraction_x, model.face_fraction_y, model.face_fraction_z = model.face_fractions()
     return model
@@ -92,6 +95,8 @@ def fluid_rollout3d(world, params: Mapping[str, torch.Tensor] | None = None, *, 
     from .guards import FluidGuard, Violation, blow_up
 
     state = model.state()
+    if model.has_moving_obstacles:  # start from rest relative to the obstacles' boundary condition
+        state.velocity_x, state.velocity_y, state.velocity_z = solver.project(*state.velocities, time=0.0)
     guard = None
     if check:
         from ..data.gates import fluid_inflow_rate

@@ -5,11 +5,18 @@ at ``origin + (i + 1/2, j + 1/2, k + 1/2) * cell_size``. Velocities live on a st
 ``velocity_x`` (nx + 1, ny, nz) on x-faces, ``velocity_y`` (nx, ny + 1, nz), ``velocity_z``
 (nx, ny, nz + 1); a periodic axis has n faces instead of n + 1 (no duplicated unknowns).
 
-Positions (inflow and obstacle centres) are world coordinates [m]. Obstacles are static spheres
-or axis-aligned boxes; the open fraction of every face is computed in torch from their centres
-(``face_fractions``): the exact area of the face square outside the obstacle, so the projection
-is differentiable with respect to an obstacle's position (for a box only across its sides: the
-face it cuts along its normal switches discretely).
+Positions (inflow and obstacle centres) are world coordinates [m]. Obstacles are spheres or
+axis-aligned boxes, static or translating with a prescribed constant velocity (centre(t) =
+center + velocity t; no rotation); the open fraction of every face is computed in torch from
+their centres (``face_fractions``, ``obstacle_faces(time)``): the exact area of the face square
+outside the obstacle, so the projection is differentiable with respect to an obstacle's position
+and velocity (for a box only across its sides: the face it cuts along its normal switches
+discretely). A moving obstacle also imposes its velocity on the faces it covers: the solid
+velocity u_s normal to each face (that of the obstacle covering most of it), so the projection
+makes the composite flux A u + (1 - A) u_s divergence-free (as in 2D). There is no angular
+velocity in 3D: a sphere spinning about its centre covers the same faces and has no normal
+velocity on them, so with free-slip obstacles (the only kind: the cut faces carry normal flux
+only) it would change nothing; an axis-aligned box would stop being axis-aligned.
 """
 
 from __future__ import annotations
@@ -69,6 +76,10 @@ class GridFluid3DModel:
     """Sphere radius (in every column) or box half extents of each obstacle [m], shape (O, 3)."""
     obstacle_is_box: torch.Tensor
     """1 for a box obstacle, 0 for a sphere, shape (O,)."""
+    obstacle_velocity: torch.Tensor | None = None
+    """Prescribed constant velocity of each obstacle's centre [m/s], shape (O, 3) (world frame);
+    learnable. None or zeros: static obstacles. The centre at time t is ``obstacle_center +
+    obstacle_velocity * t``."""
     temperature_buoyancy: torch.Tensor | None = None
     """Upward acceleration per unit temperature excess [m/s^2/K], shape (1,); learnable. None: the
     model has no temperature field."""
@@ -88,6 +99,33 @@ class GridFluid3DModel:
     @property
     def obstacle_count(self) -> int:
         return int(self.obstacle_center.shape[0])
+
+    @property
+    def has_moving_obstacles(self) -> bool:
+        """Whether an obstacle moves (a non-zero velocity, or one that records gradients)."""
+        velocity = self.obstacle_velocity
+        return (self.obstacle_count > 0 and velocity is not None
+                and (velocity.requires_grad or bool((velocity.detach() != 0).any())))
+
+    @property
+    def obstacle_pose_requires_grad(self) -> bool:
+        """Whether an obstacle's centre or velocity records gradients (the solver then recomputes
+        the face fractions and solid face velocities as differentiable tensors every step)."""
+        return self.obstacle_count > 0 and any(t is not None and t.requires_grad
+                                               for t in (self.obstacle_center, self.obstacle_velocity))
+
+    def obstacle_centers(self, time: float = 0.0) -> torch.Tensor:
+        """World centres of the obstacles at ``time`` [s], shape (O, 3) (differentiable)."""
+        if self.obstacle_velocity is None or float(time) == 0.0:
+            return self.obstacle_center
+        return self.obstacle_center + self.obstacle_velocity.to(self.obstacle_center.dtype) * float(time)
+
+    def obstacle_faces(self, time: float) -> tuple[torch.Tensor, ...]:
+        """Face open fractions (area_x, area_y, area_z) with every obstacle where it is at ``time``
+        [s], and the solid velocity normal to each face (solid_x, solid_y, solid_z) [m/s]: the
+        velocity of the obstacle covering most of the face (0 where none covers it).
+        Differentiable with respect to ``obstacle_center`` and ``obstacle_velocity``."""
+        return _face_fractions(self, self.obstacle_centers(time), with_solid=True)
 
     @property
     def has_temperature(self) -> bool:
@@ -149,9 +187,9 @@ class GridFluid3DModel:
         return torch.meshgrid(*axes, indexing="ij")
 
     def face_fractions(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Open fraction of every face (x, y, z), computed from the obstacles' current centres;
+        """Open fraction of every face (x, y, z), computed from the obstacles' centres at time 0;
         differentiable with respect to ``obstacle_center``."""
-        return _face_fractions(self)
+        return _face_fractions(self, self.obstacle_center)
 
 
 @dataclass
@@ -219,6 +257,7 @@ class _Shape:
     is_box: bool
     rate: float = 0.0
     temperature: float | None = None
+    velocity: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 
 def _vector(value, name: str, field_name: str) -> tuple[float, float, float]:
@@ -257,14 +296,16 @@ class GridFluid3DBuilder:
     cooling_rate: float = 0.0
 
     def _add(self, shapes: list, kind: str, center, size, is_box: bool, rate: float = 0.0,
-             temperature: float | None = None) -> int:
+             temperature: float | None = None, velocity=(0.0, 0.0, 0.0)) -> int:
         index = f"{kind}[{len(shapes)}]"
         center = _vector(center, "center", f"{index}.center")
         size = _vector(size, "half_size" if is_box else "radius", f"{index}.{'half_size' if is_box else 'radius'}")
         if min(size) <= 0:
             raise HybridsimError(f"{kind[:-1]} {'half_size' if is_box else 'radius'} must be positive, got "
                                  f"{size if is_box else size[0]}", field=f"{index}.{'half_size' if is_box else 'radius'}")
-        shapes.append(_Shape(center, size, is_box, float(rate), None if temperature is None else float(temperature)))
+        velocity = _vector(velocity, "velocity", f"{index}.velocity")
+        shapes.append(_Shape(center, size, is_box, float(rate), None if temperature is None else float(temperature),
+                             velocity))
         return len(shapes) - 1
 
     def add_inflow_sphere(self, center, radius: float, rate: float, temperature: float | None = None) -> int:
@@ -276,13 +317,14 @@ class GridFluid3DBuilder:
         """Add an axis-aligned box source with half extents ``half_size`` [m]; returns its index."""
         return self._add(self.inflows, "inflows", center, half_size, True, rate, temperature)
 
-    def add_obstacle_sphere(self, center, radius: float) -> int:
-        """Add a static solid sphere; faces it cuts get their exact open area fraction."""
-        return self._add(self.obstacles, "obstacles", center, (radius,) * 3, False)
+    def add_obstacle_sphere(self, center, radius: float, *, velocity=(0.0, 0.0, 0.0)) -> int:
+        """Add a solid sphere; faces it cuts get their exact open area fraction. ``velocity`` [m/s]
+        (world frame) makes it translate (prescribed, constant)."""
+        return self._add(self.obstacles, "obstacles", center, (radius,) * 3, False, velocity=velocity)
 
-    def add_obstacle_box(self, center, half_size) -> int:
-        """Add a static, axis-aligned solid box."""
-        return self._add(self.obstacles, "obstacles", center, half_size, True)
+    def add_obstacle_box(self, center, half_size, *, velocity=(0.0, 0.0, 0.0)) -> int:
+        """Add an axis-aligned solid box; ``velocity`` [m/s] makes it translate (no rotation)."""
+        return self._add(self.obstacles, "obstacles", center, half_size, True, velocity=velocity)
 
     def finalize(self, *, dtype: torch.dtype = torch.float32, device: str = "cpu") -> GridFluid3DModel:
         cells = tuple(int(n) for n in self.cell_count)
@@ -331,6 +373,7 @@ class GridFluid3DBuilder:
             obstacle_center=tensor([s.center for s in self.obstacles], (-1, 3)),
             obstacle_size=tensor([s.size for s in self.obstacles], (-1, 3)),
             obstacle_is_box=tensor([float(s.is_box) for s in self.obstacles], (-1,)),
+            obstacle_velocity=tensor([s.velocity for s in self.obstacles], (-1, 3)),
         )
         if has_temperature:
             model.temperature_buoyancy = tensor([float(self.temperature_buoyancy)], (1,))
@@ -399,11 +442,20 @@ def _disc_rectangle_area(r, x0, x1, y0, y1) -> torch.Tensor:
     return _disc_corner(r, x1, y1) - _disc_corner(r, x0, y1) - _disc_corner(r, x1, y0) + _disc_corner(r, x0, y0)
 
 
-def _face_fractions(model: GridFluid3DModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _face_fractions(model: GridFluid3DModel, centers: torch.Tensor, with_solid: bool = False) -> tuple[torch.Tensor, ...]:
+    """Open fractions (x, y, z) with the obstacles at ``centers`` (O, 3); ``with_solid`` appends
+    the solid velocity normal to each face (that of the obstacle covering most of it)."""
     dx = model.cell_size
-    dtype, device = model.obstacle_center.dtype, model.obstacle_center.device
+    # in float64 whatever the model's dtype (cast at the end): in float32 the disc areas' cancelling
+    # primitives (r^2 / dx^2 larger than the face) left ~1e-6 errors in the fractions, a divergence
+    # that a float64 check against the same obstacles sees
+    dtype, device = torch.float64, centers.device
+    centers = centers.to(dtype)
     origin = torch.tensor(model.origin, dtype=dtype, device=device)
-    fractions = []
+    velocity = model.obstacle_velocity
+    if velocity is None:
+        velocity = torch.zeros((model.obstacle_count, 3), dtype=dtype, device=device)
+    fractions, solids = [], []
     for axis in range(3):
         shape = model.face_shape(axis)
         # per tensor dimension: the face plane coordinate (axis) or the cell span [lo, lo + dx]
@@ -413,9 +465,10 @@ def _face_fractions(model: GridFluid3DModel) -> tuple[torch.Tensor, torch.Tensor
             view[dim] = shape[dim]
             coords.append((torch.arange(shape[dim], dtype=dtype, device=device) * dx).reshape(view))
         blocked = torch.zeros(shape, dtype=dtype, device=device)
+        solid = torch.zeros(shape, dtype=dtype, device=device)
         b, c = [d for d in range(3) if d != axis]
         for index in range(model.obstacle_count):
-            center = model.obstacle_center[index] - origin
+            center = centers[index] - origin
             size = model.obstacle_size[index].to(dtype)
             offset = coords[axis] - center[axis]
             lo_b, lo_c = coords[b] - center[b], coords[c] - center[c]
@@ -431,7 +484,10 @@ def _face_fractions(model: GridFluid3DModel) -> tuple[torch.Tensor, torch.Tensor
                 area = _disc_rectangle_area(radius, lo_b.expand(shape), (lo_b + dx).expand(shape),
                                             lo_c.expand(shape), (lo_c + dx).expand(shape))
                 area = torch.where(cuts, area, torch.zeros_like(area))
-            blocked = torch.maximum(blocked, area.expand(shape))
+            area = area.expand(shape)
+            if with_solid:  # the obstacle covering most of the face owns it
+                solid = torch.where(area > blocked, velocity[index, axis].to(dtype).expand(shape), solid)
+            blocked = torch.maximum(blocked, area)
         open_fraction = (1.0 - blocked / (dx * dx)).clamp(0.0, 1.0)
         # faces closed to a sliver are solid (keeps the pressure system well conditioned)
         open_fraction = torch.where(open_fraction < 1e-3, torch.zeros_like(open_fraction), open_fraction)
@@ -443,5 +499,9 @@ def _face_fractions(model: GridFluid3DModel) -> tuple[torch.Tensor, torch.Tensor
             keep[-1] = 0.0
         view = [1, 1, 1]
         view[axis] = shape[axis]
-        fractions.append((open_fraction * keep.reshape(view)).to(dtype=model.buoyancy.dtype))
-    return tuple(fractions)
+        open_fraction = open_fraction * keep.reshape(view)
+        fractions.append(open_fraction.to(dtype=model.buoyancy.dtype))
+        # solid velocity only on faces (partly) covered by an obstacle, not on the domain's walls
+        solid = torch.where(blocked > 0, solid, torch.zeros_like(solid)) * keep.reshape(view)
+        solids.append(solid.to(dtype=model.buoyancy.dtype))
+    return (*fractions, *solids) if with_solid else tuple(fractions)
