@@ -701,8 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offset", type=float, default=0.0, metavar="MAX_FRAMES",
                    help="learn the target's start offset after the simulation, 0..MAX_FRAMES frames (fractional; "
                    "a nuisance value reported in fit.json; sphere, rigid and MPM scenes)")
-    p.add_argument("--drag", choices=["linear", "quadratic"], help="learn an air-drag coefficient on the spheres "
-                   "(nuisance, reported in fit.json; the scene has no drag term)")
+    p.add_argument("--drag", choices=["linear", "quadratic"], help="learn an air-drag coefficient, -m k v or "
+                   "-m c |v| v on every moving object (sphere and rigid-body scenes; rigid bodies: at the centre of "
+                   "mass, no drag torque; a nuisance reported in fit.json; the scene has no drag term)")
     p.add_argument("--drag-max", type=float, default=2.0, help="upper end of the drag coefficient's range "
                    "(1/s linear, 1/m quadratic; default 2)")
     p.add_argument("--masks", metavar="DIR", help="folder of one binary PNG mask of the object(s) per target frame "

@@ -7,8 +7,13 @@
   centres, velocities, orientations, particle positions), so the compared image is a
   sharp render at the fractional time, not a cross-fade. Sphere, rigid and MPM scenes (a grid
   fluid's fields would cross-fade).
-* ``drag`` (sphere scenes): air drag on every sphere, an extra force -m k v (``"linear"``, k [1/s]) or
-  -m c |v| v (``"quadratic"``, c [1/m]) in every substep.
+* ``drag`` (sphere and rigid-body scenes): air drag on every moving object, an extra force -m k v
+  (``"linear"``, k [1/s]) or -m c |v| v (``"quadratic"``, c [1/m]) in every substep, v the
+  object's (centre-of-mass) velocity at the start of the substep. Sphere scenes add it through the
+  sphere solver's force hook (the rollout's ``motion_prior``); rigid-body scenes apply it through
+  each body's centre of mass as the rigid solver's external force (``hybridsim.sim.rigid.AirDrag``,
+  the ``force_hook`` of ``rigid_rollout``; checkpointed rollouts replay it), a torque-free model:
+  no drag torque, no dependence on shape, orientation or spin. Grid-fluid and MPM scenes: not yet.
 
 Both are learned with the scene's values (bounded like them: lo + (hi - lo) sigmoid(u)) and reported
 apart from them (``fit.json`` "nuisance"); they are never written into ``fitted.toml`` (the scene has
@@ -62,7 +67,14 @@ def extra_frames(max_offset: float) -> int:
 
 
 def drag_hook(world, values: dict, kind: str, coefficient: torch.Tensor):
-    """A rollout ``motion_prior`` callable ``(state, time) -> force`` [N], shape (B, 3): air drag on every sphere."""
+    """Air drag for the fit scene's ``rollout(..., motion_prior=)``: for a sphere world a callable
+    ``(state, time) -> force`` [N], shape (B, 3), on every sphere; for a rigid world an
+    :class:`hybridsim.sim.rigid.AirDrag` (``RigidFitScene.rollout`` passes it to ``rigid_rollout``
+    as its ``force_hook``: -m k v or -m c |v| v through each body's centre of mass)."""
+    if getattr(world, "rigid", False):
+        from ..sim.rigid import AirDrag
+
+        return AirDrag(kind, coefficient)
     mass = world.model(values).mass.detach()
 
     def drag(state, time: float) -> torch.Tensor:

@@ -645,8 +645,8 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
         if settings.max_offset > 0 and problem_scene.time_fields is None:
             raise HybridsimError(f"a start offset (--offset) cannot be learned for {problem_scene.kind} scenes: "
                                  "interpolating grid fields between frames cross-fades them", file=spec.source)
-        if settings.drag is not None and problem_scene.kind != "spheres":
-            raise HybridsimError("air drag (--drag) can be learned for sphere scenes only so far "
+        if settings.drag is not None and problem_scene.kind not in ("spheres", "rigid"):
+            raise HybridsimError("air drag (--drag) can be learned for rigid-body and sphere scenes only so far "
                                  f"(this is a {problem_scene.kind} scene)", file=spec.source)
         if networks is not None:
             raise HybridsimError("a start offset or air drag cannot be learned together with a refiner or motion prior",

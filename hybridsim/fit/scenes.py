@@ -112,12 +112,15 @@ class RigidFitScene(FitScene):
     time_fields = ("positions", "orientations", "velocities", "angular_velocities", "times")
 
     def rollout(self, values: dict, frames: int, *, check: bool = True, motion_prior=None):
-        from ..sim.rigid import rigid_rollout
+        """``motion_prior``: None or an :class:`hybridsim.sim.rigid.AirDrag` (the drag nuisance,
+        ``hybridsim.fit.nuisance.drag_hook``), applied as the rollout's external force; a learned
+        motion prior is not supported on rigid scenes."""
+        from ..sim.rigid import AirDrag, rigid_rollout
 
-        if motion_prior is not None:
+        if motion_prior is not None and not isinstance(motion_prior, AirDrag):
             raise HybridsimError(NETWORKS_UNSUPPORTED, file=self.world.spec.source)
 
-        return rigid_rollout(self.world, values, frames=frames, check=check)
+        return rigid_rollout(self.world, values, frames=frames, check=check, force_hook=motion_prior)
 
     shadows_in_coverage = True
     """False: the coverage leaves out the moving bodies' cast shadows (a target lit differently)."""

@@ -13,6 +13,10 @@ gradients of anything computed from a rollout reach: ``objects[i].position``, ``
 scales with the mass), ``.friction``, ``.restitution``, ``ground.friction``,
 ``ground.restitution`` and ``gravity``. Geometry (half extents, radii, mesh scale) and static
 boxes and meshes (but their colour) cannot be learned: the contact slots are built from them once (SceneError if marked).
+
+External loads: ``rigid_rollout(..., force_hook=)`` adds a force through each body's centre of mass
+and a torque in every substep (through the solver's ``RigidControl``, so gradients reach whatever
+the hook's loads depend on); :class:`AirDrag` is such a hook (linear or quadratic air drag).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from ..errors import AssetError, HybridsimError, SceneError, SimulationError
 
 __all__ = ["RigidTrajectory", "rigid_model", "rigid_initial_state", "rigid_rollout", "rigid_body_objects",
-           "mesh_file", "SPHERE_FRICTION", "RIGID_LEARNABLE"]
+           "mesh_file", "AirDrag", "SPHERE_FRICTION", "RIGID_LEARNABLE"]
 
 #: Friction of spheres in rigid scenes (SphereSpec has no friction field).
 SPHERE_FRICTION = 0.5
@@ -273,9 +277,37 @@ def rigid_initial_state(model):
                       torch.zeros(model.contact_count, 3, dtype=model.dtype, device=model.device))
 
 
+@dataclass
+class AirDrag:
+    """A ``force_hook`` of :func:`rigid_rollout`: air drag on every body, a force through its centre
+    of mass -m k v (``kind="linear"``, ``coefficient`` k [1/s]) or -m c |v| v (``"quadratic"``, c
+    [1/m]), v the centre-of-mass velocity at the start of the substep, m the body's mass (the
+    model's, so a learned mass keeps the drag an acceleration). Torque-free: no drag torque and no
+    dependence on the shape, orientation or spin (a point-mass model of drag)."""
+
+    kind: str
+    coefficient: torch.Tensor | float
+    """Differentiable scalar (gradients flow into it through the rollout)."""
+
+    def __post_init__(self):
+        if self.kind not in ("linear", "quadratic"):
+            raise HybridsimError(f"drag must be linear or quadratic (got {self.kind!r})", field="drag")
+
+    def __call__(self, step: int, state, model):
+        velocity = state.body_velocity
+        k = torch.as_tensor(self.coefficient, dtype=velocity.dtype, device=velocity.device).reshape(())
+        if self.kind == "linear":
+            acceleration = -k * velocity
+        else:
+            speed = torch.sqrt((velocity * velocity).sum(dim=1, keepdim=True) + 1e-12)
+            acceleration = -k * speed * velocity
+        return acceleration * model.body_mass.to(velocity)[:, None], None
+
+
 def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, frames: int | None = None,
                   progress: Callable[[int], None] | None = None, check: bool = True,
-                  checkpoint: bool | str = "auto", segment_frames: int | None = None) -> RigidTrajectory:
+                  checkpoint: bool | str = "auto", segment_frames: int | None = None,
+                  force_hook: Callable | None = None) -> RigidTrajectory:
     """Simulate the scene's rigid objects for ``frames`` frames (default: the scene's) and return
     per-frame body states, differentiable w.r.t. ``params``. ``progress(frames_done)`` is called
     after each segment of frames. With ``check`` the blow-up guards (``hybridsim.sim.guards``:
@@ -287,6 +319,15 @@ def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
     only the states at segment boundaries of ``segment_frames`` frames (default about
     sqrt(frames / substeps)) and re-runs each segment in backward (``torch.utils.checkpoint``), so
     autograd memory grows with sqrt(steps) instead of steps. Gradients are the same.
+
+    ``force_hook(step, state, model) -> (force, torque)``: external loads in every substep (``step``
+    the 0-based substep index from t = 0, ``state`` the RigidState at its start, ``model`` the
+    RigidModel); force [N] through each body's centre of mass and world-frame torque [N m], each
+    (B, 3) or None (zero), held constant over the substep and passed to the solver as its
+    ``RigidControl``, so gradients flow into them (into tensors the hook captures, too). A
+    checkpointed segment calls it again with the same steps and states in backward: it must be a
+    pure function of its arguments (and of tensors it holds). E.g. :class:`AirDrag`. Without a hook
+    the steps get no control (no extra cost).
     """
     from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
@@ -307,6 +348,17 @@ def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
                        device=world.device, world_count=world.world_count)
     model = rigid_model(world, params)
     solver = SolverRigid(model, backend=world.backend, device=world.device)
+
+    def advance(current, step: int):
+        """One substep (``step``: 0-based from t = 0) with the hook's loads, if any."""
+        control = None
+        if force_hook is not None:
+            from ..solvers.rigid import RigidControl
+
+            force, torque = force_hook(step, current, model)
+            control = RigidControl(body_force=force, body_torque=torque)
+        return solver.step_differentiable(current, control, dt)
+
     state = rigid_initial_state(model)
     bodies = rigid_body_objects(spec)
     keys = ("positions", "orientations", "velocities", "angular_velocities")
@@ -319,12 +371,12 @@ def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
                            body_names=[describe_object(spec, i) for i in bodies],
                            shape_names=[describe_object(spec, i) for i in range(len(spec.objects))])
 
-    def run_segment(count: int, *tensors):
+    def run_segment(first: int, count: int, *tensors):
         current = RigidState(*tensors)
         per_frame = []
-        for _ in range(count):
-            for _ in range(substeps):
-                current = solver.step_differentiable(current, None, dt)
+        for f in range(first, first + count):
+            for sub in range(substeps):
+                current = advance(current, f * substeps + sub)
             per_frame.append(current.tensors())
         stacked = tuple(torch.stack([f[k] for f in per_frame]) for k in range(4))
         return (*stacked, current.contact_impulse)
@@ -333,7 +385,7 @@ def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
         from .guards import blow_up, locate_substep
 
         substep = None if guard is None else locate_substep(
-            lambda current, _: solver.step_differentiable(current, None, dt), start, substeps,
+            lambda current, sub: advance(current, (frame - 1) * substeps + sub), start, substeps,
             lambda current: guard.check(current) is not None)
         times = torch.arange(frame, dtype=world.dtype) / spec.time.fps
         partial = RigidTrajectory(**{k: torch.stack(v).detach() for k, v in record.items()}, times=times,
@@ -346,9 +398,9 @@ def rigid_rollout(world, params: Mapping[str, torch.Tensor] | None = None, *, fr
         start = state
         try:
             if checkpoint:
-                outputs = torch_checkpoint(run_segment, count, *state.tensors(), use_reentrant=False)
+                outputs = torch_checkpoint(run_segment, frame, count, *state.tensors(), use_reentrant=False)
             else:
-                outputs = run_segment(count, *state.tensors())
+                outputs = run_segment(frame, count, *state.tensors())
         except SimulationError as error:  # a solver check: name the frame, keep the good frames
             if error.frame is not None:
                 raise
