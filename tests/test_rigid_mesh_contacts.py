@@ -393,3 +393,49 @@ def test_rock_pile_settles_without_energy_gain_or_overlap():
     overlap = min(_hull_gap(model, s, i, j) for s in states[::4] for i in range(8) for j in range(8) if i != j)
     assert overlap > -1e-3, overlap          # measured -4.1e-4 m, during impacts
     assert states[-1].body_velocity.abs().max().item() < 1e-6
+
+
+def _box_on_static_apex(target="box", velocity=(0.0, 0.0, 0.0)):
+    """A square pyramid (static mesh, apex up at z = 0.3) and a 0.4 x 0.4 x 0.1 box (or the same
+    box as a convex mesh) dropped flat onto its apex from 0.1 m above it."""
+    pyramid = trimesh.Trimesh(vertices=[[-0.3, -0.3, 0.0], [0.3, -0.3, 0.0], [0.3, 0.3, 0.0], [-0.3, 0.3, 0.0],
+                                        [0.0, 0.0, 0.3]],
+                              faces=[[0, 2, 1], [0, 3, 2], [0, 1, 4], [1, 2, 4], [2, 3, 4], [3, 0, 4]])
+    builder = RigidBuilder()
+    builder.add_static_mesh(pyramid)
+    body = builder.add_body(position=(0.0, 0.0, 0.45), velocity=velocity, mass=1.0)
+    if target == "box":
+        builder.add_shape_box(body, (0.2, 0.2, 0.05), density=1000.0)
+    else:
+        builder.add_shape_mesh(body, trimesh.creation.box(extents=(0.4, 0.4, 0.1)), density=1000.0)
+    return builder.finalize(dtype=F64)
+
+
+def _apex_depth(state):
+    """How far the pyramid's apex lies above the box's bottom face, inside the box's footprint."""
+    from hybridsim.solvers.rigid.joints import quat_matrix
+
+    local = quat_matrix(state.body_orientation[0]).T @ (torch.tensor([0.0, 0.0, 0.3], dtype=F64) - state.body_position[0])
+    inside = abs(float(local[0])) < 0.2 and abs(float(local[1])) < 0.2
+    return float(local[2]) + 0.05 if inside else 0.0
+
+
+@pytest.mark.parametrize("target", ["box", "mesh"])
+def test_box_dropped_on_a_static_apex_rests_on_it(target):
+    """A static mesh's own hull vertices have slots against dynamic boxes (kind 7) and meshes
+    (kind 8): the box lands on the pyramid's tip and stays there (it sank 0.2 m, onto the slopes,
+    when only its corners met the pyramid's planes), on both backends, broad phase on or off."""
+    from hybridsim.solvers.rigid.builder import KIND_STATIC_VERTEX_BOX, KIND_STATIC_VERTEX_MESH
+
+    model = _box_on_static_apex(target)
+    kind = KIND_STATIC_VERTEX_BOX if target == "box" else KIND_STATIC_VERTEX_MESH
+    assert int((model.contact["kind"] == kind).sum()) == 5  # the pyramid's 5 hull vertices
+    states = _rollout(model, 240)
+    assert max(_apex_depth(s) for s in states) < 1e-4
+    assert abs(states[-1].body_position[0, 2].item() - 0.35) < 1e-4
+    assert states[-1].body_velocity.abs().max().item() < 1e-4
+    full = _rollout(model, 240, broad_phase=False)[-1]
+    assert all(torch.equal(a, b) for a, b in zip(states[-1].tensors(), full.tensors()))
+    taichi = _rollout(model, 120, backend="taichi")
+    assert max(_apex_depth(s) for s in taichi) < 1e-4
+    assert (taichi[-1].body_position - states[120].body_position).abs().max().item() < 1e-9

@@ -510,9 +510,13 @@ def rigid_kernels(real):
             dyn_b = b >= 0
             xb = ti.select(dyn_b, position[bi], vec3(0.0, 0.0, 0.0))
             qb = ti.select(dyn_b, orientation[bi], vec4(0.0, 0.0, 0.0, 1.0))
-            p = position[a] + quat_rotate(orientation[a], slot_point[c])
-            cb = xb + quat_rotate(qb, slot_b_position[c])
-            local = quat_rotate_inv(quat_mul(qb, slot_b_rotation[c]), p - cb)
+            # a flipped slot (kind 8, hull stored as (start, -count)): a static vertex against a's hull
+            flip = slot_b_hull[c][1] < 0
+            p = ti.select(flip, slot_point[c], position[a] + quat_rotate(orientation[a], slot_point[c]))
+            xt = ti.select(flip, position[a], xb)
+            qt = ti.select(flip, orientation[a], qb)
+            cb = xt + quat_rotate(qt, slot_b_position[c])
+            local = quat_rotate_inv(quat_mul(qt, slot_b_rotation[c]), p - cb)
             start = slot_b_hull[c][0]
             if start < 0:
                 contact_plane[c] = select_edge_pair(hull_planes, -1 - start, position[a], orientation[a],
@@ -520,7 +524,7 @@ def rigid_kernels(real):
             else:
                 best_row = start
                 best = plane_height(hull_planes[start], local)
-                for row in range(start + 1, start + slot_b_hull[c][1]):
+                for row in range(start + 1, start + ti.abs(slot_b_hull[c][1])):
                     height = plane_height(hull_planes[row], local)
                     if height > best:
                         best = height
@@ -548,10 +552,14 @@ def rigid_kernels(real):
             origin = vec3(0.0, 0.0, 0.0)
             xb = ti.select(dyn_b, position[bi], origin)
             qb = ti.select(dyn_b, orientation[bi], identity)
-            p = xa + quat_rotate(qa, slot_point[c])
+            # flipped kinds (7, 8): a static vertex (world frame) against a's box / hull (as Warp)
+            flip = (kind == 7) | (kind == 8)
+            p = ti.select(flip, slot_point[c], xa + quat_rotate(qa, slot_point[c]))
             ra_point = slot_radius[c]
-            cb = xb + quat_rotate(qb, slot_b_position[c])
-            rot_b = quat_mul(qb, slot_b_rotation[c])
+            xt = ti.select(flip, xa, xb)
+            qt = ti.select(flip, qa, qb)
+            cb = xt + quat_rotate(qt, slot_b_position[c])
+            rot_b = quat_mul(qt, slot_b_rotation[c])
             size_b = slot_b_size[c]
             up = vec3(0.0, 0.0, 1.0)
 
@@ -588,7 +596,7 @@ def rigid_kernels(real):
             d_box = ti.select(is_out, out_len, inside_d) - ra_point
 
             # convex mesh: the hull plane ``select_hull_planes`` found the point highest over
-            plane = hull_planes[ti.select(kind == 5, contact_plane[c], 0)]
+            plane = hull_planes[ti.select((kind == 5) | (kind == 8), contact_plane[c], 0)]
             n_mesh = quat_rotate(rot_b, vec3(plane[0], plane[1], plane[2]))
             d_mesh = plane_height(plane, local_c) - ra_point
 
@@ -608,9 +616,11 @@ def rigid_kernels(real):
                                                            ti.select(edge_ok, contact_plane[c], 0), xa, qa, xb, qb)
 
             n = ti.select(kind == 0, n_ground, ti.select(kind == 1, n_sphere, ti.select(kind == 2, n_box, ti.select(
-                kind == 3, n_capsule, ti.select(kind == 5, n_mesh, ti.select(kind == 6, n_edge, n_sat))))))
+                kind == 3, n_capsule, ti.select(kind == 5, n_mesh, ti.select(kind == 6, n_edge, ti.select(
+                    kind == 7, -n_box, ti.select(kind == 8, -n_mesh, n_sat))))))))
             d = ti.select(kind == 0, d_ground, ti.select(kind == 1, d_sphere, ti.select(kind == 2, d_box, ti.select(
-                kind == 3, d_capsule, ti.select(kind == 5, d_mesh, ti.select(kind == 6, d_edge, d_sat))))))
+                kind == 3, d_capsule, ti.select(kind == 5, d_mesh, ti.select(kind == 6, d_edge, ti.select(
+                    kind == 7, d_box, ti.select(kind == 8, d_mesh, d_sat))))))))
             valid = ((kind != 4) | (valid_sat > lit(0.0))) & ((kind != 6) | edge_ok) & ((not sliding) | inner)
 
             pc = ti.select(kind == 4, point_sat, ti.select(kind == 6, point_edge, p - ra_point * n))

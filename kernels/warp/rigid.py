@@ -42,6 +42,12 @@ KIND_CAPSULE = 3
 KIND_BOX_BOX = 4
 KIND_MESH = 5
 KIND_EDGE = 6
+# flipped point slots: a static mesh's hull vertex (slot_point, world frame; body b = -1) against
+# body a's box (7) or convex-mesh hull (8), whose shape offset in body a is slot_b_position /
+# slot_b_rotation (size slot_b_size, hull slot_b_hull); the normal is then negated (it points
+# from the static vertex into a, as every slot's normal points from b to a)
+KIND_STATIC_VERTEX_BOX = 7
+KIND_STATIC_VERTEX_MESH = 8
 
 
 @functools.cache
@@ -544,9 +550,14 @@ def rigid_kernels(real):
         dyn_b = b >= 0
         xb = wp.where(dyn_b, position[bi], vec3(zero, zero, zero))
         qb = wp.where(dyn_b, orientation[bi], vec4(zero, zero, zero, one))
-        p = position[a] + quat_rotate(orientation[a], slot_point[c])
-        cb = xb + quat_rotate(qb, slot_b_position[c])
-        local = quat_rotate_inv(quat_mul(qb, slot_b_rotation[c]), p - cb)
+        # a flipped slot (a static vertex against a's hull): the point is fixed, the hull moves with a
+        # (kind 8: the builder stores its hull as (start, -count))
+        flip = slot_b_hull[c][1] < 0
+        p = wp.where(flip, slot_point[c], position[a] + quat_rotate(orientation[a], slot_point[c]))
+        xt = wp.where(flip, position[a], xb)
+        qt = wp.where(flip, orientation[a], qb)
+        cb = xt + quat_rotate(qt, slot_b_position[c])
+        local = quat_rotate_inv(quat_mul(qt, slot_b_rotation[c]), p - cb)
         start = slot_b_hull[c][0]
         if start < 0:
             contact_plane[c] = select_edge_pair(hull_planes, -1 - start, position[a], orientation[a], slot_b_hull[c][1],
@@ -554,7 +565,7 @@ def rigid_kernels(real):
         else:
             best_row = start
             best = plane_height(hull_planes[start], local)
-            for row in range(start + 1, start + slot_b_hull[c][1]):
+            for row in range(start + 1, start + wp.abs(slot_b_hull[c][1])):
                 height = plane_height(hull_planes[row], local)
                 if height > best:
                     best = height
@@ -614,11 +625,15 @@ def rigid_kernels(real):
         origin = vec3(zero, zero, zero)
         xb = wp.where(dyn_b, position[bi], origin)
         qb = wp.where(dyn_b, orientation[bi], identity)
-        p = xa + quat_rotate(qa, slot_point[c])
+        # flipped kinds (7, 8): the point is a static vertex (world frame), the target moves with a
+        flip = kind == 7 or kind == 8
+        p = wp.where(flip, slot_point[c], xa + quat_rotate(qa, slot_point[c]))
         ra_point = slot_radius[c]
-        # shape b in world
-        cb = xb + quat_rotate(qb, slot_b_position[c])
-        rot_b = quat_mul(qb, slot_b_rotation[c])
+        xt = wp.where(flip, xa, xb)
+        qt = wp.where(flip, qa, qb)
+        # shape b (flipped: a's target shape) in world
+        cb = xt + quat_rotate(qt, slot_b_position[c])
+        rot_b = quat_mul(qt, slot_b_rotation[c])
         size_b = slot_b_size[c]
         up = vec3(zero, zero, one)
 
@@ -664,7 +679,7 @@ def rigid_kernels(real):
         d_box = wp.where(is_out, out_len, inside_d) - ra_point
 
         # convex mesh: the hull plane ``select_hull_planes`` found the point highest over
-        plane = hull_planes[wp.where(kind == 5, contact_plane[c], 0)]
+        plane = hull_planes[wp.where(kind == 5 or kind == 8, contact_plane[c], 0)]
         n_mesh = quat_rotate(rot_b, vec3(plane[0], plane[1], plane[2]))
         d_mesh = plane_height(plane, local_c) - ra_point
 
@@ -690,9 +705,11 @@ def rigid_kernels(real):
                                                            int(slot_a_size[c][1] + half), contact_plane[c], xa, qa, xb, qb)
 
         n = wp.where(kind == 0, n_ground, wp.where(kind == 1, n_sphere, wp.where(kind == 2, n_box, wp.where(
-            kind == 3, n_capsule, wp.where(kind == 5, n_mesh, wp.where(kind == 6, n_edge, n_sat))))))
+            kind == 3, n_capsule, wp.where(kind == 5, n_mesh, wp.where(kind == 6, n_edge, wp.where(
+            kind == 7, -n_box, wp.where(kind == 8, -n_mesh, n_sat))))))))
         d = wp.where(kind == 0, d_ground, wp.where(kind == 1, d_sphere, wp.where(kind == 2, d_box, wp.where(
-            kind == 3, d_capsule, wp.where(kind == 5, d_mesh, wp.where(kind == 6, d_edge, d_sat))))))
+            kind == 3, d_capsule, wp.where(kind == 5, d_mesh, wp.where(kind == 6, d_edge, wp.where(
+            kind == 7, d_box, wp.where(kind == 8, d_mesh, d_sat))))))))
         valid = (kind != 4 or valid_sat > zero) and (kind != 6 or edge_ok) and (not sliding or inner)
 
         # contact point on the surface of a; arms from each centre of mass

@@ -132,7 +132,11 @@ def slot_chain(slot_body: torch.Tensor, body_count: int) -> dict:
     count = slot_body.shape[0]
     flat = slot_body.reshape(-1).cpu().numpy().astype(np.int64)
     entries = np.flatnonzero(flat >= 0)  # entry e = 2 slot + side, ascending
-    order = np.argsort(flat[entries], kind="stable")
+    # body ids lie in [0, body_count): as uint16 they compare as they do as int64, so the stable
+    # sort gives the same order, and numpy sorts 16-bit keys by radix sort (3-13x faster measured
+    # for 1e3-1e6 entries; int32 keys gain nothing)
+    keys = flat[entries].astype(np.uint16) if body_count <= 1 << 16 else flat[entries]
+    order = np.argsort(keys, kind="stable")
     entries = entries[order]
     bodies = flat[entries]
     same = bodies[1:] == bodies[:-1]

@@ -28,6 +28,11 @@ KIND_GROUND, KIND_SPHERE, KIND_BOX, KIND_CAPSULE, KIND_BOX_BOX, KIND_MESH = 0, 1
 # one slot per convex pair with a mesh (mesh-mesh, mesh-box): the edge-edge contact of the pair's
 # two hulls when an edge-edge axis separates them best (see ``_edge_block``)
 KIND_EDGE = 6
+# a static mesh's hull vertex (the slot's point, world frame) against a dynamic box's faces (7) or
+# a dynamic convex mesh's hull planes (8): body = (the dynamic body, -1), b_position / b_rotation /
+# b_size the dynamic shape's offset in its body, b_hull its hull as (start, -count) (the sign
+# tells select_hull_planes the slot is flipped); the kernels negate the normal
+KIND_STATIC_VERTEX_BOX, KIND_STATIC_VERTEX_MESH = 7, 8
 # edge pairs one edge-edge slot may test per step (select_hull_planes is O(E_a E_b)); finer hulls
 # approximate smooth surfaces, where their dense vertices' contacts suffice: no edge slot
 EDGE_PAIR_LIMIT = 20000
@@ -226,9 +231,10 @@ class RigidBuilder:
         """Static (immovable) convex mesh placed at ``position``/``rotation`` in the world frame.
 
         Other bodies' points (sphere centres, box corners, capsule ends, mesh hull vertices)
-        collide with its hull planes; its own vertices have no slots (a static mesh's vertex
-        poking a face or edge of a dynamic shape is not caught). A downward face lying on the
-        ground plane (a wedge's base) is left out of its contact planes."""
+        collide with its hull planes; its own hull vertices have slots against dynamic boxes' faces
+        and dynamic meshes' hull planes (kinds 7, 8), so a sharp tip under a box holds it (not
+        against spheres and capsules). A downward face lying on the ground plane (a wedge's base)
+        is left out of its contact planes."""
         return self._add_mesh(-1, source, scale, position, rotation, 1000.0, friction, restitution)
 
     def _add_mesh(self, body, source, scale, position, rotation, density, friction, restitution) -> int:
@@ -364,6 +370,16 @@ class RigidBuilder:
             return [(s.position + rot @ p, r) for p, r in zip(pts, radii)]
 
 
+        def static_vertices(i, j):
+            """The static mesh i's hull vertices against the dynamic box or mesh j (flipped slots)."""
+            sj = shapes[j]
+            start, planes = hull_range.get(j, (0, 0))
+            kind = KIND_STATIC_VERTEX_BOX if sj.kind == SHAPE_BOX else KIND_STATIC_VERTEX_MESH
+            for p, r in points_of(i):
+                rows.append(dict(body=(sj.body, -1), kind=kind, order=0, point=p, radius=r, a_position=sj.position,
+                                 a_rotation=sj.rotation, a_size=sj.size, b_position=sj.position, b_rotation=sj.rotation,
+                                 b_size=sj.size, shape=(j, i), b_hull=(start, -planes)))
+
         def against(i, j, sliding=True):
             """Points of shape i (dynamic) against the solid shape j; a capsule also gets a sliding
             slot (order 1) at the point of its axis nearest j, for crossings mid-segment."""
@@ -423,6 +439,11 @@ class RigidBuilder:
                             against(i, j)
                         if sj.body >= 0:  # two capsules: one sliding slot for the pair is enough
                             against(j, i, sliding=not (kinds == {SHAPE_CAPSULE} and si.body >= 0))
+                        # a static mesh's own vertices against a dynamic box / mesh (its sharp tips)
+                        fixed, moving = (i, j) if si.body < 0 else (j, i)
+                        if shapes[fixed].body < 0 and shapes[fixed].kind == SHAPE_MESH and shapes[moving].kind in (
+                                SHAPE_BOX, SHAPE_MESH):
+                            static_vertices(fixed, moving)
                         if edge_block is not None and SHAPE_MESH in kinds and kinds <= {SHAPE_MESH, SHAPE_BOX}:
                             # the pair's edge-edge contact (a: a dynamic shape); the point slots
                             # above cover vertex-face contacts. b_hull = (-1 - a's block row, b's
@@ -557,7 +578,7 @@ class RigidBuilder:
             shape_restitution=real([s.restitution for s in shapes]),
             ground_friction=real(self.ground_friction), ground_restitution=real(self.ground_restitution),
             gravity=real(self.gravity), contact=contact_t, spring=spring, shapes=shapes, hull_planes=real(hull_planes),
-            has_mesh_targets=bool(np.isin(contact["kind"], (KIND_MESH, KIND_EDGE)).any()) if contact["count"] else False,
+            has_mesh_targets=bool(np.isin(contact["kind"], (KIND_MESH, KIND_EDGE, KIND_STATIC_VERTEX_MESH)).any()) if contact["count"] else False,
             has_ground=self.ground, ground_height=self.ground_height, restitution_threshold=float(restitution_threshold),
             iterations=int(iterations), position_iterations=int(position_iterations), device=device, dtype=dtype,
             world_count=self.world_count, body_world=torch.as_tensor(self.body_world, dtype=torch.int32, device=device))

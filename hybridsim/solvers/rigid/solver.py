@@ -633,7 +633,8 @@ class SolverRigid:
         return RigidState(*self._joints((*outputs[:4], self._impulses(plan, outputs[4])), dt))
 
     def _joints(self, outputs: tuple, dt: float) -> tuple:
-        """Project the stepped poses onto the ball / hinge joints (torch ops, both backends)."""
+        """Project the stepped poses onto the ball / hinge joints, with the jointed bodies' ground
+        contacts in the same sweeps (torch ops, both backends; ``joints.project_joints``)."""
         if not self.model.joint_count:
             return tuple(outputs)
         from .joints import project_joints
