@@ -5,7 +5,9 @@ hybridsim.fit.levenberg) and for Adam driven by central finite differences of th
 (reference: same schedules and starting point; 2 extra rollouts + renders per value component per
 iteration).
 
-Each target is the project's own render at known values; "converged" is the first of STREAK
+Each target is the project's own render at known values (so ours goes on with observed coverages
+once the rendered comparison has settled, FitSettings.coverage; the reference, on finite
+differences, keeps the rendered coverage); "converged" is the first of STREAK
 consecutive iterations with every value within its tolerance, and the run stops there. A run that
 does not converge within its iteration budget, or (the reference) within REFERENCE_TIME_FACTOR
 times our whole run, reports its whole wall time and says so in the notes (the ratio is then a
@@ -118,8 +120,10 @@ def _rigid_target(spec, values):
 def sphere(quick: bool) -> Record:
     spec = load_scene(SCENES / "bounce_fit.toml")
     truth = {"objects[0].restitution": 0.6, "objects[0].velocity": [1.0, 0.0, 0.5]}
-    tolerance = {"objects[0].restitution": 0.03, "objects[0].velocity": 0.05}
-    return _compare("fit_sphere_restitution_velocity", spec, _sphere_target(spec, truth), truth, tolerance, 30, quick)
+    # 2 % of the restitution and of the speed (1.12 m/s): reached on the rendered comparison or, after
+    # its plateau (~27 iterations), on observed coverages (FitSettings.coverage)
+    tolerance = {"objects[0].restitution": 0.012, "objects[0].velocity": 0.022}
+    return _compare("fit_sphere_restitution_velocity", spec, _sphere_target(spec, truth), truth, tolerance, 40, quick)
 
 
 BOX = SLIDE
@@ -164,7 +168,7 @@ def plume(quick: bool) -> Record:
     with torch.no_grad():
         layers = render_fluid_frames(Camera.from_spec(spec.camera), spec.fluid, fluid_rollout(world), 1.0 / 30.0)
     target = to_uint8(layers["rgb"].numpy())
-    return _compare("fit_plume_buoyancy", spec, target, truth, {"fluid.buoyancy": 0.04}, 30, quick,
+    return _compare("fit_plume_buoyancy", spec, target, truth, {"fluid.buoyancy": 0.04}, 40, quick,
                     max_render_height=None)
 
 
@@ -179,4 +183,4 @@ def mpm(quick: bool) -> Record:
     world = World(spec.with_values(truth))
     with torch.no_grad():
         target = to_uint8(render_mpm(world, mpm_rollout(world), None)["rgb"].numpy())
-    return _compare("fit_mpm_youngs", spec, target, truth, {path: 120.0}, 20, quick, max_render_height=None, lr=0.08)
+    return _compare("fit_mpm_youngs", spec, target, truth, {path: 120.0}, 40, quick, max_render_height=None, lr=0.08)

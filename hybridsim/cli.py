@@ -508,7 +508,8 @@ def cmd_fit(args) -> int:
                         network_settings=NetworkSettings(lr=args.network_lr, freeze_refiner=args.freeze_refiner))
     from .fit import FitSettings
 
-    settings = FitSettings(lr=args.lr, max_offset=args.offset, drag=args.drag, drag_max=args.drag_max)
+    settings = FitSettings(lr=args.lr, max_offset=args.offset, drag=args.drag, drag_max=args.drag_max,
+                           coverage=args.coverage)
     try:
         result = fit(spec, Path(args.target), iterations=args.iterations, restarts=args.restarts, lr=args.lr,
                      frames=args.frames, camera=Path(args.camera) if args.camera else None,
@@ -704,6 +705,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drag", choices=["linear", "quadratic"], help="learn an air-drag coefficient, -m k v or "
                    "-m c |v| v on every moving object (sphere and rigid-body scenes; rigid bodies: at the centre of "
                    "mass, no drag torque; a nuisance reported in fit.json; the scene has no drag term)")
+    p.add_argument("--coverage", choices=["auto", "observed", "rendered"], default="auto",
+                   help="how silhouettes are compared once the fit has settled: 'observed' runs the same background "
+                   "subtraction on the target and on each render (exact for a target with the scene's own look), "
+                   "'rendered' compares the target's mask with the renderer's coverage throughout; 'auto' (default) "
+                   "goes on to 'observed' only when the target shares the scene's look")
     p.add_argument("--drag-max", type=float, default=2.0, help="upper end of the drag coefficient's range "
                    "(1/s linear, 1/m quadratic; default 2)")
     p.add_argument("--masks", metavar="DIR", help="folder of one binary PNG mask of the object(s) per target frame "

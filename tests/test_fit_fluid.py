@@ -23,10 +23,14 @@ def test_fit_recovers_the_buoyancy_of_a_smoke_plume(tmp_path):
     with torch.no_grad():
         layers = render_fluid_frames(Camera.from_spec(truth.camera), truth.fluid, fluid_rollout(world, frames=20),
                                      1.0 / 30.0)
-    result = fit(spec, to_uint8(layers["rgb"].numpy()), iterations=20, progress=False, max_render_height=None,
+    # 35 iterations: the rendered comparison (loss 0.214 at the truth: the smoke's rendered opacity is
+    # not what background subtraction of its image sees) gave 2.027 after 20 iterations and plateaus
+    # after ~24; then Adam goes on with observed coverages (8e-6 at the truth): 1.9997 measured
+    result = fit(spec, to_uint8(layers["rgb"].numpy()), iterations=35, progress=False, max_render_height=None,
                  threads=1, uncertainty=False, run_dir=tmp_path / "run")
     assert result.details["background"] == "scene"
-    assert abs(result.values["fluid.buoyancy"] / 2.0 - 1.0) < 0.02, result.values
+    assert result.details["coverage"] == "observed" and result.details["observed_from"] is not None
+    assert abs(result.values["fluid.buoyancy"] / 2.0 - 1.0) < 0.005, result.values
     assert (tmp_path / "run" / "side_by_side.mp4").exists()
 
 

@@ -29,10 +29,13 @@ def _render(spec) -> torch.Tensor:
 def test_fit_recovers_youngs_modulus_of_a_bouncing_jelly_block(tmp_path):
     spec = load_scene(SCENES / "jelly_bounce2d.toml")  # starts at E = 4000 Pa
     target = _render(spec.with_values({YOUNGS: 6000.0}))
-    result = fit(spec, target, iterations=20, lr=0.08, progress=False, max_render_height=None, threads=1,
+    # the rendered comparison plateaus after ~25 iterations (loss 0.0388, as at the truth), then Adam
+    # goes on with observed coverages (loss 8e-6 at the truth): E = 5998 measured
+    result = fit(spec, target, iterations=35, lr=0.08, progress=False, max_render_height=None, threads=1,
                  uncertainty=False, run_dir=tmp_path / "run")
     assert result.details["background"] == "scene"
-    assert abs(result.values[YOUNGS] / 6000.0 - 1.0) < 0.02, result.values
+    assert result.details["coverage"] == "observed" and result.details["observed_from"] is not None
+    assert abs(result.values[YOUNGS] / 6000.0 - 1.0) < 0.005, result.values
     assert result.final_loss < 0.5 * result.losses[0]  # full clip at the end vs the first 8 frames at the start
     assert (tmp_path / "run" / "fit.json").exists() and (tmp_path / "run" / "side_by_side.mp4").exists()
 
@@ -40,9 +43,12 @@ def test_fit_recovers_youngs_modulus_of_a_bouncing_jelly_block(tmp_path):
 def test_fit_recovers_the_viscosity_of_a_collapsing_liquid_column():
     spec = load_scene(SCENES / "syrup_collapse2d.toml")  # starts at 5 Pa s
     path = "mpm.materials[0].viscosity"
-    result = fit(spec, _render(spec.with_values({path: 15.0})), iterations=20, lr=0.1, progress=False,
+    # rendered comparison to a plateau (~26 iterations; loss 0.0167 at the truth), then observed
+    # coverages (7.5e-6 at the truth): 14.995 Pa s measured
+    result = fit(spec, _render(spec.with_values({path: 15.0})), iterations=35, lr=0.1, progress=False,
                  max_render_height=None, threads=1, uncertainty=False)
-    assert abs(result.values[path] / 15.0 - 1.0) < 0.02, result.values
+    assert result.details["observed_from"] is not None
+    assert abs(result.values[path] / 15.0 - 1.0) < 0.005, result.values
 
 
 def test_mpm_fit_centres_are_per_body_means_of_particles():

@@ -33,9 +33,11 @@ BACKGROUND_AGREEMENT = 0.9
 """Fraction of pixels where the target's median background must match the scene's rendered
 background (mean |difference| < APPEARANCE_TOLERANCE) for the scene's background to be used in
 background subtraction."""
-OBSERVED_COVERAGE_KINDS = ("rigid",)
-"""Scene kinds whose fits compare the target's mask with the render's observed coverage by default
-(``FitSettings.coverage = "auto"``)."""
+OBSERVED_COVERAGE_KINDS = ("spheres", "rigid", "fluid", "mpm")
+"""Scene kinds whose fits go on to compare observed coverages by default (``FitSettings.coverage =
+"auto"``). Loss at the true values of a self-rendered target, rendered vs observed comparison
+(rgb weight 0.1 included): spheres (bounce_fit) 0.0926 vs 5.3e-6, 2D smoke plume 0.214 vs 7.9e-6,
+MPM jelly block 0.0388 vs 7.9e-6, MPM liquid column 0.0167 vs 7.5e-6, rigid spring 0.0898 vs ~0."""
 CAMERA_FIELDS = ("position", "look_at", "up", "fovy_deg", "width", "height", "principal_point", "projection",
                  "ortho_height")
 
@@ -71,7 +73,8 @@ class FitSettings:
     max_offset: float = 0.0
     """> 0: learn the target's start offset after the simulation, in [0, max_offset] frames (nuisance)."""
     drag: str | None = None
-    """"linear" or "quadratic": learn an air-drag coefficient on the spheres (nuisance)."""
+    """"linear" or "quadratic": learn an air-drag coefficient on the moving objects of a sphere or
+    rigid-body scene (nuisance)."""
     drag_max: float = 2.0
     """Upper end of the drag coefficient's range ([1/s] linear, [1/m] quadratic)."""
     gradients: str = "autodiff"
@@ -94,12 +97,16 @@ class FitSettings:
     coverage: str = "auto"
     """What the silhouette, centroid and size terms compare: "rendered": the target's mask
     (:func:`hybridsim.fit.target.foreground_mask`) against the renderer's soft coverage;
-    "observed": in addition, once Levenberg-Marquardt has converged on that, the same smooth
-    background subtraction (:func:`hybridsim.fit.target.observed_coverage`) of the target (over its
+    "observed": in addition, once the fit has settled on that, the same smooth background
+    subtraction (:func:`hybridsim.fit.target.observed_coverage`) of the target (over its
     background) and of each render (over the scene's empty render), to the end of the fit and for
-    the final losses and the Laplace uncertainty (Levenberg-Marquardt fits only; Adam keeps the
-    rendered coverage); "auto": observed for rigid-body scenes whose target shares the scene's look
-    (the scene's background is used for subtraction), rendered otherwise. The mesh renderer's soft
+    the final losses and the Laplace uncertainty. Levenberg-Marquardt switches when it has
+    converged; Adam when the window covers the whole clip and the loss has plateaued
+    (``observed_patience``, ``observed_plateau``), with fresh moments and its learning-rate
+    schedule restarted at ``observed_lr`` times ``lr``; fits with finite-difference gradients or
+    networks (refiner, motion prior) keep the rendered coverage. "auto": observed for sphere,
+    rigid-body, grid-fluid and MPM scenes (OBSERVED_COVERAGE_KINDS) whose target shares the
+    scene's look (the scene's background is used for subtraction), rendered otherwise. The mesh renderer's soft
     edges make its coverage < 1 inside small objects and blur edges over ~2 px, which the target's
     mask (1 inside, edges rescaled by the interior colour) does not reproduce, so a self-rendered
     target scored a loss above zero at its true values (0.0898 for the spring at 64x48); observed
@@ -107,6 +114,14 @@ class FitSettings:
     coverage is the less biased comparison. The rendered phase comes first because the observed
     coverage (1 inside objects) is flatter across a long valley, where Levenberg-Marquardt stalled
     (the sliding box's push and friction, measured: friction 0.511 for 0.55)."""
+    observed_patience: int = 5
+    """Adam switches to observed coverages (``coverage``) after this many consecutive full-window
+    iterations ..."""
+    observed_plateau: float = 0.02
+    """... whose losses lie within this fraction of their smallest (the rendered comparison's plateau)."""
+    observed_lr: float = 0.05
+    """Adam's learning rate after the switch, as a fraction of ``lr`` (the hold/decay/floor schedule
+    starts again at the switch; the moments start from zero)."""
 
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
@@ -367,12 +382,26 @@ def _window_at(settings: FitSettings, iteration: int, frames: int, lm: bool = Fa
     return min(frames, start + math.ceil((frames - start) * iteration / grow))
 
 
-def _observed(settings: FitSettings, kind: str, networks, background_source: str) -> bool:
+def _plateaued(settings: FitSettings, state: "_RestartState", frames: int) -> bool:
+    """Adam's switch to observed coverages: the last ``observed_patience`` iterations were on the
+    full window and their losses lie within ``observed_plateau`` of their smallest."""
+    n = int(settings.observed_patience)
+    if n < 1 or len(state.losses) < n or any(w != frames for w in state.windows[-n:]):
+        return False
+    recent = state.losses[-n:]
+    return max(recent) - min(recent) <= settings.observed_plateau * min(recent)
+
+
+def _observed(settings: FitSettings, kind: str, networks, background_source: str, lm: bool = False) -> bool:
     """Whether the fit compares observed coverages of target and renders (see
-    ``FitSettings.coverage``); never with a refiner, whose images are not the scene's render."""
+    ``FitSettings.coverage``) in its later phase. Never with networks (a refiner's images are not
+    the scene's render; a motion prior trains along with Adam's values) nor for Adam on
+    finite-difference gradients (the benchmarks' reference: their steps move renders by less than
+    the 8-bit rounding of the observed coverage; ``lm``: Levenberg-Marquardt, whose own Jacobian
+    steps are large); never by "auto" for a target with another look."""
     if settings.coverage not in ("auto", "observed", "rendered"):
         raise HybridsimError(f"coverage must be 'auto', 'observed' or 'rendered' (got {settings.coverage!r})")
-    if networks is not None and networks.refiner is not None:
+    if networks is not None or (not lm and settings.gradients != "autodiff"):
         return False
     return settings.coverage == "observed" or (settings.coverage == "auto" and kind in OBSERVED_COVERAGE_KINDS
                                                and background_source == "scene")
@@ -431,6 +460,16 @@ class _RestartState:
         self.windows: list[int] = []
         self.terms: list[dict] = []
         self.final_loss: float | None = None
+        self.observed_from: int | None = None
+        """Iteration at which this restart started comparing observed coverages (None: not yet)."""
+
+    def start_observed(self) -> None:
+        """Switch to observed coverages from the next iteration; Adam's moments start from zero."""
+        self.observed_from = self.iteration
+        if self.lm is not None:
+            self.lm.start_observed_phase()
+        else:
+            self.optimizer.state.clear()
 
     def values(self) -> dict[str, torch.Tensor]:
         return {s.path: s.to_value(u) for s, u in zip(self.specs, self.u)}
@@ -470,7 +509,8 @@ class _RestartState:
                                            "step_scale": self.lm.step_scale, "observed": self.lm.observed}
         return {"index": self.index, "iteration": self.iteration, "levenberg_marquardt": lm,
                 "initial": {k: _plain(v) for k, v in self.initial.items()},
-                "losses": self.losses, "windows": self.windows, "terms": self.terms, "final_loss": self.final_loss}
+                "losses": self.losses, "windows": self.windows, "terms": self.terms, "final_loss": self.final_loss,
+                "observed_from": self.observed_from}
 
     @classmethod
     def restore(cls, data: dict, tensors: dict, specs: list[ParamSpec], lr: float, betas,
@@ -494,6 +534,10 @@ class _RestartState:
         state.losses = [float(x) for x in data["losses"]]
         state.windows = [int(x) for x in data["windows"]]
         state.terms = list(data.get("terms", []))
+        observed_from = data.get("observed_from")
+        if observed_from is None and state.lm is not None and state.lm.observed:
+            observed_from = state.iteration  # written before the key existed: the switch iteration is unknown
+        state.observed_from = None if observed_from is None else int(observed_from)
         return state
 
 
@@ -628,12 +672,6 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     shadows_dropped = background_source != "scene" and problem.scene.kind in ("spheres", "rigid")
     if background_source != "scene" and problem.scene.kind == "rigid":
         problem.scene.shadows_in_coverage = False  # the target's mask has its shadows dropped
-    observed = _observed(settings, problem.scene.kind, networks, background_source)
-    observe, observed_prepared = None, None
-    if observed:  # measure target and renders alike: the same smooth background subtraction
-        observed_prepared = observed_target(prepared, prepared.background)
-        observe = {"background": scene_background, "threshold": prepared.threshold}
-        problem.enable_observed(observed_prepared, observe)
     if masks is not None or tracks is not None:
         problem.evidence = _evidence(problem_scene, prepared, cam, masks, tracks)
         for name, given in (("masks", masks), ("tracks", tracks)):
@@ -653,9 +691,14 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                                  file=spec.source)
     scene_specs, specs = specs, specs + extra_specs
     use_lm = _use_lm(settings, specs, networks, problem_scene.kind)
-    # Levenberg-Marquardt first converges on the rendered coverage (smooth: soft edges and interior),
-    # then goes on with observed coverages, whose minimum is the truth for a same-look target
-    observed = observed and use_lm
+    observed = _observed(settings, problem.scene.kind, networks, background_source, lm=use_lm)
+    observe, observed_prepared = None, None
+    if observed:  # measure target and renders alike: the same smooth background subtraction
+        observed_prepared = observed_target(prepared, prepared.background)
+        observe = {"background": scene_background, "threshold": prepared.threshold}
+        problem.enable_observed(observed_prepared, observe)
+    # Levenberg-Marquardt / Adam first converge on the rendered coverage (smooth: soft edges and
+    # interior), then go on with observed coverages, whose minimum is the truth for a same-look target
 
     config = {"settings": settings.to_json(), "frames": images, "render_size": [cam.width, cam.height],
               "background": background_source, "coverage": "observed" if observed else "rendered",
@@ -682,9 +725,10 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                 if data.get(key) != header[key]:
                     raise HybridsimError(f"the checkpoint there was made for a different {what}; use another run "
                                          "directory or pass --fresh to discard it", file=run_dir)
-            if data.get("config") != json.loads(json.dumps(config)):
+            saved_config = _complete_legacy_config(data.get("config"), config)
+            if saved_config != json.loads(json.dumps(config)):
                 raise HybridsimError("the checkpoint there was made with different fit settings "
-                                     f"({_config_diff(data.get('config'), config)}); use another run directory "
+                                     f"({_config_diff(saved_config, config)}); use another run directory "
                                      "or pass --fresh to discard it", file=run_dir)
             try:
                 for entry in data["restarts"]:
@@ -735,15 +779,20 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                 if use_lm:
                     problem.use(state.lm.observed)
                     loss, terms = _lm_iteration(problem, state, window, window == images, settings.lm_fd_step)
-                    if observed and state.lm.converged and not state.lm.observed:
-                        state.lm.start_observed_phase()
                     _record(state, loss, terms, window)
+                    if observed and state.lm.converged and not state.lm.observed:
+                        state.start_observed()
                     step += 1
                     save(step)
                     _report(bar, callback, state, r, window, terms)
                     continue
+                if observed and state.observed_from is None and _plateaued(settings, state, images):
+                    state.start_observed()
+                problem.use(state.observed_from is not None)
+                lr_now = _lr_at(settings, it) if state.observed_from is None else (
+                    settings.observed_lr * _lr_at(settings, it - state.observed_from))
                 for group in state.optimizer.param_groups:
-                    group["lr"] = _lr_at(settings, it)
+                    group["lr"] = lr_now
                 state.optimizer.zero_grad(set_to_none=True)
                 if state.networks is not None:
                     state.networks.zero_grad()
@@ -808,6 +857,7 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
                  "render_size": [cam.width, cam.height], "settings": settings.to_json(),
                  "background": background_source, "background_agreement": agree,
                  "shadows_dropped": shadows_dropped, "coverage": "observed" if observed else "rendered",
+                 "observed_from": best_state.observed_from,
                  "wall_time_this_run_s": time.perf_counter() - started, "source": source,
                  "ranges": {s.path: None if not s.bounded else [s.lo, s.hi] for s in specs}},
         nuisance=nuisance,
@@ -869,6 +919,37 @@ def _laplace(world64, camera, target, specs, values, frames, motion_prior=None, 
     if observe is not None:
         kwargs["observe"] = observe
     return laplace_uncertainty(world64, camera, target, specs, values, frames, **kwargs)
+
+
+LEGACY_SETTINGS = ("coverage", "observed_patience", "observed_plateau", "observed_lr")
+"""FitSettings fields that shape only the observed-coverage phase, which checkpoints written before
+they existed never entered (those versions compared rendered coverages throughout, which is the
+first phase of every fit now): such a checkpoint's history is a prefix of the current fit's."""
+LEGACY_CONFIG_KEYS = ("coverage",)
+"""Config keys that follow from LEGACY_SETTINGS."""
+
+
+def _complete_legacy_config(saved, config: dict):
+    """A checkpoint's config with what older versions did not write filled in as it was implied:
+    a missing LEGACY_SETTINGS field (and LEGACY_CONFIG_KEYS key) takes the current fit's value, any
+    other missing FitSettings field its default. Keys the checkpoint has are never changed, so a
+    real difference in the other settings still refuses the resume."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+        return saved
+    saved = json.loads(json.dumps(saved))
+    current = json.loads(json.dumps(config))
+    defaults = json.loads(json.dumps(FitSettings().to_json()))
+    legacy = False
+    for key, default in defaults.items():
+        if key not in saved["settings"]:
+            if key in LEGACY_SETTINGS:
+                legacy = True
+            saved["settings"][key] = current["settings"].get(key, default) if key in LEGACY_SETTINGS else default
+    if legacy:
+        for key in LEGACY_CONFIG_KEYS:
+            if key not in saved and key in current:
+                saved[key] = current[key]
+    return saved
 
 
 def _config_diff(old, new) -> str:

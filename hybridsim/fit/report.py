@@ -63,6 +63,8 @@ def fit_json(result) -> dict:
         "appearance_gap": result.details.get("appearance_gap"),
         "render_size": result.details.get("render_size"),
         "settings": result.details.get("settings"),
+        "coverage": result.details.get("coverage"),
+        "observed_from_iteration": result.details.get("observed_from"),
         "uncertainty_method": "Laplace / Gauss-Newton on per-frame centroid and sqrt(area) residuals (pixels), "
                               "J by central finite differences (float64), sigma^2 per block from the residuals",
         "residuals": laplace.get("_blocks"),

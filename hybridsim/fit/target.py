@@ -191,7 +191,11 @@ def observed_coverage(frames: torch.Tensor, background: torch.Tensor, threshold:
     first, as targets are (:func:`quantize_uint8`, straight-through; a no-op on targets); the
     Laplace uncertainty's finite differences (steps far below one grey level) pass False."""
     x = quantize_uint8(frames) if quantize else frames
-    diff = x - background.to(x.device, x.dtype)
+    # float64 inside: the weights |pixel - bg|^4 of pixels at the background are ~0, and in float32
+    # the backward pass of their normalisation (den^2 ~ 1e-40, flushed to zero when the CPU runs
+    # with flush-to-zero, as after some simulation kernels) gave NaN gradients (an Adam fit of the
+    # MPM jelly, measured)
+    diff = x.double() - background.to(x.device, torch.float64)
     d2 = (diff * diff).sum(-1)  # (T, H, W)
     weight = (d2 * d2)[:, None]  # |pixel - bg|^4
     pool = lambda v: F.avg_pool2d(v, 7, stride=1, padding=3, count_include_pad=False)  # noqa: E731
@@ -200,7 +204,7 @@ def observed_coverage(frames: torch.Tensor, background: torch.Tensor, threshold:
     a = (diff * step).sum(-1) / ((step * step).sum(-1) + float(threshold) ** 2)
     near = F.max_pool2d(torch.sqrt(d2 + 1e-20)[:, None], 5, stride=1, padding=2)[:, 0]
     gate = ((near - threshold) / threshold).clamp(0.0, 1.0)
-    return a.clamp(0.0, 1.0) * gate
+    return (a.clamp(0.0, 1.0) * gate).to(x.dtype)
 
 
 def observed_target(target: "Target", background: torch.Tensor) -> "Target":
