@@ -289,7 +289,8 @@ def _fluid3d_entries(job: GenerateJob, draw: Draw, trajectory, measured: dict, r
         "opacity": fluid.opacity,
         "inflows": [_shape_record(inflow, rate=inflow.rate, temperature=inflow.temperature)
                     for inflow in fluid.inflows],
-        "obstacles": [_shape_record(obstacle) for obstacle in fluid.obstacles],
+        "obstacles": [_shape_record(obstacle, velocity=[float(c) for c in obstacle.velocity])  # m/s, world
+                      for obstacle in fluid.obstacles],
         "obstacle_color": list(fluid.obstacle_color),
         "temperature": None if fluid.temperature is None else {
             "ambient": fluid.temperature.ambient, "buoyancy": fluid.temperature.buoyancy,

@@ -45,63 +45,6 @@ _NAMES = ("velocity_x", "velocity_y", "velocity_z")
 PRECONDITIONERS_3D = ("auto", "jacobi", "incomplete_cholesky", "multigrid")
 
 
-MAX_REFINEMENTS = 3
-
-
-class MaxNormProjection(PressureProjection):
-    """A PressureProjection whose forward ``project`` also meets the tolerance in the max norm of
-    the result's divergence in velocity units: max |div(A u' + (1 - A) u_s)| dx <= tolerance x
-    max |u'| over fluid cells (``divergence_max_relative`` of hybridsim.metrics).
-
-    The CG stops on the 2-norm of the residual relative to the right-hand side's, i.e. relative to
-    the divergence *before* the projection, summed over all cells: a field far from
-    divergence-free (a random field: 1.8 relative) ends up to sqrt(cells) times above the
-    tolerance in the max norm relative to max |u'| (4.4e-5 at 1e-5 on 12^3). When the first solve
-    misses the max-norm bound, up to ``MAX_REFINEMENTS`` correction solves (iterative refinement on
-    the true divergence, each to the relative tolerance the remaining excess needs) bring it
-    there; a simulation step (small divergence before the projection) usually needs none, so it
-    costs one divergence evaluation and two reductions per projection. The adjoint solves keep
-    the plain relative tolerance."""
-
-    last_refinements: int = 0
-
-    def _result_divergence(self, outs, solid) -> torch.Tensor:
-        divergence = self.divergence(*outs)
-        if solid is not None:
-            divergence = divergence + self.solid_divergence(*solid)
-        divergence = divergence * self.fluid_cells
-        if self.fluid is not None:  # singular: the constant is not the projection's to remove
-            fluid = self.fluid_cells
-            divergence = divergence - fluid * (divergence.sum() / fluid.sum().clamp(min=1.0))
-        return divergence
-
-    def project(self, *velocities: torch.Tensor, solid=None) -> tuple[torch.Tensor, ...]:
-        outs = super().project(*velocities, solid=solid)
-        self.last_refinements = 0
-        tolerance, base = self.tolerance, self.last_result
-        iterations = base.iterations if base is not None else 0
-        try:
-            for _ in range(MAX_REFINEMENTS):
-                divergence = self._result_divergence(outs, solid)
-                excess = float(divergence.abs().max()) * self.cell_size
-                bound = tolerance * max(float(f.abs().max()) for f in outs)
-                if not excess > bound:  # (also stops on NaN: the caller's check names it)
-                    break
-                # the correction solve: reduce the residual by the factor still missing (with margin)
-                self.tolerance = min(max(0.25 * bound / excess, 1e-3 * tolerance), 0.5)
-                correction = self.solve(-divergence)
-                corrected = self._subtract_gradient(outs, correction.contiguous(), self.masks)  # (zeroes solid faces)
-                outs = tuple(c + (1.0 - m) * o for c, m, o in zip(corrected, self.masks, outs))
-                self.last_refinements += 1
-                iterations += self.last_result.iterations
-        finally:
-            self.tolerance = tolerance
-        if self.last_refinements and base is not None:
-            self.last_result = type(base)(base.solution, iterations, self.last_result.relative_residual,
-                                          self.last_result.converged)
-        return outs
-
-
 class _Project3DFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, projection: PressureProjection, u, v, w, area_x, area_y, area_z, solid_x, solid_y, solid_z):
@@ -162,7 +105,8 @@ class SolverGridFluid3D:
             to round-off in a closed box. Default: ``advection``.
         pressure_tolerance: relative residual of the pressure (and viscosity) solve (default 1e-5
             in float32, 1e-10 in float64); the projection also refines until the max-norm
-            divergence max |div| dx / max |u'| is below it (``MaxNormProjection``).
+            divergence max |div| dx / max |u'| is below it (the max-norm stop of grid_fluid/pressure.py,
+            shared with 2D).
         max_iterations: cap on CG iterations per solve (default 20 * max(n) + 200).
         preconditioner: of the pressure CG: "multigrid" (a V-cycle, see grid_fluid/multigrid.py; needs
             cell counts that halve evenly), "jacobi", "incomplete_cholesky" (MIC(0), serial sweeps:
@@ -209,9 +153,9 @@ class SolverGridFluid3D:
             if tuple(area.shape) != model.face_shape(axis):
                 raise HybridsimError(f"face_fraction_{'xyz'[axis]} has shape {tuple(area.shape)}; expected "
                                      f"{model.face_shape(axis)}", field=f"face_fraction_{'xyz'[axis]}")
-        self.projection = MaxNormProjection(self._launcher, *self._areas, cell_size=self._dx, flags=self._flags,
-                                             singular=model.pressure_is_singular, tolerance=tolerance,
-                                             max_iterations=max_iterations, preconditioner=preconditioner)
+        self.projection = PressureProjection(self._launcher, *self._areas, cell_size=self._dx, flags=self._flags,
+                                              singular=model.pressure_is_singular, tolerance=tolerance,
+                                              max_iterations=max_iterations, preconditioner=preconditioner)
         self.diffusion = ViscousDiffusion(self._launcher, *self.projection.masks, cell_size=self._dx,
                                           flags=self._flags, tolerance=tolerance, max_iterations=max_iterations)
         self._solve_options = dict(tolerance=tolerance, max_iterations=max_iterations, preconditioner=preconditioner)
@@ -274,8 +218,8 @@ class SolverGridFluid3D:
         if geometry is None:
             with torch.no_grad():  # the values; ``_live_geometry`` adds the graph to the obstacles' motion
                 faces = tuple(t.detach().to(**self._to).contiguous() for t in self.model.obstacle_faces(time))
-            projection = MaxNormProjection(self._launcher, *faces[:3], cell_size=self._dx, flags=self._flags,
-                                            singular=self.model.pressure_is_singular, **self._solve_options)
+            projection = PressureProjection(self._launcher, *faces[:3], cell_size=self._dx, flags=self._flags,
+                                             singular=self.model.pressure_is_singular, **self._solve_options)
             options = {k: v for k, v in self._solve_options.items() if k != "preconditioner"}
             diffusion = ViscousDiffusion(self._launcher, *projection.masks, cell_size=self._dx, flags=self._flags,
                                          **options)
