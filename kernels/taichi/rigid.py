@@ -552,8 +552,8 @@ def rigid_kernels(real):
             origin = vec3(0.0, 0.0, 0.0)
             xb = ti.select(dyn_b, position[bi], origin)
             qb = ti.select(dyn_b, orientation[bi], identity)
-            # flipped kinds (7, 8): a static vertex (world frame) against a's box / hull (as Warp)
-            flip = (kind == 7) | (kind == 8)
+            # flipped kinds (7, 8, 9): a static vertex (world frame) against a's box / hull / capsule (as Warp)
+            flip = (kind == 7) | (kind == 8) | (kind == 9)
             p = ti.select(flip, slot_point[c], xa + quat_rotate(qa, slot_point[c]))
             ra_point = slot_radius[c]
             xt = ti.select(flip, xa, xb)
@@ -617,10 +617,10 @@ def rigid_kernels(real):
 
             n = ti.select(kind == 0, n_ground, ti.select(kind == 1, n_sphere, ti.select(kind == 2, n_box, ti.select(
                 kind == 3, n_capsule, ti.select(kind == 5, n_mesh, ti.select(kind == 6, n_edge, ti.select(
-                    kind == 7, -n_box, ti.select(kind == 8, -n_mesh, n_sat))))))))
+                    kind == 7, -n_box, ti.select(kind == 8, -n_mesh, ti.select(kind == 9, -n_capsule, n_sat)))))))))
             d = ti.select(kind == 0, d_ground, ti.select(kind == 1, d_sphere, ti.select(kind == 2, d_box, ti.select(
                 kind == 3, d_capsule, ti.select(kind == 5, d_mesh, ti.select(kind == 6, d_edge, ti.select(
-                    kind == 7, d_box, ti.select(kind == 8, d_mesh, d_sat))))))))
+                    kind == 7, d_box, ti.select(kind == 8, d_mesh, ti.select(kind == 9, d_capsule, d_sat)))))))))
             valid = ((kind != 4) | (valid_sat > lit(0.0))) & ((kind != 6) | edge_ok) & ((not sliding) | inner)
 
             pc = ti.select(kind == 4, point_sat, ti.select(kind == 6, point_edge, p - ra_point * n))

@@ -43,11 +43,12 @@ KIND_BOX_BOX = 4
 KIND_MESH = 5
 KIND_EDGE = 6
 # flipped point slots: a static mesh's hull vertex (slot_point, world frame; body b = -1) against
-# body a's box (7) or convex-mesh hull (8), whose shape offset in body a is slot_b_position /
+# body a's box (7), convex-mesh hull (8) or capsule (9), whose shape offset in body a is slot_b_position /
 # slot_b_rotation (size slot_b_size, hull slot_b_hull); the normal is then negated (it points
 # from the static vertex into a, as every slot's normal points from b to a)
 KIND_STATIC_VERTEX_BOX = 7
 KIND_STATIC_VERTEX_MESH = 8
+KIND_STATIC_VERTEX_CAPSULE = 9
 
 
 @functools.cache
@@ -625,8 +626,8 @@ def rigid_kernels(real):
         origin = vec3(zero, zero, zero)
         xb = wp.where(dyn_b, position[bi], origin)
         qb = wp.where(dyn_b, orientation[bi], identity)
-        # flipped kinds (7, 8): the point is a static vertex (world frame), the target moves with a
-        flip = kind == 7 or kind == 8
+        # flipped kinds (7, 8, 9): the point is a static vertex (world frame), the target moves with a
+        flip = kind == 7 or kind == 8 or kind == 9
         p = wp.where(flip, slot_point[c], xa + quat_rotate(qa, slot_point[c]))
         ra_point = slot_radius[c]
         xt = wp.where(flip, xa, xb)
@@ -706,10 +707,10 @@ def rigid_kernels(real):
 
         n = wp.where(kind == 0, n_ground, wp.where(kind == 1, n_sphere, wp.where(kind == 2, n_box, wp.where(
             kind == 3, n_capsule, wp.where(kind == 5, n_mesh, wp.where(kind == 6, n_edge, wp.where(
-            kind == 7, -n_box, wp.where(kind == 8, -n_mesh, n_sat))))))))
+            kind == 7, -n_box, wp.where(kind == 8, -n_mesh, wp.where(kind == 9, -n_capsule, n_sat)))))))))
         d = wp.where(kind == 0, d_ground, wp.where(kind == 1, d_sphere, wp.where(kind == 2, d_box, wp.where(
             kind == 3, d_capsule, wp.where(kind == 5, d_mesh, wp.where(kind == 6, d_edge, wp.where(
-            kind == 7, d_box, wp.where(kind == 8, d_mesh, d_sat))))))))
+            kind == 7, d_box, wp.where(kind == 8, d_mesh, wp.where(kind == 9, d_capsule, d_sat)))))))))
         valid = (kind != 4 or valid_sat > zero) and (kind != 6 or edge_ok) and (not sliding or inner)
 
         # contact point on the surface of a; arms from each centre of mass
