@@ -304,6 +304,30 @@ def test_resample_uses_area_averaging_and_checks_aspect():
         prepare_target((np.random.rand(3, 50, 50, 3) * 255).astype(np.uint8), height=96, width=128, scene_fps=30)
 
 
+def test_resample_by_four_thirds_keeps_centroids_and_area():
+    """128x96 -> 96x72 weighs each source pixel by its exact overlap: a square's area comes through
+    exactly and its centroid within 0.03 px wherever it sits (torch's whole-pixel pooling windows
+    moved it by up to 0.125 px and changed its area by 7%, with the phase of its position)."""
+    for x0 in range(10, 16):
+        frames = torch.zeros(1, 96, 128, 3)
+        frames[0, 40:46, x0:x0 + 5] = 1.0
+        area, centroid = mask_moments(resample_frames(frames, 72, 96)[..., 0].double())
+        assert float(area[0]) == pytest.approx(30 * 0.75 ** 2, rel=1e-6)
+        assert float(centroid[0, 0]) == pytest.approx((x0 + 2.5) * 0.75, abs=0.03)
+        assert float(centroid[0, 1]) == pytest.approx(43.0 * 0.75, abs=0.03)
+
+
+def test_fit_samples_the_scene_at_the_targets_frame_times():
+    from hybridsim.fit.optimize import retimed_for_target
+
+    spec = load_scene(SCENE)  # 30 fps, 45 frames, 8 substeps
+    at24, rate = retimed_for_target(spec, 24.0)
+    assert (at24.time.fps, at24.time.substeps, at24.frame_count, rate) == (24.0, 10, 36, 0.8)
+    at60, rate = retimed_for_target(spec, 59.94)  # every other frame of a 59.94 fps video
+    assert at60.time.fps == pytest.approx(29.97) and at60.time.substeps == 8 and at60.frame_count == 44
+    assert retimed_for_target(spec, 30.0)[0] is spec and retimed_for_target(spec, None)[0] is spec
+
+
 def test_target_is_aligned_in_time_by_frame_rate():
     frames = np.zeros((31, 24, 32, 3), np.uint8)
     frames[:, 10:14, 10:14] = np.arange(31, dtype=np.uint8)[:, None, None, None] * 8

@@ -89,12 +89,32 @@ def test_first_frame_background_keeps_a_box_that_stops_out_of_the_background():
     occupied[4:8, 2:6] = 1.0  # the scene's frame 0
     median = frames.median(dim=0).values
     assert not torch.allclose(median[5, 13], ground)  # the resting box is "background" to the median
-    background = first_frame_background(frames[0], frames[-1], median, occupied, 0.08)
+    background = first_frame_background(frames, median, occupied, 0.08)
     assert torch.allclose(background, ground.expand(12, 20, 3))
     mask, *_ = foreground_mask(frames, background)
     assert float(mask[5].sum()) == pytest.approx(16.0, abs=2.0)
     # a target whose objects start elsewhere than the scene's keeps the median
-    assert first_frame_background(frames[0], frames[-1], median, torch.roll(occupied, 6, dims=0), 0.08) is None
+    assert first_frame_background(frames, median, torch.roll(occupied, 6, dims=0), 0.08) is None
+
+
+def test_first_frame_background_of_an_object_that_comes_back():
+    """A weight that starts at the top, swings down and comes back: where it starts, the background
+    is the colour shown while it is away (the last frame shows the weight again); just below, where
+    the scene's blurred frame-0 coverage reaches but the first frame shows ground, the first frame
+    (the weight passes there often, and would otherwise be taken for background)."""
+    from hybridsim.fit.target import first_frame_background
+
+    ground = torch.tensor([0.7, 0.7, 0.65])
+    red = torch.tensor([0.85, 0.3, 0.3])
+    frames = ground.expand(12, 24, 20, 3).clone()
+    rows = [4, 6, 9, 12, 14, 12, 9, 6, 4, 6, 9, 4]  # top row of the 4 px weight in each frame
+    for k, r in enumerate(rows):
+        frames[k, r:r + 4, 8:12] = red
+    occupied = torch.zeros(24, 20)
+    occupied[4:8, 8:12] = 1.0
+    occupied[8:10, 8:12] = 0.05  # a soft edge reaching below the weight
+    background = first_frame_background(frames, frames.median(dim=0).values, occupied, 0.08)
+    assert torch.allclose(background, ground.expand(24, 20, 3))
 
 
 def test_cast_shadows_are_dropped_from_the_mask_but_dark_objects_are_not():

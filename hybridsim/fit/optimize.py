@@ -585,6 +585,28 @@ def fit(spec, target, *, iterations: int = 60, restarts: int = 1, lr: float = 0.
                     motion_prior=motion_prior, network_settings=network_settings, masks=masks, tracks=tracks)
 
 
+def retimed_for_target(spec, target_fps: float | None):
+    """``spec`` sampled at the target's frame times, and the ratio of its frame rate to the scene's.
+
+    A target filmed at 24 fps compared with a 30 fps scene by nearest frames is off by up to 1/48 s
+    per frame (a ball falling at 5 m/s: 10 cm), which biases what is fitted. Instead the fit
+    simulates and renders at ``target_fps / n`` (``n`` = the nearest whole ratio of the rates, at
+    least 1, so a 60 fps target is fitted at 30 fps on every other frame): same duration, and
+    substeps chosen to keep the simulation step within a few per cent of the scene's. Unchanged when
+    the rates agree or the target's rate is unknown."""
+    if target_fps is None:
+        return spec, 1.0
+    scene_fps = spec.time.fps
+    fps = float(target_fps) / max(1, round(float(target_fps) / scene_fps))
+    if abs(fps / scene_fps - 1.0) < 1e-6:
+        return spec, 1.0
+    substeps = max(1, round(spec.time.substeps * scene_fps / fps))
+    changes = {"time.fps": fps, "time.substeps": substeps}
+    if spec.time.frames is not None:
+        changes["time.frames"] = max(1, int(math.floor(spec.time.frames * fps / scene_fps + 1e-6)))
+    return spec.with_values(changes), fps / scene_fps
+
+
 def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, run_dir, progress, resume,
          settings, max_render_height, backend, device, uncertainty, outputs, callback, stack, refiner=None,
          motion_prior=None, network_settings=None, masks=None, tracks=None) -> FitResult:
@@ -623,6 +645,10 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
             target_fps = video_fps
     if frames is not None and frames < 1:
         raise HybridsimError(f"--frames must be >= 1 (got {frames})")
+    scene_spec = spec
+    spec, rate = retimed_for_target(spec, target_fps)
+    if frames is not None:
+        frames = max(1, int(round(frames * rate)))
     max_images = (spec.frame_count if frames is None else int(frames)) + 1
 
     cam = render_camera(spec, max_render_height)
@@ -655,8 +681,8 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
         if settings.max_offset == 0 and not any(p.endswith((".position", ".center")) for p in spec.learnable):
             # the objects start where the scene puts them, so the target's first frame is its background
             # except where the scene's own frame 0 shows them
-            first = first_frame_background(prepared.rgb[0], prepared.rgb[-1], prepared.background,
-                                           problem_scene.initial_coverage(cam), prepared.threshold)
+            first = first_frame_background(prepared.rgb, prepared.background, problem_scene.initial_coverage(cam),
+                                           prepared.threshold)
         if first is not None or drop_shadows:
             prepared = prepare_target(target, height=cam.height, width=cam.width, scene_fps=spec.time.fps,
                                       target_fps=target_fps, max_frames=max_images, source=source, background=first,
@@ -708,7 +734,7 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     if masks is not None or tracks is not None:
         config["evidence"] = problem.evidence.header()
     config["optimizer"] = "levenberg_marquardt" if use_lm else "adam"
-    header = {"scene_sha256": _scene_digest(spec), "target_sha256": prepared.digest, "config": config}
+    header = {"scene_sha256": _scene_digest(scene_spec), "target_sha256": prepared.digest, "config": config}
 
     # ---- resume ---------------------------------------------------------------------------------
     states: dict[int, _RestartState] = {}
@@ -829,13 +855,13 @@ def _fit(spec, target, *, iterations, restarts, lr, frames, camera, target_fps, 
     problem.networks = best_state.networks
     values, nuisance = split_nuisance(best_state.plain_values())
     initial, _ = split_nuisance({k: _plain(v) for k, v in states[0].initial.items()})
-    fitted = spec.with_values(values)
+    fitted = scene_spec.with_values(values)  # the scene's own frame rate, not the fit's
 
     laplace = {}
     if uncertainty and extra_specs:  # the Laplace residuals know nothing of offset or drag
         laplace = {"_skipped": "not computed when nuisance terms (offset, drag) are learned"}
     elif uncertainty:
-        world64 = World(fitted, precision="float64", **world_kwargs)
+        world64 = World(spec.with_values(values), precision="float64", **world_kwargs)
         prior = best_state.networks.prior if best_state.networks is not None else None
         laplace = _laplace(world64, cam, observed_prepared if observed else prepared, specs, values, images,
                            motion_prior=prior, observe=observe if observed else None)

@@ -27,8 +27,6 @@ MIN_THRESHOLD = 0.08
 """Smallest colour distance (RGB in [0, 1], Euclidean) that counts as foreground."""
 NOISE_SIGMAS = 5.0
 """The threshold is also at least this many robust noise sigmas of the colour distance."""
-SHADOW_REACH_PX = 6
-"""How far (pixels) from the scene's objects in frame 0 their shadow in the target is looked for."""
 SHADOW_CHROMA_COSINE = 0.995
 """A pixel is a shadow of another if their RGB directions agree this well and it is darker."""
 MIN_AREA_PX = 4.0
@@ -102,6 +100,15 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _area_weights(size: int, out: int, dtype) -> torch.Tensor:
+    """(out, size) matrix: row i is the overlap of [i s, (i + 1) s) with each source pixel, over s."""
+    scale = size / out
+    lo = torch.arange(out, dtype=torch.float64)[:, None] * scale
+    edges = torch.arange(size, dtype=torch.float64)[None]
+    overlap = (torch.minimum(lo + scale, edges + 1.0) - torch.maximum(lo, edges)).clamp(min=0.0)
+    return (overlap / scale).to(dtype)
+
+
 def resample_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(T, h, w, 3) -> (T, height, width, 3): area averaging when shrinking, bilinear when enlarging."""
     t, h, w, _ = frames.shape
@@ -109,7 +116,10 @@ def resample_frames(frames: torch.Tensor, height: int, width: int) -> torch.Tens
         return frames
     x = frames.permute(0, 3, 1, 2)
     if height <= h and width <= w:
-        x = F.interpolate(x, size=(height, width), mode="area")
+        # exact area weights: output pixel i averages source [i s, (i + 1) s) with fractional ends
+        # (torch's "area" mode pools whole-pixel windows, which for 4:3 overlap and shift pixels by
+        # up to a third of a source pixel, varying along the image: a sub-pixel bias in every centroid)
+        x = torch.einsum("yh,tchw,xw->tcyx", _area_weights(h, height, x.dtype), x, _area_weights(w, width, x.dtype))
     else:
         x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
     return x.permute(0, 2, 3, 1).clamp(0.0, 1.0).contiguous()
@@ -136,8 +146,9 @@ def foreground_mask(frames: torch.Tensor, background: torch.Tensor | None = None
     if background is None:
         background = frames.median(dim=0).values
     distance = (frames - background).norm(dim=-1)  # (T, H, W)
-    if drop_shadows:
-        distance = torch.where(is_shadow(frames, background), torch.zeros_like(distance), distance)
+    shadow = is_shadow(frames, background) if drop_shadows else None
+    if shadow is not None:
+        distance = torch.where(shadow, torch.zeros_like(distance), distance)
     noise = float(1.4826 * distance.flatten().median())
     threshold = max(float(min_threshold), NOISE_SIGMAS * noise)
     core = _close(_open((distance > threshold).to(torch.float32)))
@@ -163,6 +174,15 @@ def foreground_mask(frames: torch.Tensor, background: torch.Tensor | None = None
     length2 = (step * step).sum(-1)
     coverage = ((frames - background) * step).sum(-1) / length2.clamp(min=threshold ** 2)
     soft = coverage.clamp(0.0, 1.0)  # linear in the pixel, so zero-mean noise adds no bias (unlike a distance)
+    if shadow is not None:
+        # A shadow next to the object projects onto (fg - background) as coverage too, so it is
+        # dropped; but an edge pixel the object covers a little is also a darker copy of the
+        # background when the object is darker: keep it where the compositing model explains the
+        # pixel better than a shadow (a darker copy k * background) does.
+        mixed = ((frames - background) - soft[..., None] * step).norm(dim=-1)
+        k = ((frames * background).sum(-1) / (background * background).sum(-1).clamp(min=1e-6)).clamp(0.0, 1.0)
+        darker = (frames - k[..., None] * background).norm(dim=-1)
+        soft = torch.where(shadow & (darker < mixed), torch.zeros_like(soft), soft)
     mask = torch.where(inner > 0, torch.ones_like(soft), soft * near)
     return mask, background, threshold, noise
 
@@ -222,20 +242,26 @@ def is_shadow(pixels: torch.Tensor, lit: torch.Tensor) -> torch.Tensor:
     return (cosine > SHADOW_CHROMA_COSINE) & (pixels.norm(dim=-1) < lit.norm(dim=-1))
 
 
-def first_frame_background(first: torch.Tensor, last: torch.Tensor, median: torch.Tensor, occupied: torch.Tensor,
+def first_frame_background(frames: torch.Tensor, median: torch.Tensor, occupied: torch.Tensor,
                            threshold: float, agreement: float = 0.5) -> torch.Tensor | None:
     """The target's background from its first frame, for a target with another look.
 
-    ``occupied`` (H, W) is the coverage of the scene's own moving objects in frame 0. Where it is
-    > 0.01 (grown by 2 px) the first frame shows the object, so the last frame is taken where it
-    differs from the first (the object has left), else the temporal median; within
-    ``SHADOW_REACH_PX`` of it, the last frame where the first is a darker copy of it (same
-    chromaticity: the object's shadow, which the target's light may cast elsewhere than the
-    scene's). Everywhere else the
+    ``frames`` (T, H, W, 3) is the clip, ``median`` its per-pixel temporal median and ``occupied``
+    (H, W) the coverage of the scene's own moving objects in frame 0. A pixel's *away* colour is its
+    median over the frames where it differs from the first frame (by more than ``threshold``): what
+    shows there once whatever was there at the start has left. Where ``occupied`` is > 0.01 (grown
+    by 2 px) the first frame may show the object, so of the first frame and the away colour (the
+    temporal median where the pixel never changes) the one nearer the first frame's colours just
+    outside that region is taken. Taking the last frame instead fails for an object that comes
+    back: a weight bobbing on a spring ends where it started and left its own copy in the
+    background. Elsewhere, the away colour where the first frame is a darker copy of it (same
+    chromaticity): the objects' shadows, which the target's light casts wherever it does (a low
+    light throws them far from the objects; the scene's light elsewhere). Everywhere else the
     first frame *is* the background, also where an object lingers for most of the clip (which the
     temporal median would take for background). Returns None (keep the median) unless the first
     frame differs from the median on at least ``agreement`` of the pixels the scene's objects cover
     (> 0.5) in frame 0, i.e. unless the target's objects start where the scene's do."""
+    first = frames[0]
     cover = occupied > 0.5
     if not bool(cover.any()):
         return first if bool((occupied <= 0.01).all()) else None
@@ -244,13 +270,23 @@ def first_frame_background(first: torch.Tensor, last: torch.Tensor, median: torc
         return None
     seen = (occupied > 0.01).to(torch.float32)[None, None]
     grown = F.max_pool2d(seen, 5, stride=1, padding=2)[0, 0] > 0
-    near = F.max_pool2d(seen, 2 * SHADOW_REACH_PX + 1, stride=1, padding=SHADOW_REACH_PX)[0, 0] > 0
-    moved = (last - first).norm(dim=-1) > threshold
-    inside = torch.where(moved[..., None], last, median)
-    # next to the objects, a first-frame pixel that is a darker copy of the last frame's (same
-    # chromaticity) is their shadow, which the target's light may cast elsewhere than the scene's
-    shadow = near & moved & is_shadow(first, last)
-    around = torch.where(shadow[..., None], last, first)
+    left = (frames - first).norm(dim=-1) > threshold  # (T, H, W): something else shows there
+    moved = left.any(dim=0)
+    away = torch.where(left[..., None], frames, torch.full_like(frames, float("nan"))).nanmedian(dim=0).values
+    away = torch.where(moved[..., None], away, median)
+    # Around the object the first frame may show background and the away colour the object
+    # passing by: of the two, take the one nearer the background just outside the grown region
+    # (a local mean of the first frame there), the away colour where no such pixel is near.
+    outside = (~grown).to(first.dtype)[None, None]
+    pool = lambda x: F.avg_pool2d(x, 15, stride=1, padding=7, count_include_pad=False)  # noqa: E731
+    weight = pool(outside)[0, 0]
+    local = (pool(first.permute(2, 0, 1)[None] * outside)[0] / weight.clamp(min=1e-6)).permute(1, 2, 0)
+    keep_first = (weight > 0) & ((first - local).norm(dim=-1) < (away - local).norm(dim=-1))
+    inside = torch.where(keep_first[..., None], first, away)
+    # a first-frame pixel that is a darker copy of its away colour (same chromaticity) is a shadow
+    # of something that has moved since, which the target's light may cast far from the objects
+    shadow = moved & is_shadow(first, away)
+    around = torch.where(shadow[..., None], away, first)
     return torch.where(grown[..., None], inside, around)
 
 
