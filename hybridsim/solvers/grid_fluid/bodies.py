@@ -33,7 +33,7 @@ import torch
 
 from .autograd import area_gradient
 from .model import (GridFluidModel, GridFluidObstacle, _as_float64, _covered_interval_at, _face_lines,
-                    _obstacle_poses, _open_fractions)
+                    _obstacle_cuts, _open_fractions)
 
 __all__ = ["GridFluidBody", "body_face_geometry", "body_impulses", "project_with_pressure"]
 
@@ -80,19 +80,11 @@ def body_face_geometry(model: GridFluidModel, time: float, bodies) -> SimpleName
     owner = [torch.full(shape, -1, dtype=torch.int64) for shape in shapes]
     middle = [[torch.zeros(shape, dtype=torch.float64)] * 2 for shape in shapes]
     time = float(time)
-    for obstacle, (center, angle) in zip(model.obstacles, _obstacle_poses(model, time)):  # as model.obstacle_faces
-        (vx, vy), omega = obstacle.velocity, obstacle.angular_velocity
-        for axis, (across, start, along) in enumerate(faces):
-            length, mx, my = _covered_interval_at(center, angle, obstacle.size, obstacle.is_box, across, start, dx,
-                                                  along)
-            closer = length > blocked[axis]
-            blocked[axis] = torch.where(closer, length, blocked[axis])
-            if obstacle.moving:
-                speed = vx - omega * (my - center[1]) if axis == 0 else vy + omega * (mx - center[0])
-            else:
-                speed = torch.zeros_like(length)
-            prescribed[axis] = torch.where(closer, speed, prescribed[axis])
-            owner[axis] = torch.where(closer, torch.full_like(owner[axis], -1), owner[axis])
+    for axis, length, speed in _obstacle_cuts(model, faces, dx, time):
+        closer = length > blocked[axis]
+        blocked[axis] = torch.where(closer, length, blocked[axis])
+        prescribed[axis] = torch.where(closer, speed, prescribed[axis])
+        owner[axis] = torch.where(closer, torch.full_like(owner[axis], -1), owner[axis])
     for index, body in enumerate(bodies):
         center, angle = body.pose()
         for axis, (across, start, along) in enumerate(faces):

@@ -520,6 +520,22 @@ def _covered_interval(obstacle: GridFluidObstacle, time: float, across: torch.Te
                                 across, start, dx, axis)
 
 
+def _obstacle_cuts(model: GridFluidModel, faces, dx: float, time: float):
+    """For each of the model's obstacles at ``time`` and each face axis of ``faces``
+    (``_face_lines``): (axis, covered length, the solid's velocity normal to those faces)."""
+    for obstacle, (center, angle) in zip(model.obstacles, _obstacle_poses(model, time)):
+        (vx, vy), omega = obstacle.velocity, obstacle.angular_velocity
+        for axis, (across, start, along) in enumerate(faces):
+            length, mx, my = _covered_interval_at(center, angle, obstacle.size, obstacle.is_box, across, start, dx,
+                                                  along)
+            if obstacle.moving:
+                # x-faces carry the x-velocity of the solid, y-faces its y-velocity: v + omega x (p - c)
+                speed = vx - omega * (my - center[1]) if axis == 0 else vy + omega * (mx - center[0])
+            else:
+                speed = torch.zeros_like(length)
+            yield axis, length, speed
+
+
 def _moving_face_geometry(model: GridFluidModel, time: float):
     """(area_x, area_y, solid_x, solid_y) with the obstacles at ``time``: differentiable in
     ``model.obstacle_center`` and ``model.obstacle_angle`` (see ``_covered_interval_at``)."""
@@ -527,19 +543,10 @@ def _moving_face_geometry(model: GridFluidModel, time: float):
     faces = _face_lines(model)
     blocked = [torch.zeros_like(start) for _, start, _ in faces]
     solid = [torch.zeros_like(start) for _, start, _ in faces]
-    for obstacle, (center, angle) in zip(model.obstacles, _obstacle_poses(model, time)):
-        (vx, vy), omega = obstacle.velocity, obstacle.angular_velocity
-        for axis, (across, start, along) in enumerate(faces):
-            length, mx, my = _covered_interval_at(center, angle, obstacle.size, obstacle.is_box, across, start, dx,
-                                                  along)
-            closer = length > blocked[axis]
-            blocked[axis] = torch.where(closer, length, blocked[axis])
-            if obstacle.moving:
-                # x-faces carry the x-velocity of the solid, y-faces its y-velocity: v + omega x (p - c)
-                speed = vx - omega * (my - center[1]) if axis == 0 else vy + omega * (mx - center[0])
-            else:
-                speed = torch.zeros_like(length)
-            solid[axis] = torch.where(closer, speed, solid[axis])
+    for axis, length, speed in _obstacle_cuts(model, faces, dx, time):
+        closer = length > blocked[axis]
+        blocked[axis] = torch.where(closer, length, blocked[axis])
+        solid[axis] = torch.where(closer, speed, solid[axis])
     dtype, device = model.dtype, model.device
     area_x, area_y = _open_fractions(model, blocked[0], blocked[1], dtype, device)
     # the domain's walls are at rest
